@@ -1,0 +1,139 @@
+"""Accounts: register, log in, who am I, and finding other users."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from pydantic import BaseModel, Field, StringConstraints
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from app.auth import create_access_token, hash_password, verify_password
+from app.errors import ApiError
+from app.jsonutil import JSONResponse
+from app.models import MAX_ID, User
+from app.web import current_user_id, read_json
+
+log = logging.getLogger(__name__)
+
+Username = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True, min_length=3, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$"
+    ),
+]
+
+
+class RegisterBody(BaseModel):
+    username: Username
+    password: str = Field(min_length=8, max_length=256)
+    display_name: (
+        Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)] | None
+    ) = None
+
+
+class LoginBody(BaseModel):
+    username: str = Field(max_length=64)
+    password: str = Field(max_length=256)
+
+
+async def register(request: Request) -> Response:
+    body = await read_json(request, RegisterBody)
+    services = request.app.state.services
+    username = body.username.lower()
+    user = User(
+        username=username,
+        display_name=body.display_name or body.username,
+        password_hash=await hash_password(body.password),
+    )
+    async with services.sessionmaker() as session:
+        session.add(user)
+        try:
+            await session.commit()
+        except IntegrityError:
+            raise ApiError(409, "username_taken", "that username is taken") from None
+    log.info("user registered user=%s", user.id)
+    return JSONResponse(user.public(), 201)
+
+
+async def login(request: Request) -> Response:
+    body = await read_json(request, LoginBody)
+    services = request.app.state.services
+    settings = services.settings
+    username = body.username.strip().lower()
+    client = request.client.host if request.client else "-"
+    retry_after = await services.limiter.hit(
+        f"login:{username}:{client}", settings.login_rate_per_minute / 60, settings.login_burst
+    )
+    if retry_after > 0:
+        raise ApiError(
+            429,
+            "rate_limited",
+            "too many login attempts; try again later",
+            headers={"Retry-After": str(max(1, round(retry_after + 0.5)))},
+        )
+    async with services.sessionmaker() as session:
+        user = await session.scalar(select(User).where(User.username == username))
+    if not await verify_password(user.password_hash if user else None, body.password) or not user:
+        log.info("login failed username_len=%d client=%s", len(username), client)
+        raise ApiError(401, "invalid_credentials", "wrong username or password")
+    token = create_access_token(user.id, settings.signing_key, settings.access_token_ttl_seconds)
+    log.info("login user=%s client=%s", user.id, client)
+    return JSONResponse({"access_token": token, "token_type": "bearer", "user": user.public()})
+
+
+async def me(request: Request) -> Response:
+    user_id = current_user_id(request)
+    async with request.app.state.services.sessionmaker() as session:
+        user = await session.get(User, user_id)
+    if user is None:
+        raise ApiError(401, "invalid_token", "the account no longer exists")
+    return JSONResponse(user.public())
+
+
+async def search_users(request: Request) -> Response:
+    """Users whose username or display name starts with the query (at most 20)."""
+    current_user_id(request)
+    query = request.query_params.get("query", "").strip().lower()
+    if not query:
+        return JSONResponse({"users": []})
+    if len(query) > 64:
+        raise ApiError(422, "invalid_field", "query is over 64 characters")
+    escaped = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    stmt = (
+        select(User)
+        .where(
+            User.username.like(escaped, escape="\\")
+            | func.lower(User.display_name).like(escaped, escape="\\")
+        )
+        .order_by(User.username)
+        .limit(20)
+    )
+    async with request.app.state.services.sessionmaker() as session:
+        users = (await session.scalars(stmt)).all()
+    return JSONResponse({"users": [u.public() for u in users]})
+
+
+async def get_user(request: Request) -> Response:
+    current_user_id(request)
+    user_id = request.path_params["user_id"]
+    user = None
+    if user_id <= MAX_ID:
+        async with request.app.state.services.sessionmaker() as session:
+            user = await session.get(User, user_id)
+    if user is None:
+        raise ApiError(404, "user_not_found", "no such user")
+    return JSONResponse(user.public())
+
+
+routes = [
+    Route("/api/v1/auth/register", register, methods=["POST"]),
+    Route("/api/v1/auth/login", login, methods=["POST"]),
+    Route("/api/v1/me", me, methods=["GET"]),
+    Route("/api/v1/users", search_users, methods=["GET"]),
+    Route("/api/v1/users/{user_id:int}", get_user, methods=["GET"]),
+]

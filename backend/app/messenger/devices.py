@@ -1,0 +1,210 @@
+"""Devices registered for push: register, list, unregister; the VAPID public key."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import re
+import uuid
+from typing import Annotated, Any, Literal
+
+import orjson
+from cryptography.hazmat.primitives.asymmetric import ec
+from pydantic import BaseModel, StringConstraints
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from app.db import utcnow
+from app.errors import ApiError
+from app.jsonutil import JSONResponse
+from app.messenger.models import DeviceToken
+from app.web import current_user_id, read_json
+
+log = logging.getLogger(__name__)
+_devices = DeviceToken.__table__
+
+# Which providers can reach which platform (FCM also delivers to iOS and browsers).
+PROVIDERS_FOR = {"ios": {"apns", "fcm"}, "android": {"fcm"}, "web": {"web_push", "fcm"}}
+MAX_TOKEN = 1024
+_APNS_TOKEN = re.compile(r"^[0-9a-fA-F]{32,200}$")
+_FCM_TOKEN = re.compile(r"^[A-Za-z0-9_:\-]{16,1024}$")
+
+
+class RegisterBody(BaseModel):
+    device_token: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+    platform: Literal["ios", "android", "web"]
+    provider: Literal["fcm", "apns", "web_push"]
+    device_name: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)] | None = (
+        None
+    )
+
+
+def _b64url(value: Any) -> bytes:
+    if not isinstance(value, str):
+        raise ValueError("not a string")
+    return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+
+
+def parse_subscription(raw: str) -> dict[str, Any]:
+    """A browser PushSubscription as the canonical dict we store; 422 if malformed."""
+    try:
+        sub = orjson.loads(raw)
+        endpoint = sub["endpoint"]
+        keys = sub["keys"]
+        p256dh = _b64url(keys["p256dh"])
+        auth = _b64url(keys["auth"])
+        ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), p256dh)
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, binascii.Error):
+        raise ApiError(
+            422,
+            "invalid_subscription",
+            "device_token must be a PushSubscription: {endpoint, keys: {p256dh, auth}} "
+            "with a P-256 public key and a 16-byte auth secret",
+        ) from None
+    if not isinstance(endpoint, str) or not re.match(r"^https?://[^\s/]+/\S*$", endpoint):
+        raise ApiError(422, "invalid_subscription", "the subscription endpoint is not a URL")
+    if len(endpoint) > MAX_TOKEN:
+        raise ApiError(422, "invalid_subscription", "the subscription endpoint is too long")
+    if len(auth) != 16:
+        raise ApiError(422, "invalid_subscription", "keys.auth must be 16 bytes")
+    return {"endpoint": endpoint, "keys": {"p256dh": keys["p256dh"], "auth": keys["auth"]}}
+
+
+def device_key(token: str) -> str:
+    """What identifies a device: a Web Push subscription's endpoint, else the token."""
+    if token.lstrip().startswith("{"):
+        try:
+            endpoint = orjson.loads(token).get("endpoint")
+        except (orjson.JSONDecodeError, AttributeError):
+            return token
+        if isinstance(endpoint, str):
+            return endpoint
+    return token
+
+
+def normalise_token(provider: str, token: str) -> str:
+    if provider == "web_push":
+        return orjson.dumps(parse_subscription(token), option=orjson.OPT_SORT_KEYS).decode()
+    token = token.strip()
+    pattern = _APNS_TOKEN if provider == "apns" else _FCM_TOKEN
+    if not pattern.match(token):
+        raise ApiError(422, "invalid_token_format", f"device_token is not a valid {provider} token")
+    return token
+
+
+async def register_device(request: Request) -> Response:
+    user_id = current_user_id(request)
+    body = await read_json(request, RegisterBody)
+    if body.provider not in PROVIDERS_FOR[body.platform]:
+        raise ApiError(
+            422,
+            "invalid_field",
+            f"provider {body.provider} does not serve platform {body.platform}",
+        )
+    token = normalise_token(body.provider, body.device_token)
+    key = device_key(token)
+    now = utcnow()
+    values = {
+        "user_id": user_id,
+        "token": token,
+        "platform": body.platform,
+        "provider": body.provider,
+        "device_name": body.device_name,
+        "is_active": True,
+        "last_used_at": now,
+    }
+    engine = request.app.state.services.engine
+    for _ in range(2):
+        try:
+            async with engine.begin() as conn:
+                row = (
+                    await conn.execute(
+                        select(_devices.c.id, _devices.c.user_id).where(_devices.c.token_key == key)
+                    )
+                ).first()
+                if row is not None:
+                    # Known token: refresh it, and move it to the caller if another user had it.
+                    await conn.execute(
+                        update(_devices).where(_devices.c.id == row.id).values(**values)
+                    )
+                    if row.user_id != user_id:
+                        log.info(
+                            "device moved device=%s from=%s to=%s", row.id, row.user_id, user_id
+                        )
+                    return _registered(row.id, user_id, body.platform, 200)
+                device_id = str(uuid.uuid4())
+                await conn.execute(
+                    _devices.insert().values(id=device_id, token_key=key, created_at=now, **values)
+                )
+        except IntegrityError:
+            continue  # registered concurrently: go round and refresh it
+        log.info(
+            "device registered device=%s user=%s provider=%s", device_id, user_id, body.provider
+        )
+        return _registered(device_id, user_id, body.platform, 201)
+    raise ApiError(409, "conflict", "the device was registered concurrently; try again")
+
+
+def _registered(device_id: str, user_id: int, platform: str, status: int) -> Response:
+    return JSONResponse(
+        {
+            "status": "registered",
+            "device_token_id": device_id,
+            "user_id": user_id,
+            "platform": platform,
+        },
+        status,
+    )
+
+
+async def unregister_device(request: Request) -> Response:
+    user_id = current_user_id(request)
+    key = device_key(request.path_params["device_token"])
+    async with request.app.state.services.engine.begin() as conn:
+        result = await conn.execute(
+            delete(_devices).where(_devices.c.token_key == key, _devices.c.user_id == user_id)
+        )
+    if result.rowcount == 0:
+        raise ApiError(404, "device_not_found", "you have no device with that token")
+    log.info("device unregistered user=%s", user_id)
+    return JSONResponse({"success": True, "message": "device unregistered"})
+
+
+async def list_devices(request: Request) -> Response:
+    user_id = current_user_id(request)
+    async with request.app.state.services.engine.connect() as conn:
+        rows = await conn.execute(
+            select(_devices).where(_devices.c.user_id == user_id).order_by(_devices.c.created_at)
+        )
+        devices = [
+            {
+                "id": r.id,
+                "platform": r.platform,
+                "provider": r.provider,
+                "device_name": r.device_name,
+                "is_active": r.is_active,
+                "registered_at": r.created_at,
+                "last_used_at": r.last_used_at,
+            }
+            for r in rows
+        ]
+    return JSONResponse({"devices": devices})
+
+
+async def vapid_public_key(request: Request) -> Response:
+    key = request.app.state.services.settings.vapid_public_key
+    if not key:
+        raise ApiError(404, "web_push_off", "Web Push is not configured on this server")
+    return JSONResponse({"public_key": key})
+
+
+routes = [
+    Route("/api/v1/messenger/devices/register", register_device, methods=["POST"]),
+    Route("/api/v1/messenger/devices", list_devices, methods=["GET"]),
+    Route("/api/v1/messenger/devices/{device_token:path}", unregister_device, methods=["DELETE"]),
+    Route("/api/v1/messenger/push/vapid-public-key", vapid_public_key, methods=["GET"]),
+]

@@ -1,0 +1,117 @@
+"""The messenger's tables: conversations, participants, messages, devices and push work."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+    true,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base, UTCDateTime, utcnow
+
+
+class Conversation(Base):
+    __tablename__ = "conversations"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    type: Mapped[str] = mapped_column(String(16))
+    title: Mapped[str | None] = mapped_column(String(200))
+    created_by: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The seq of the newest message; the send path bumps it under a row lock.
+    last_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # "low_id:high_id" for a direct conversation, so one pair has one conversation.
+    direct_key: Mapped[str | None] = mapped_column(String(64), unique=True)
+
+
+class Participant(Base):
+    __tablename__ = "participants"
+
+    conversation_id: Mapped[str] = mapped_column(
+        ForeignKey("conversations.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True, index=True)
+    joined_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_read_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    muted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    mute_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    push_enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+
+
+class Message(Base):
+    __tablename__ = "messages"
+    __table_args__ = (
+        UniqueConstraint("conversation_id", "seq"),
+        # A client's retry of the same send finds the original through this constraint.
+        UniqueConstraint("conversation_id", "sender_id", "client_msg_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    sender_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    content: Mapped[str] = mapped_column(Text)
+    client_msg_id: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class PushJob(Base):
+    """Push work still to do for one message, written in the message's own transaction.
+
+    The node that wrote it holds a lease; a job whose lease ran out (its node died)
+    is taken up by whichever node claims it first.
+    """
+
+    __tablename__ = "push_jobs"
+
+    message_id: Mapped[str] = mapped_column(
+        ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class DeviceToken(Base):
+    __tablename__ = "device_tokens"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    # What the provider addresses: the token, or for Web Push the subscription JSON.
+    token: Mapped[str] = mapped_column(Text)
+    # What makes two registrations one device: the token, or a Web Push endpoint.
+    token_key: Mapped[str] = mapped_column(String(2048), unique=True)
+    platform: Mapped[str] = mapped_column(String(16))
+    provider: Mapped[str] = mapped_column(String(16))
+    device_name: Mapped[str | None] = mapped_column(String(200))
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class PushAttempt(Base):
+    """The outcome of delivering one message to one device, kept for a while."""
+
+    __tablename__ = "push_attempts"
+    __table_args__ = (Index("ix_push_attempts_message_device", "message_id", "device_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(String(36))
+    device_id: Mapped[str] = mapped_column(String(36))
+    user_id: Mapped[int] = mapped_column(Integer)
+    provider: Mapped[str] = mapped_column(String(16))
+    outcome: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer)
+    latency_ms: Mapped[float | None] = mapped_column()
+    error: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

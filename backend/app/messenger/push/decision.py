@@ -1,0 +1,179 @@
+"""Who gets a push for a message, and what it says. No provider is spoken to here.
+
+A participant gets one when they are not the sender, have no socket on any node,
+have not muted the conversation (now), and have push enabled. Then every active
+device of theirs gets one, unless a device already has an outcome for the message
+(a job taken up again after a crash).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.db import utcnow
+from app.messenger.models import Conversation, DeviceToken, Participant, PushAttempt
+from app.messenger.presence import Presence
+from app.messenger.push.base import Device, Notification
+from app.models import User
+
+_participants = Participant.__table__
+_devices = DeviceToken.__table__
+_attempts = PushAttempt.__table__
+_users = User.__table__
+_conversations = Conversation.__table__
+
+PREVIEW_LENGTH = 200
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedPush:
+    message_id: str
+    device: Device
+    notification: Notification
+
+
+def preview(content: str) -> str:
+    flat = " ".join(content.split())
+    return flat if len(flat) <= PREVIEW_LENGTH else flat[: PREVIEW_LENGTH - 1] + "…"
+
+
+def build_notification(
+    message: Mapping[str, Any],
+    sender_name: str,
+    title: str | None,
+    base_url: str,
+    badge: int | None,
+) -> Notification:
+    conversation_id = message["conversation_id"]
+    return Notification(
+        title=f"{sender_name} • {title or sender_name}",
+        body=preview(message["content"]),
+        data={
+            "type": "message.new",
+            "conversation_id": conversation_id,
+            "message_id": message["id"],
+            "sender_id": message["sender_id"],
+            "seq": message["seq"],
+        },
+        conversation_id=conversation_id,
+        message_id=message["id"],
+        url=f"{base_url}/?conversation={conversation_id}",
+        badge=badge,
+    )
+
+
+async def plan_pushes(
+    conn: AsyncConnection,
+    presence: Presence,
+    messages: Collection[Mapping[str, Any]],
+    participants: Mapping[str, Collection[int]],
+    base_url: str,
+    skip_done: bool = False,
+) -> list[PlannedPush]:
+    """Every (device, notification) to send for these messages, in a fixed number of queries."""
+    wanted = {
+        (m["conversation_id"], user_id)
+        for m in messages
+        for user_id in participants[m["conversation_id"]]
+        if user_id != m["sender_id"]
+    }
+    if not wanted:
+        return []
+    # One presence round trip for every recipient of every message in the batch.
+    online = await presence.online({user_id for _, user_id in wanted})
+    wanted = {(c, u) for c, u in wanted if u not in online}
+    if not wanted:
+        return []
+
+    now = utcnow()
+    rows = await conn.execute(
+        select(_participants.c.conversation_id, _participants.c.user_id).where(
+            tuple_(_participants.c.conversation_id, _participants.c.user_id).in_(wanted),
+            _participants.c.push_enabled.is_(True),
+            _participants.c.muted.is_(False),
+            or_(_participants.c.mute_until.is_(None), _participants.c.mute_until <= now),
+        )
+    )
+    pushable = {(r.conversation_id, r.user_id) for r in rows}
+    if not pushable:
+        return []
+    users = {u for _, u in pushable}
+
+    devices_by_user: dict[int, list[Device]] = {}
+    for r in await conn.execute(
+        select(_devices).where(_devices.c.user_id.in_(users), _devices.c.is_active.is_(True))
+    ):
+        devices_by_user.setdefault(r.user_id, []).append(
+            Device(r.id, r.user_id, r.token, r.platform, r.provider)
+        )
+    if not devices_by_user:
+        return []
+
+    done: set[tuple[str, str]] = set()
+    if skip_done:
+        done = {
+            (r.message_id, r.device_id)
+            for r in await conn.execute(
+                select(_attempts.c.message_id, _attempts.c.device_id).where(
+                    _attempts.c.message_id.in_([m["id"] for m in messages])
+                )
+            )
+        }
+
+    senders = {m["sender_id"] for m in messages}
+    names = dict(
+        (
+            await conn.execute(
+                select(_users.c.id, _users.c.display_name).where(_users.c.id.in_(senders))
+            )
+        ).all()
+    )
+    conversation_ids = {m["conversation_id"] for m in messages}
+    titles = dict(
+        (
+            await conn.execute(
+                select(_conversations.c.id, _conversations.c.title).where(
+                    _conversations.c.id.in_(conversation_ids)
+                )
+            )
+        ).all()
+    )
+    badges = await unread_totals(
+        conn, {d.user_id for ds in devices_by_user.values() for d in ds if d.provider == "apns"}
+    )
+
+    planned: list[PlannedPush] = []
+    for m in messages:
+        sender_name = names.get(m["sender_id"], "Someone")
+        for user_id in participants[m["conversation_id"]]:
+            if (m["conversation_id"], user_id) not in pushable:
+                continue
+            for device in devices_by_user.get(user_id, ()):
+                if (m["id"], device.id) in done:
+                    continue
+                notification = build_notification(
+                    m, sender_name, titles.get(m["conversation_id"]), base_url, badges.get(user_id)
+                )
+                planned.append(PlannedPush(m["id"], device, notification))
+    return planned
+
+
+async def unread_totals(conn: AsyncConnection, user_ids: Collection[int]) -> dict[int, int]:
+    """Each user's unread messages over all conversations (the app icon's badge)."""
+    if not user_ids:
+        return {}
+    rows = await conn.execute(
+        select(
+            _participants.c.user_id,
+            func.sum(_conversations.c.last_seq - _participants.c.last_read_seq),
+        )
+        .join(_conversations, and_(_conversations.c.id == _participants.c.conversation_id))
+        .where(_participants.c.user_id.in_(user_ids))
+        .group_by(_participants.c.user_id)
+    )
+    return {user_id: int(total or 0) for user_id, total in rows}

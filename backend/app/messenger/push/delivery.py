@@ -1,0 +1,83 @@
+"""Delivering one notification to one device: attempts, backoff, the final outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+from app.messenger.push.base import Device, Notification, Outcome, Provider, Result
+
+log = logging.getLogger(__name__)
+
+# Recorded when every attempt said "retry later".
+GAVE_UP = "gave_up"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    outcome: str  # an Outcome value, or GAVE_UP
+    attempts: int
+    latency_ms: float
+    error: str | None
+    accepted_at: float | None  # time.time() when the provider accepted it
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int
+    base_seconds: float
+    max_seconds: float
+    timeout_seconds: float
+
+    def delay(self, attempt: int, retry_after: float | None) -> float | None:
+        """Seconds to wait before the next attempt, or None to give up."""
+        if attempt >= self.max_attempts:
+            return None
+        if retry_after is not None:
+            # The provider said when: honour it, unless it is past what we would wait.
+            return retry_after if retry_after <= self.max_seconds else None
+        backoff = min(self.max_seconds, self.base_seconds * 2 ** (attempt - 1))
+        return backoff * random.uniform(0.5, 1.0)  # jitter, so retries do not stampede
+
+
+async def deliver(
+    provider: Provider, device: Device, notification: Notification, policy: RetryPolicy
+) -> Delivery:
+    started = time.monotonic()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            # Providers keep their own timeout; this one guards against one that does not.
+            result = await asyncio.wait_for(
+                provider.send(device, notification), policy.timeout_seconds + 5
+            )
+        except TimeoutError:
+            result = Result(Outcome.RETRY, error="timed out")
+        except Exception as exc:
+            log.exception("push provider raised provider=%s device=%s", provider.name, device.id)
+            result = Result(Outcome.FAILED, error=f"{exc.__class__.__name__}: {exc}"[:500])
+        if result.outcome != Outcome.RETRY:
+            break
+        delay = policy.delay(attempt, result.retry_after)
+        if delay is None:
+            return Delivery(GAVE_UP, attempt, _ms(started), result.error, None)
+        log.info(
+            "push retry provider=%s device=%s message=%s attempt=%d in=%.1fs status=%s",
+            provider.name,
+            device.id,
+            notification.message_id,
+            attempt,
+            delay,
+            result.status,
+        )
+        await asyncio.sleep(delay)
+    accepted_at = time.time() if result.outcome == Outcome.DELIVERED else None
+    return Delivery(str(result.outcome), attempt, _ms(started), result.error, accepted_at)
+
+
+def _ms(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 2)

@@ -1,0 +1,309 @@
+"""The push service: takes committed messages, decides, delivers, records.
+
+Every message's push work is a `push_jobs` row written in the message's own
+transaction and leased to the node that wrote it. This node works its jobs in
+the background (the WebSocket handler never waits on it), renews their leases
+while they run, and deletes a job once each of its devices has an outcome. A job
+whose lease ran out (its node died) is claimed by whichever node asks first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Collection, Mapping
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app import metrics
+from app.config import Settings
+from app.db import utcnow
+from app.messenger.models import DeviceToken, Message, Participant, PushAttempt, PushJob
+from app.messenger.presence import Presence
+from app.messenger.push.base import Outcome, Provider
+from app.messenger.push.decision import PlannedPush, plan_pushes
+from app.messenger.push.delivery import Delivery, RetryPolicy, deliver
+from app.messenger.push.providers import start_providers
+from app.messenger.send import message_dict
+
+log = logging.getLogger(__name__)
+
+_jobs = PushJob.__table__
+_messages = Message.__table__
+_participants = Participant.__table__
+_devices = DeviceToken.__table__
+_attempts = PushAttempt.__table__
+BATCH = 500
+
+
+class PushService:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: AsyncEngine,
+        presence: Presence,
+        providers: Mapping[str, Provider] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._presence = presence
+        self._providers: dict[str, Provider] = dict(providers or {})
+        self._own_providers = providers is None
+        self._policy = RetryPolicy(
+            max_attempts=settings.push_max_attempts,
+            base_seconds=settings.push_backoff_base_seconds,
+            max_seconds=settings.push_backoff_max_seconds,
+            timeout_seconds=settings.push_timeout_seconds,
+        )
+        self._limit = asyncio.Semaphore(settings.push_concurrency)
+        self._queue: list[tuple[dict[str, Any], Collection[int], bool]] = []
+        self._wake = asyncio.Event()
+        # Jobs this node is working: message id -> devices still without an outcome.
+        self._in_flight: dict[str, int] = {}
+        self._outcomes: list[tuple[PlannedPush, Delivery]] = []
+        self._finished: list[str] = []
+        self._flush = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._deliveries: set[asyncio.Task] = set()
+
+    @property
+    def providers(self) -> Mapping[str, Provider]:
+        return self._providers
+
+    async def start(self) -> None:
+        if self._own_providers:
+            self._providers = await start_providers(self._settings)
+        self._tasks = [
+            asyncio.create_task(self._plan_loop(), name="push-plan"),
+            asyncio.create_task(self._record_loop(), name="push-record"),
+            asyncio.create_task(self._lease_loop(), name="push-lease"),
+        ]
+
+    async def stop(self) -> None:
+        # Let deliveries under way finish briefly; what is cut off stays leased and is
+        # taken up again (by this node on its next start or another) once the lease ends.
+        if self._deliveries:
+            await asyncio.wait(self._deliveries, timeout=5)
+        for task in self._deliveries:
+            task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._deliveries, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self._record()
+        if self._own_providers:
+            for provider in self._providers.values():
+                with contextlib.suppress(Exception):
+                    await provider.close()
+
+    def message_committed(self, message: dict[str, Any], participants: Collection[int]) -> None:
+        """Queue a message this node just committed (its job is leased to this node)."""
+        self._queue.append((message, participants, False))
+        self._wake.set()
+
+    async def recover(self) -> int:
+        """Claim jobs whose lease ran out and queue them; how many were claimed."""
+        now = utcnow()
+        expired = (
+            select(_jobs.c.message_id)
+            .where(_jobs.c.lease_until < now)
+            .order_by(_jobs.c.created_at)
+            .limit(BATCH)
+            .with_for_update(skip_locked=True)
+        )
+        async with self._engine.begin() as conn:
+            claimed = list(
+                (
+                    await conn.execute(
+                        update(_jobs)
+                        .where(_jobs.c.message_id.in_(expired), _jobs.c.lease_until < now)
+                        .values(claimed_by=self._settings.node_id, lease_until=self._lease_end())
+                        .returning(_jobs.c.message_id)
+                    )
+                ).scalars()
+            )
+            if not claimed:
+                return 0
+            messages = [
+                message_dict(r)
+                for r in await conn.execute(select(_messages).where(_messages.c.id.in_(claimed)))
+            ]
+            members: dict[str, set[int]] = {}
+            for r in await conn.execute(
+                select(_participants.c.conversation_id, _participants.c.user_id).where(
+                    _participants.c.conversation_id.in_({m["conversation_id"] for m in messages})
+                )
+            ):
+                members.setdefault(r.conversation_id, set()).add(r.user_id)
+        for m in messages:
+            self._queue.append((m, members.get(m["conversation_id"], set()), True))
+        self._wake.set()
+        metrics.push_jobs_recovered.inc(len(messages))
+        log.info("push jobs recovered count=%d node=%s", len(messages), self._settings.node_id)
+        return len(messages)
+
+    def _lease_end(self) -> Any:
+        return utcnow() + timedelta(seconds=self._settings.push_lease_seconds)
+
+    async def _plan_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch, self._queue = self._queue[:BATCH], self._queue[BATCH:]
+                try:
+                    await self._plan(batch)
+                except Exception:
+                    # The jobs stay leased and are taken up again when the lease ends.
+                    log.exception("push planning failed messages=%d", len(batch))
+
+    async def _plan(self, batch: list[tuple[dict[str, Any], Collection[int], bool]]) -> None:
+        participants = {m["conversation_id"]: p for m, p, _ in batch}
+        plans: list[PlannedPush] = []
+        async with self._engine.connect() as conn:
+            for recovered in (False, True):
+                messages = [m for m, _, r in batch if r is recovered]
+                if messages:
+                    plans += await plan_pushes(
+                        conn,
+                        self._presence,
+                        messages,
+                        participants,
+                        self._settings.public_base_url,
+                        skip_done=recovered,
+                    )
+        per_message: dict[str, int] = {}
+        for plan in plans:
+            per_message[plan.message_id] = per_message.get(plan.message_id, 0) + 1
+        for message, _, _ in batch:
+            count = per_message.get(message["id"], 0)
+            if count:
+                self._in_flight[message["id"]] = count
+            else:
+                self._finished.append(message["id"])
+        committed_at = message_times(batch)
+        for plan in plans:
+            task = asyncio.create_task(self._deliver(plan, committed_at))
+            self._deliveries.add(task)
+            task.add_done_callback(self._deliveries.discard)
+        self._flush.set()
+
+    async def _deliver(self, plan: PlannedPush, committed_at: Mapping[str, float]) -> None:
+        provider = self._providers.get(plan.device.provider)
+        async with self._limit:
+            if provider is None:
+                delivery = Delivery(str(Outcome.FAILED), 0, 0.0, "provider is off", None)
+            else:
+                delivery = await deliver(provider, plan.device, plan.notification, self._policy)
+        metrics.pushes.labels(plan.device.provider, delivery.outcome).inc()
+        if delivery.accepted_at is not None and plan.message_id in committed_at:
+            metrics.push_latency.labels(plan.device.provider).observe(
+                max(0.0, delivery.accepted_at - committed_at[plan.message_id])
+            )
+        log.info(
+            "push %s provider=%s message=%s device=%s user=%s attempts=%d ms=%.1f%s",
+            delivery.outcome,
+            plan.device.provider,
+            plan.message_id,
+            plan.device.id,
+            plan.device.user_id,
+            delivery.attempts,
+            delivery.latency_ms,
+            f" error={delivery.error}" if delivery.error else "",
+        )
+        self._outcomes.append((plan, delivery))
+        left = self._in_flight.get(plan.message_id, 1) - 1
+        if left > 0:
+            self._in_flight[plan.message_id] = left
+        else:
+            self._in_flight.pop(plan.message_id, None)
+            self._finished.append(plan.message_id)
+        self._flush.set()
+
+    async def _record_loop(self) -> None:
+        while True:
+            await self._flush.wait()
+            self._flush.clear()
+            try:
+                await self._record()
+            except Exception:
+                log.exception("recording push outcomes failed")
+                await asyncio.sleep(1)
+                self._flush.set()
+
+    async def _record(self) -> None:
+        """Write outcomes, update devices, delete finished jobs: a few statements for all."""
+        outcomes, self._outcomes = self._outcomes, []
+        finished, self._finished = self._finished, []
+        if not outcomes and not finished:
+            return
+        now = utcnow()
+        try:
+            async with self._engine.begin() as conn:
+                if outcomes:
+                    await conn.execute(
+                        _attempts.insert(),
+                        [
+                            {
+                                "message_id": plan.message_id,
+                                "device_id": plan.device.id,
+                                "user_id": plan.device.user_id,
+                                "provider": plan.device.provider,
+                                "outcome": d.outcome,
+                                "attempts": d.attempts,
+                                "latency_ms": d.latency_ms,
+                                "error": d.error[:500] if d.error else None,
+                                "created_at": now,
+                            }
+                            for plan, d in outcomes
+                        ],
+                    )
+                delivered = {p.device.id for p, d in outcomes if d.outcome == Outcome.DELIVERED}
+                dead = {p.device.id for p, d in outcomes if d.outcome == Outcome.DEAD_TOKEN}
+                if delivered:
+                    await conn.execute(
+                        update(_devices)
+                        .where(_devices.c.id.in_(delivered))
+                        .values(last_used_at=now)
+                    )
+                if dead:
+                    await conn.execute(
+                        update(_devices).where(_devices.c.id.in_(dead)).values(is_active=False)
+                    )
+                    log.info("devices deactivated (dead token) count=%d", len(dead))
+                if finished:
+                    await conn.execute(delete(_jobs).where(_jobs.c.message_id.in_(finished)))
+        except Exception:
+            # Put them back so the next flush tries again.
+            self._outcomes[:0] = outcomes
+            self._finished[:0] = finished
+            raise
+
+    async def _lease_loop(self) -> None:
+        """Keep this node's jobs leased, and take up those whose node is gone."""
+        interval = self._settings.push_recovery_interval_seconds
+        while True:
+            try:
+                await self.recover()
+                if self._in_flight:
+                    async with self._engine.begin() as conn:
+                        await conn.execute(
+                            update(_jobs)
+                            .where(
+                                _jobs.c.message_id.in_(list(self._in_flight)),
+                                _jobs.c.claimed_by == self._settings.node_id,
+                            )
+                            .values(lease_until=self._lease_end())
+                        )
+            except Exception:
+                log.exception("push lease loop failed node=%s", self._settings.node_id)
+            await asyncio.sleep(interval)
+
+
+def message_times(batch: list[tuple[dict[str, Any], Collection[int], bool]]) -> dict[str, float]:
+    """When each message was committed, as time.time() (its created_at, set at commit)."""
+    return {m["id"]: m["created_at"].timestamp() for m, _, _ in batch}

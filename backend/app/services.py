@@ -1,0 +1,86 @@
+"""Everything a request handler needs, built once when the app starts."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from app.config import Settings
+from app.db import make_engine, make_sessionmaker
+from app.messenger.fanout import Fanout, LocalFanout
+from app.messenger.hub import Hub
+from app.messenger.participants import ParticipantCache
+from app.messenger.presence import LocalPresence, Presence
+from app.messenger.push.service import PushService
+from app.messenger.send import MessageWriter
+from app.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker
+    redis: Redis | None
+    hub: Hub
+    presence: Presence
+    fanout: Fanout
+    limiter: RateLimiter
+    participants: ParticipantCache
+    writer: MessageWriter
+    push: PushService
+
+    async def start(self) -> None:
+        await self.presence.start()
+        await self.fanout.start()
+        await self.writer.start()
+        await self.push.start()
+
+    async def stop(self) -> None:
+        await self.push.stop()
+        await self.writer.stop()
+        await self.fanout.stop()
+        await self.presence.stop()
+        if self.redis is not None:
+            await self.redis.aclose()
+        await self.engine.dispose()
+
+
+def build_services(settings: Settings) -> Services:
+    engine = make_engine(settings.effective_database_url)
+    hub = Hub()
+    redis: Redis | None = None
+    presence: Presence
+    fanout: Fanout
+    limiter: RateLimiter
+    if settings.redis_url:
+        from app.messenger.fanout import RedisFanout
+        from app.messenger.presence import RedisPresence
+
+        redis = Redis.from_url(settings.redis_url, health_check_interval=10)
+        presence = RedisPresence(redis, hub, settings)
+        fanout = RedisFanout(redis, hub, settings)
+        limiter = RedisRateLimiter(redis)
+    else:
+        presence = LocalPresence(hub)
+        fanout = LocalFanout(hub)
+        limiter = LocalRateLimiter()
+    participants = ParticipantCache(engine)
+    return Services(
+        settings=settings,
+        engine=engine,
+        sessionmaker=make_sessionmaker(engine),
+        redis=redis,
+        hub=hub,
+        presence=presence,
+        fanout=fanout,
+        limiter=limiter,
+        participants=participants,
+        writer=MessageWriter(engine, settings.node_id, settings.push_lease_seconds),
+        push=PushService(settings, engine, presence),
+    )

@@ -1,0 +1,177 @@
+"""Starting real nodes on free ports and talking to them as a client would."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx2
+import orjson
+import uvicorn
+import websockets
+from starlette.applications import Starlette
+
+from app.config import Settings
+from app.main import create_app
+
+SECRET = "test-secret-key-that-is-long-enough-0123456789"
+
+
+def make_settings(database_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "secret_key": SECRET,
+        "redis_url": "",
+        "log_level": "WARNING",
+        "push_recovery_interval_seconds": 3600,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+@dataclass
+class Node:
+    app: Starlette
+    server: uvicorn.Server
+    task: asyncio.Task
+    url: str
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://") + "/ws"
+
+    @property
+    def services(self) -> Any:
+        return self.app.state.services
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        await asyncio.wait_for(self.task, 15)
+
+
+async def start_node(settings: Settings) -> Node:
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", ws_per_message_deflate=False
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    for _ in range(1000):
+        if server.started:
+            break
+        if task.done():
+            task.result()  # raises what stopped it
+            raise RuntimeError("server exited before starting")
+        await asyncio.sleep(0.01)
+    else:
+        raise RuntimeError("server did not start")
+    port = server.servers[0].sockets[0].getsockname()[1]
+    return Node(app, server, task, f"http://127.0.0.1:{port}")
+
+
+@dataclass
+class User:
+    id: int
+    username: str
+    token: str
+    display_name: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@dataclass
+class Client:
+    """A REST client bound to one node."""
+
+    node: Node
+    http: httpx2.AsyncClient = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.http = httpx2.AsyncClient(base_url=self.node.url, timeout=30)
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    async def user(self, name: str | None = None, display_name: str | None = None) -> User:
+        username = name or f"u{secrets.token_hex(5)}"
+        body = {"username": username, "password": "correct horse battery"}
+        if display_name:
+            body["display_name"] = display_name
+        r = await self.http.post("/api/v1/auth/register", json=body)
+        assert r.status_code == 201, r.text
+        r = await self.http.post(
+            "/api/v1/auth/login", json={"username": username, "password": "correct horse battery"}
+        )
+        assert r.status_code == 200, r.text
+        data = r.json()
+        return User(data["user"]["id"], username, data["access_token"], data["user"]["display_name"])
+
+    async def conversation(self, owner: User, *others: User, title: str | None = None) -> dict:
+        kind = "direct" if len(others) == 1 and title is None else "group"
+        body: dict[str, Any] = {"type": kind, "participant_ids": [u.id for u in others]}
+        if title is not None:
+            body["title"] = title
+        r = await self.http.post("/api/v1/messenger/conversations", json=body, headers=owner.headers)
+        assert r.status_code in (200, 201), r.text
+        return r.json()
+
+    async def send(self, user: User, conversation_id: str, content: str, **extra: Any) -> httpx2.Response:
+        return await self.http.post(
+            f"/api/v1/messenger/conversations/{conversation_id}/messages",
+            json={"content": content, **extra},
+            headers=user.headers,
+        )
+
+    async def messages(self, user: User, conversation_id: str, **params: Any) -> list[dict]:
+        r = await self.http.get(
+            f"/api/v1/messenger/conversations/{conversation_id}/messages",
+            params=params,
+            headers=user.headers,
+        )
+        assert r.status_code == 200, r.text
+        return r.json()["messages"]
+
+
+class Socket:
+    """A real WebSocket client that sorts what arrives by frame type."""
+
+    def __init__(self, ws: websockets.ClientConnection) -> None:
+        self.ws = ws
+
+    @classmethod
+    async def connect(cls, node: Node, user: User) -> Socket:
+        ws = await websockets.connect(f"{node.ws_url}?token={user.token}", max_size=2**24)
+        return cls(ws)
+
+    async def send(self, frame: dict | str | bytes) -> None:
+        await self.ws.send(frame if isinstance(frame, (str, bytes)) else orjson.dumps(frame).decode())
+
+    async def recv(self, timeout: float = 5.0) -> dict:
+        return orjson.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+
+    async def expect(self, type_: str, timeout: float = 5.0, **match: Any) -> dict:
+        """The next frame of this type (and matching fields), skipping others."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            frame = await self.recv(max(0.01, deadline - loop.time()))
+            if frame.get("type") == type_ and all(frame.get(k) == v for k, v in match.items()):
+                return frame
+
+    async def nothing(self, type_: str, wait: float = 0.3) -> None:
+        """Assert no frame of this type arrives within `wait` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while (left := deadline - loop.time()) > 0:
+            try:
+                frame = await self.recv(left)
+            except TimeoutError:
+                return
+            assert frame.get("type") != type_, frame
+
+    async def close(self) -> None:
+        await self.ws.close()

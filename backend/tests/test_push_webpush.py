@@ -1,0 +1,214 @@
+"""WebPushProvider against a fake push service that checks VAPID and decrypts the payload."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from email.utils import formatdate
+
+import pytest
+from fakes import Mode, free_port, sample_device, sample_notification
+from fakes.webpush import FakePushService, VapidKeys, make_vapid_keys
+
+from app.config import ConfigError, Settings
+from app.messenger.push import webpush
+from app.messenger.push.base import Outcome
+from app.messenger.push.retry_after import parse_retry_after
+from app.messenger.push.webpush import WebPushConfig, WebPushProvider, topic_for
+
+SUBJECT = "mailto:ops@example.com"
+
+
+@pytest.fixture(scope="module")
+def vapid() -> VapidKeys:
+    return make_vapid_keys()
+
+
+@pytest.fixture(scope="module")
+async def push_service(vapid: VapidKeys):
+    async with FakePushService(vapid.public) as fake:
+        yield fake
+
+
+@pytest.fixture(autouse=True)
+def _fresh_fake(push_service: FakePushService) -> None:
+    push_service.reset()
+
+
+@pytest.fixture
+async def make_provider(vapid: VapidKeys):
+    started: list[WebPushProvider] = []
+
+    async def make(**overrides) -> WebPushProvider:
+        fields = {
+            "private_key": vapid.private_raw,
+            "public_key": vapid.public,
+            "subject": SUBJECT,
+            "timeout_seconds": 2.0,
+            **overrides,
+        }
+        provider = WebPushProvider(WebPushConfig(**fields))
+        await provider.start()
+        started.append(provider)
+        return provider
+
+    yield make
+    for provider in started:
+        await provider.close()
+
+
+async def test_delivers_encrypted_payload_with_vapid(make_provider, push_service) -> None:
+    provider = await make_provider()
+    token = push_service.subscribe()
+    note = sample_notification()
+
+    result = await provider.send(sample_device("web_push", token), note)
+
+    assert result.outcome is Outcome.DELIVERED and result.status == 201
+    [got] = push_service.received_for(token)
+    assert got.payload == {
+        "title": note.title,
+        "body": note.body,
+        "data": note.data,  # JSON types kept: sender_id and seq stay numbers
+        "tag": note.conversation_id,
+        "url": note.url,
+    }
+    assert isinstance(got.payload["data"]["seq"], int)
+    assert got.headers["Urgency"] == "high"
+    assert got.headers["Topic"] == uuid.UUID(note.conversation_id).hex
+    assert got.headers["TTL"] == "86400"
+    assert got.claims["sub"] == SUBJECT
+    assert got.claims["aud"] == push_service.base_url
+
+
+async def test_pem_key_file_and_reuse_of_claims(make_provider, push_service, vapid, tmp_path) -> None:
+    pem = tmp_path / "vapid.pem"
+    pem.write_bytes(vapid.pem)
+    provider = await make_provider(private_key=str(pem), ttl_seconds=60)
+    token = push_service.subscribe()
+    device = sample_device("web_push", token)
+
+    for _ in range(2):  # a second send must not carry the first one's claims
+        result = await provider.send(device, sample_notification())
+        assert result.outcome is Outcome.DELIVERED
+    assert [r.headers["TTL"] for r in push_service.received_for(token)] == ["60", "60"]
+
+
+@pytest.mark.parametrize("mode", [Mode.DEAD, Mode.BAD_TOKEN])
+async def test_gone_subscription_is_dead(make_provider, push_service, mode) -> None:
+    provider = await make_provider()
+    token = push_service.subscribe(mode)
+
+    result = await provider.send(sample_device("web_push", token), sample_notification())
+
+    assert result.outcome is Outcome.DEAD_TOKEN and result.status == 410
+
+
+async def test_unknown_subscription_and_malformed_token_are_dead(make_provider, push_service) -> None:
+    provider = await make_provider()
+    unknown = json.loads(push_service.subscribe())
+    unknown["endpoint"] = f"{push_service.base_url}/push/no-such-subscription"
+
+    result = await provider.send(sample_device("web_push", json.dumps(unknown)), sample_notification())
+    assert (result.outcome, result.status) == (Outcome.DEAD_TOKEN, 404)
+
+    for token in ("not json", '{"endpoint": "https://x.test/1"}', '{"endpoint": 1, "keys": {}}'):
+        result = await provider.send(sample_device("web_push", token), sample_notification())
+        assert result.outcome is Outcome.DEAD_TOKEN
+
+
+async def test_throttled_then_delivered(make_provider, push_service) -> None:
+    provider = await make_provider()
+    token = push_service.subscribe(Mode.THROTTLED, Mode.OK)
+    device = sample_device("web_push", token)
+
+    first = await provider.send(device, sample_notification())
+    second = await provider.send(device, sample_notification())
+
+    assert (first.outcome, first.status, first.retry_after) == (Outcome.RETRY, 429, 7.0)
+    assert second.outcome is Outcome.DELIVERED
+    assert [r.status for r in push_service.received_for(token)] == [429, 201]
+
+
+async def test_down_for_good_is_retry(make_provider, push_service) -> None:
+    provider = await make_provider()
+    token = push_service.subscribe(Mode.DOWN)
+    device = sample_device("web_push", token)
+
+    for _ in range(3):
+        result = await provider.send(device, sample_notification())
+        assert (result.outcome, result.status) == (Outcome.RETRY, 503)
+
+
+async def test_connection_refused_is_retry(make_provider, push_service) -> None:
+    provider = await make_provider()
+    sub = json.loads(push_service.subscribe())
+    sub["endpoint"] = f"http://127.0.0.1:{free_port()}/push/x"
+
+    result = await provider.send(sample_device("web_push", json.dumps(sub)), sample_notification())
+
+    assert result.outcome is Outcome.RETRY and result.status is None
+
+
+async def test_hanging_service_times_out_as_retry(make_provider, push_service) -> None:
+    provider = await make_provider(timeout_seconds=0.5)
+    token = push_service.subscribe(Mode.HANG)
+
+    result = await provider.send(sample_device("web_push", token), sample_notification())
+
+    assert result.outcome is Outcome.RETRY
+
+
+async def test_rejected_vapid_key_is_failed(make_provider, push_service) -> None:
+    other = make_vapid_keys()  # not the key the subscription was made with
+    provider = await make_provider(private_key=other.private_raw, public_key="")
+    token = push_service.subscribe()
+
+    result = await provider.send(sample_device("web_push", token), sample_notification())
+
+    assert (result.outcome, result.status) == (Outcome.FAILED, 403)
+
+
+def _settings(**values) -> Settings:
+    empty = {"vapid_private_key": "", "vapid_public_key": "", "vapid_subject": ""}
+    return Settings(_env_file=None, **{**empty, **values})
+
+
+def test_from_settings(vapid) -> None:
+    assert webpush.from_settings(_settings()) is None
+    with pytest.raises(ConfigError):
+        webpush.from_settings(_settings(vapid_private_key=vapid.private_raw))
+    with pytest.raises(ConfigError):  # the public key of another pair
+        webpush.from_settings(
+            _settings(
+                vapid_private_key=vapid.private_raw,
+                vapid_public_key=make_vapid_keys().public,
+                vapid_subject=SUBJECT,
+            )
+        )
+    with pytest.raises(ConfigError):
+        webpush.from_settings(_settings(vapid_private_key="/no/such/key.pem", vapid_subject=SUBJECT))
+
+    provider = webpush.from_settings(
+        _settings(vapid_private_key=vapid.private_raw, vapid_subject=SUBJECT, push_ttl_seconds=120)
+    )
+    assert provider is not None and provider.name == "web_push"
+    assert provider.public_key == vapid.public  # what the web client subscribes with
+
+
+def test_topic_is_short_and_url_safe() -> None:
+    cid = uuid.uuid4()
+    assert topic_for(cid) == topic_for(str(cid)) == cid.hex
+    assert topic_for(12345) == "12345"
+    long = topic_for("conversation/with:odd chars" * 3)
+    assert len(long) == 32 and long.replace("-", "").replace("_", "").isalnum()
+
+
+def test_parse_retry_after() -> None:
+    now = time.time()
+    assert parse_retry_after("120") == 120.0
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(formatdate(now + 30, usegmt=True), now=now) == pytest.approx(30, abs=1)
+    assert parse_retry_after(formatdate(now - 30, usegmt=True), now=now) == 0.0
