@@ -6,15 +6,22 @@ import asyncio
 from datetime import timedelta
 
 import jwt
-from argon2 import PasswordHasher
+from argon2 import PasswordHasher, profiles
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from app.db import utcnow
 
-_hasher = PasswordHasher()
-# Verifying against this keeps a login for an unknown user as slow as a wrong password.
-_DUMMY_HASH = _hasher.hash("not a real password")
 ALGORITHM = "HS256"
+_hasher = PasswordHasher.from_parameters(profiles.RFC_9106_LOW_MEMORY)
+# Verifying against this keeps a login for an unknown user as slow as a wrong password.
+_dummy_hash = _hasher.hash("not a real password")
+
+
+def use_password_profile(name: str) -> None:
+    """Pick argon2's cost by its profile name (tests use CHEAPEST)."""
+    global _hasher, _dummy_hash
+    _hasher = PasswordHasher.from_parameters(getattr(profiles, name))
+    _dummy_hash = _hasher.hash("not a real password")
 
 
 class InvalidToken(Exception):
@@ -29,7 +36,7 @@ async def hash_password(password: str) -> str:
 async def verify_password(password_hash: str | None, password: str) -> bool:
     def check() -> bool:
         try:
-            return _hasher.verify(password_hash or _DUMMY_HASH, password) and bool(password_hash)
+            return _hasher.verify(password_hash or _dummy_hash, password) and bool(password_hash)
         except (VerificationError, InvalidHashError):
             return False
 

@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     secret_key: str = ""
     node_id: str = Field(default_factory=lambda: secrets.token_hex(4))
 
+    # argon2-cffi's profile: RFC_9106_LOW_MEMORY in production, CHEAPEST for tests.
+    password_profile: str = "RFC_9106_LOW_MEMORY"
     access_token_ttl_seconds: int = 7 * 24 * 3600
     max_message_length: int = 4000
     max_frame_bytes: int = 64 * 1024

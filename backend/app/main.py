@@ -15,6 +15,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from app import accounts
+from app.auth import use_password_profile
 from app.config import Settings
 from app.errors import EXCEPTION_HANDLERS
 from app.jsonutil import JSONResponse
@@ -54,6 +55,7 @@ async def health(request: Request) -> Response:
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     settings.signing_key  # noqa: B018  (fail now, not on the first login, if it is unusable)
+    use_password_profile(settings.password_profile)
     services = build_services(settings)
     await check_schema_current(services.engine)
     await services.start()

@@ -63,34 +63,34 @@ async def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     return url
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest) -> str:
     """Storage and send-path tests run on both databases."""
     return request.getfixturevalue(f"{request.param}_url")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 async def node(db_url: str) -> AsyncIterator[Node]:
     n = await start_node(make_settings(db_url))
     yield n
     await n.stop()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 async def pg_node(postgresql_url: str) -> AsyncIterator[Node]:
     n = await start_node(make_settings(postgresql_url))
     yield n
     await n.stop()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 async def client(node: Node) -> AsyncIterator[Client]:
     c = Client(node)
     yield c
     await c.close()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 async def pg_client(pg_node: Node) -> AsyncIterator[Client]:
     c = Client(pg_node)
     yield c

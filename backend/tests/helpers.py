@@ -25,6 +25,7 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "secret_key": SECRET,
         "redis_url": "",
         "log_level": "WARNING",
+        "password_profile": "CHEAPEST",
         "push_recovery_interval_seconds": 3600,
     }
     values.update(overrides)
@@ -54,7 +55,12 @@ class Node:
 async def start_node(settings: Settings) -> Node:
     app = create_app(settings)
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", ws_per_message_deflate=False
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        lifespan="on",
+        ws_per_message_deflate=False,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
@@ -108,18 +114,24 @@ class Client:
         )
         assert r.status_code == 200, r.text
         data = r.json()
-        return User(data["user"]["id"], username, data["access_token"], data["user"]["display_name"])
+        return User(
+            data["user"]["id"], username, data["access_token"], data["user"]["display_name"]
+        )
 
     async def conversation(self, owner: User, *others: User, title: str | None = None) -> dict:
         kind = "direct" if len(others) == 1 and title is None else "group"
         body: dict[str, Any] = {"type": kind, "participant_ids": [u.id for u in others]}
         if title is not None:
             body["title"] = title
-        r = await self.http.post("/api/v1/messenger/conversations", json=body, headers=owner.headers)
+        r = await self.http.post(
+            "/api/v1/messenger/conversations", json=body, headers=owner.headers
+        )
         assert r.status_code in (200, 201), r.text
         return r.json()
 
-    async def send(self, user: User, conversation_id: str, content: str, **extra: Any) -> httpx2.Response:
+    async def send(
+        self, user: User, conversation_id: str, content: str, **extra: Any
+    ) -> httpx2.Response:
         return await self.http.post(
             f"/api/v1/messenger/conversations/{conversation_id}/messages",
             json={"content": content, **extra},
@@ -148,12 +160,14 @@ class Socket:
         return cls(ws)
 
     async def send(self, frame: dict | str | bytes) -> None:
-        await self.ws.send(frame if isinstance(frame, (str, bytes)) else orjson.dumps(frame).decode())
+        await self.ws.send(
+            frame if isinstance(frame, (str, bytes)) else orjson.dumps(frame).decode()
+        )
 
-    async def recv(self, timeout: float = 5.0) -> dict:
+    async def recv(self, timeout: float = 5.0) -> dict:  # noqa: ASYNC109
         return orjson.loads(await asyncio.wait_for(self.ws.recv(), timeout))
 
-    async def expect(self, type_: str, timeout: float = 5.0, **match: Any) -> dict:
+    async def expect(self, type_: str, timeout: float = 5.0, **match: Any) -> dict:  # noqa: ASYNC109
         """The next frame of this type (and matching fields), skipping others."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, Field, StrictBool, StrictInt, StringConstraints
 from sqlalchemy import String, and_, func, select, update
 from sqlalchemy.exc import IntegrityError
 from starlette.requests import Request
@@ -28,7 +28,7 @@ _messages = Message.__table__
 _users = User.__table__
 
 MAX_GROUP_SIZE = 1000
-UserId = Annotated[int, Field(ge=1, le=MAX_ID)]
+UserId = Annotated[StrictInt, Field(ge=1, le=MAX_ID)]
 
 
 class CreateConversationBody(BaseModel):
@@ -43,13 +43,13 @@ class SendBody(BaseModel):
 
 
 class SettingsBody(BaseModel):
-    muted: bool | None = None
+    muted: StrictBool | None = None
     mute_until: AwareDatetime | None = None
-    push_enabled: bool | None = None
+    push_enabled: StrictBool | None = None
 
 
 class ReadBody(BaseModel):
-    seq: int = Field(ge=0, le=MAX_ID)
+    seq: StrictInt = Field(ge=0, le=MAX_ID)
 
 
 async def require_participant(request: Request, conversation_id: str) -> frozenset[int]:

@@ -10,7 +10,7 @@ import logging
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, Field, StringConstraints, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, StrictInt, StringConstraints, TypeAdapter, ValidationError
 from sqlalchemy import select
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -46,7 +46,7 @@ class TypingFrame(BaseModel):
 class ReadFrame(BaseModel):
     type: Literal["read"]
     conversation_id: ConversationId
-    seq: int = Field(ge=0, le=MAX_ID)
+    seq: StrictInt = Field(ge=0, le=MAX_ID)
 
 
 class PingFrame(BaseModel):

@@ -1,0 +1,250 @@
+"""Every bad REST request gets the API's error shape and the right status, never a 500,
+and leaves nothing behind."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers import Client
+
+C = "/api/v1/messenger/conversations"
+HUGE = '{"content": "' + "x" * (1024 * 1024 + 10) + '"}'
+
+# (name, method, path, body (str = raw bytes, dict = JSON, None), status, code)
+CASES = [
+    ("register: not json", "POST", "/api/v1/auth/register", "{oops", 400, "malformed_json"),
+    ("register: empty body", "POST", "/api/v1/auth/register", "", 400, "malformed_json"),
+    ("register: array", "POST", "/api/v1/auth/register", "[]", 400, "malformed_json"),
+    (
+        "register: missing password",
+        "POST",
+        "/api/v1/auth/register",
+        {"username": "abcde"},
+        422,
+        "invalid_field",
+    ),
+    (
+        "register: short password",
+        "POST",
+        "/api/v1/auth/register",
+        {"username": "abcde", "password": "x"},
+        422,
+        "invalid_field",
+    ),
+    (
+        "register: bad username",
+        "POST",
+        "/api/v1/auth/register",
+        {"username": "a b<c>", "password": "x" * 12},
+        422,
+        "invalid_field",
+    ),
+    (
+        "register: username not a string",
+        "POST",
+        "/api/v1/auth/register",
+        {"username": 5, "password": "x" * 12},
+        422,
+        "invalid_field",
+    ),
+    ("login: missing fields", "POST", "/api/v1/auth/login", {}, 422, "invalid_field"),
+    ("create: type missing", "POST", C, {"participant_ids": [1]}, 422, "invalid_field"),
+    (
+        "create: ids not a list",
+        "POST",
+        C,
+        {"type": "group", "participant_ids": "1,2"},
+        422,
+        "invalid_field",
+    ),
+    (
+        "create: ids as strings",
+        "POST",
+        C,
+        {"type": "group", "participant_ids": ["1", "2"]},
+        422,
+        "invalid_field",
+    ),
+    (
+        "create: id out of range",
+        "POST",
+        C,
+        {"type": "direct", "participant_ids": [2**40]},
+        422,
+        "invalid_field",
+    ),
+    (
+        "create: negative id",
+        "POST",
+        C,
+        {"type": "direct", "participant_ids": [-1]},
+        422,
+        "invalid_field",
+    ),
+    (
+        "create: title too long",
+        "POST",
+        C,
+        {"type": "group", "participant_ids": [1, 2], "title": "t" * 201},
+        422,
+        "invalid_field",
+    ),
+    ("send: huge body", "POST", f"{C}/OWN/messages", HUGE, 413, "payload_too_large"),
+    (
+        "send: content missing",
+        "POST",
+        f"{C}/OWN/messages",
+        {"client_msg_id": "x"},
+        422,
+        "invalid_field",
+    ),
+    ("send: content a number", "POST", f"{C}/OWN/messages", {"content": 12}, 422, "invalid_field"),
+    ("send: content empty", "POST", f"{C}/OWN/messages", {"content": ""}, 422, "empty_content"),
+    (
+        "send: content too long",
+        "POST",
+        f"{C}/OWN/messages",
+        {"content": "x" * 4001},
+        422,
+        "message_too_long",
+    ),
+    (
+        "send: client_msg_id too long",
+        "POST",
+        f"{C}/OWN/messages",
+        {"content": "x", "client_msg_id": "c" * 129},
+        422,
+        "invalid_field",
+    ),
+    (
+        "send: unknown conversation",
+        "POST",
+        f"{C}/00000000-0000-0000-0000-000000000000/messages",
+        {"content": "x"},
+        404,
+        "conversation_not_found",
+    ),
+    (
+        "send: other users' conversation",
+        "POST",
+        f"{C}/FOREIGN/messages",
+        {"content": "x"},
+        403,
+        "not_a_participant",
+    ),
+    (
+        "history: other users' conversation",
+        "GET",
+        f"{C}/FOREIGN/messages",
+        None,
+        403,
+        "not_a_participant",
+    ),
+    (
+        "history: unknown conversation",
+        "GET",
+        f"{C}/nope/messages",
+        None,
+        404,
+        "conversation_not_found",
+    ),
+    ("history: limit too big", "GET", f"{C}/OWN/messages?limit=201", None, 422, "invalid_field"),
+    (
+        "history: limit not a number",
+        "GET",
+        f"{C}/OWN/messages?limit=ten",
+        None,
+        422,
+        "invalid_field",
+    ),
+    (
+        "history: negative after_seq",
+        "GET",
+        f"{C}/OWN/messages?after_seq=-1",
+        None,
+        422,
+        "invalid_field",
+    ),
+    (
+        "settings: other users' conversation",
+        "GET",
+        f"{C}/FOREIGN/settings",
+        None,
+        403,
+        "not_a_participant",
+    ),
+    (
+        "settings: put other users'",
+        "PUT",
+        f"{C}/FOREIGN/settings",
+        {"muted": True},
+        403,
+        "not_a_participant",
+    ),
+    (
+        "settings: wrong type",
+        "PUT",
+        f"{C}/OWN/settings",
+        {"push_enabled": "no"},
+        422,
+        "invalid_field",
+    ),
+    ("read: seq not an int", "POST", f"{C}/OWN/read", {"seq": "1"}, 422, "invalid_field"),
+    (
+        "devices: platform unknown",
+        "POST",
+        "/api/v1/messenger/devices/register",
+        {"device_token": "a" * 64, "platform": "pager", "provider": "fcm"},
+        422,
+        "invalid_field",
+    ),
+    (
+        "devices: delete unknown",
+        "DELETE",
+        "/api/v1/messenger/devices/not-mine",
+        None,
+        404,
+        "device_not_found",
+    ),
+    ("unknown path", "GET", "/api/v1/nothing-here", None, 404, "not_found"),
+    ("wrong method", "DELETE", "/api/v1/me", None, 405, "method_not_allowed"),
+]
+
+
+@pytest.fixture
+async def world(pg_client: Client) -> dict:
+    a, b = await pg_client.user(), await pg_client.user()
+    own = await pg_client.conversation(a, b)
+    stranger = await pg_client.user()
+    foreign = await pg_client.conversation(stranger, await pg_client.user())
+    return {"user": a, "own": own["id"], "foreign": foreign["id"], "stranger": stranger}
+
+
+@pytest.mark.parametrize(
+    ("name", "method", "path", "body", "status", "code"), CASES, ids=[c[0] for c in CASES]
+)
+async def test_bad_request(
+    pg_client: Client,
+    world: dict,
+    name: str,
+    method: str,
+    path: str,
+    body: object,
+    status: int,
+    code: str,
+) -> None:
+    path = path.replace("OWN", world["own"]).replace("FOREIGN", world["foreign"])
+    kwargs: dict = {"headers": dict(world["user"].headers)}
+    if isinstance(body, str):
+        kwargs["content"] = body.encode()
+        kwargs["headers"]["Content-Type"] = "application/json"
+    elif body is not None:
+        kwargs["json"] = body
+    r = await pg_client.http.request(method, path, **kwargs)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["code"] == code
+    assert isinstance(error["message"], str) and error["message"]
+    # Nothing half-written: neither conversation gained a message.
+    assert await pg_client.messages(world["user"], world["own"]) == []
+    assert await pg_client.messages(world["stranger"], world["foreign"]) == []
