@@ -48,6 +48,6 @@ cleanup: install
 vapid-keys: install
 	$(BACKEND) ../$(BIN)/python -m app.cli vapid-keys
 
-## Send a test push to every device of a user: make test-push USER=alice
+## Send a test push to every device of a user: make test-push TO=alice
 test-push: install
-	$(BACKEND) ../$(BIN)/python -m app.cli test-push $(USER)
+	$(BACKEND) ../$(BIN)/python -m app.cli test-push $(TO)

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from app.config import Settings
 from app.db import make_engine, make_sessionmaker
+from app.messenger.cleanup import CleanupLoop
 from app.messenger.fanout import Fanout, LocalFanout
 from app.messenger.hub import Hub
 from app.messenger.participants import ParticipantCache
@@ -34,14 +35,17 @@ class Services:
     participants: ParticipantCache
     writer: MessageWriter
     push: PushService
+    cleanup: CleanupLoop
 
     async def start(self) -> None:
         await self.presence.start()
         await self.fanout.start()
         await self.writer.start()
         await self.push.start()
+        await self.cleanup.start()
 
     async def stop(self) -> None:
+        await self.cleanup.stop()
         await self.push.stop()
         await self.writer.stop()
         await self.fanout.stop()
@@ -83,4 +87,5 @@ def build_services(settings: Settings) -> Services:
         participants=participants,
         writer=MessageWriter(engine, settings.node_id, settings.push_lease_seconds),
         push=PushService(settings, engine, presence),
+        cleanup=CleanupLoop(engine, settings),
     )

@@ -1,0 +1,120 @@
+"""Operator commands: `python -m app.cli cleanup | vapid-keys | test-push USERNAME`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import logging
+import sys
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from sqlalchemy import select
+
+from app.config import Settings
+from app.db import make_engine
+from app.messenger.cleanup import run_cleanup
+from app.messenger.models import DeviceToken
+from app.messenger.push.base import Device, Notification
+from app.messenger.push.delivery import RetryPolicy, deliver
+from app.messenger.push.providers import start_providers
+from app.models import User
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def vapid_keys() -> str:
+    """A fresh VAPID key pair, as lines for `.env`."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    private = key.private_numbers().private_value.to_bytes(32, "big")
+    public = key.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    return (
+        f"VAPID_PRIVATE_KEY={b64url(private)}\n"
+        f"VAPID_PUBLIC_KEY={b64url(public)}\n"
+        "VAPID_SUBJECT=mailto:admin@example.com\n"
+    )
+
+
+async def cleanup(settings: Settings) -> int:
+    engine = make_engine(settings.effective_database_url)
+    try:
+        report = await run_cleanup(engine, settings)
+    finally:
+        await engine.dispose()
+    if not report.ran:
+        print("another node is running the cleanup; nothing done")
+    else:
+        print(f"removed {report.devices_removed} devices, {report.attempts_removed} push records")
+    return 0
+
+
+async def test_push(settings: Settings, username: str) -> int:
+    """Send a test notification to every active device of a user; print each outcome."""
+    engine = make_engine(settings.effective_database_url)
+    providers = await start_providers(settings)
+    policy = RetryPolicy(1, 0, 0, settings.push_timeout_seconds)
+    try:
+        async with engine.connect() as conn:
+            user_id = await conn.scalar(select(User.id).where(User.username == username.lower()))
+            if user_id is None:
+                print(f"no user {username!r}", file=sys.stderr)
+                return 1
+            rows = (
+                await conn.execute(
+                    select(DeviceToken).where(
+                        DeviceToken.user_id == user_id, DeviceToken.is_active.is_(True)
+                    )
+                )
+            ).all()
+        if not rows:
+            print(f"{username} has no active device")
+            return 1
+        notification = Notification(
+            title="Test notification",
+            body="Push notifications work on this device.",
+            data={"type": "test"},
+            conversation_id="test",
+            message_id="test",
+            url=settings.public_base_url + "/",
+        )
+        failed = 0
+        for row in rows:
+            device = Device(row.id, row.user_id, row.token, row.platform, row.provider)
+            provider = providers.get(device.provider)
+            if provider is None:
+                print(f"{device.id} {device.provider}: provider is off")
+                failed += 1
+                continue
+            result = await deliver(provider, device, notification, policy)
+            print(f"{device.id} {device.provider}: {result.outcome} {result.error or ''}".rstrip())
+            failed += result.outcome != "delivered"
+        return 1 if failed else 0
+    finally:
+        for provider in providers.values():
+            await provider.close()
+        await engine.dispose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m app.cli")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("cleanup", help="remove stale devices and old push records now")
+    commands.add_parser("vapid-keys", help="print a fresh VAPID key pair for .env")
+    push = commands.add_parser("test-push", help="send a test push to a user's devices")
+    push.add_argument("username")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+    if args.command == "vapid-keys":
+        print(vapid_keys(), end="")
+        return 0
+    settings = Settings()
+    if args.command == "cleanup":
+        return asyncio.run(cleanup(settings))
+    return asyncio.run(test_push(settings, args.username))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
