@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     # stops (kill -9) stops counting once the TTL runs out.
     presence_heartbeat_seconds: float = 30.0
     presence_ttl_seconds: float = 90.0
+    # Every Redis key and channel starts with this, so deployments (or tests) can share
+    # one Redis. A Redis call waits at most this long: when Redis is away the node serves
+    # its own sockets rather than waiting on it.
+    redis_prefix: str = "msg:"
+    redis_timeout_seconds: float = 2.0
 
     # Push delivery.
     push_concurrency: int = 200
@@ -65,6 +70,8 @@ class Settings(BaseSettings):
     cleanup_interval_seconds: float = 24 * 3600
     web_base_url: str = ""
 
+    # Browsers hand out https endpoints only; plain http is for local fakes in tests.
+    web_push_allow_http: bool = False
     vapid_private_key: str = ""
     vapid_public_key: str = ""
     vapid_subject: str = ""

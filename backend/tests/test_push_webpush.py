@@ -8,14 +8,14 @@ import uuid
 from email.utils import formatdate
 
 import pytest
-from fakes import Mode, free_port, sample_device, sample_notification
-from fakes.webpush import FakePushService, VapidKeys, make_vapid_keys
 
 from app.config import ConfigError, Settings
 from app.messenger.push import webpush
 from app.messenger.push.base import Outcome
 from app.messenger.push.retry_after import parse_retry_after
 from app.messenger.push.webpush import WebPushConfig, WebPushProvider, topic_for
+from tests.fakes import Mode, free_port, sample_device, sample_notification
+from tests.fakes.webpush import FakePushService, VapidKeys, make_vapid_keys
 
 SUBJECT = "mailto:ops@example.com"
 
@@ -82,7 +82,9 @@ async def test_delivers_encrypted_payload_with_vapid(make_provider, push_service
     assert got.claims["aud"] == push_service.base_url
 
 
-async def test_pem_key_file_and_reuse_of_claims(make_provider, push_service, vapid, tmp_path) -> None:
+async def test_pem_key_file_and_reuse_of_claims(
+    make_provider, push_service, vapid, tmp_path
+) -> None:
     pem = tmp_path / "vapid.pem"
     pem.write_bytes(vapid.pem)
     provider = await make_provider(private_key=str(pem), ttl_seconds=60)
@@ -105,12 +107,16 @@ async def test_gone_subscription_is_dead(make_provider, push_service, mode) -> N
     assert result.outcome is Outcome.DEAD_TOKEN and result.status == 410
 
 
-async def test_unknown_subscription_and_malformed_token_are_dead(make_provider, push_service) -> None:
+async def test_unknown_subscription_and_malformed_token_are_dead(
+    make_provider, push_service
+) -> None:
     provider = await make_provider()
     unknown = json.loads(push_service.subscribe())
     unknown["endpoint"] = f"{push_service.base_url}/push/no-such-subscription"
 
-    result = await provider.send(sample_device("web_push", json.dumps(unknown)), sample_notification())
+    result = await provider.send(
+        sample_device("web_push", json.dumps(unknown)), sample_notification()
+    )
     assert (result.outcome, result.status) == (Outcome.DEAD_TOKEN, 404)
 
     for token in ("not json", '{"endpoint": "https://x.test/1"}', '{"endpoint": 1, "keys": {}}'):
@@ -188,7 +194,9 @@ def test_from_settings(vapid) -> None:
             )
         )
     with pytest.raises(ConfigError):
-        webpush.from_settings(_settings(vapid_private_key="/no/such/key.pem", vapid_subject=SUBJECT))
+        webpush.from_settings(
+            _settings(vapid_private_key="/no/such/key.pem", vapid_subject=SUBJECT)
+        )
 
     provider = webpush.from_settings(
         _settings(vapid_private_key=vapid.private_raw, vapid_subject=SUBJECT, push_ttl_seconds=120)

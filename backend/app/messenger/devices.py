@@ -49,7 +49,7 @@ def _b64url(value: Any) -> bytes:
     return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
 
 
-def parse_subscription(raw: str) -> dict[str, Any]:
+def parse_subscription(raw: str, allow_http: bool = False) -> dict[str, Any]:
     """A browser PushSubscription as the canonical dict we store; 422 if malformed."""
     try:
         sub = orjson.loads(raw)
@@ -65,8 +65,9 @@ def parse_subscription(raw: str) -> dict[str, Any]:
             "device_token must be a PushSubscription: {endpoint, keys: {p256dh, auth}} "
             "with a P-256 public key and a 16-byte auth secret",
         ) from None
-    if not isinstance(endpoint, str) or not re.match(r"^https?://[^\s/]+/\S*$", endpoint):
-        raise ApiError(422, "invalid_subscription", "the subscription endpoint is not a URL")
+    scheme = "https?" if allow_http else "https"
+    if not isinstance(endpoint, str) or not re.match(rf"^{scheme}://[^\s/]+/\S*$", endpoint):
+        raise ApiError(422, "invalid_subscription", "the subscription endpoint is not an https URL")
     if len(endpoint) > MAX_TOKEN:
         raise ApiError(422, "invalid_subscription", "the subscription endpoint is too long")
     if len(auth) != 16:
@@ -86,9 +87,10 @@ def device_key(token: str) -> str:
     return token
 
 
-def normalise_token(provider: str, token: str) -> str:
+def normalise_token(provider: str, token: str, allow_http: bool) -> str:
     if provider == "web_push":
-        return orjson.dumps(parse_subscription(token), option=orjson.OPT_SORT_KEYS).decode()
+        sub = parse_subscription(token, allow_http)
+        return orjson.dumps(sub, option=orjson.OPT_SORT_KEYS).decode()
     token = token.strip()
     pattern = _APNS_TOKEN if provider == "apns" else _FCM_TOKEN
     if not pattern.match(token):
@@ -105,7 +107,8 @@ async def register_device(request: Request) -> Response:
             "invalid_field",
             f"provider {body.provider} does not serve platform {body.platform}",
         )
-    token = normalise_token(body.provider, body.device_token)
+    settings = request.app.state.services.settings
+    token = normalise_token(body.provider, body.device_token, settings.web_push_allow_http)
     key = device_key(token)
     now = utcnow()
     values = {
@@ -196,10 +199,10 @@ async def list_devices(request: Request) -> Response:
 
 
 async def vapid_public_key(request: Request) -> Response:
-    key = request.app.state.services.settings.vapid_public_key
-    if not key:
+    provider = request.app.state.services.push.providers.get("web_push")
+    if provider is None:
         raise ApiError(404, "web_push_off", "Web Push is not configured on this server")
-    return JSONResponse({"public_key": key})
+    return JSONResponse({"public_key": provider.public_key})
 
 
 routes = [

@@ -3,7 +3,7 @@
 Each fake checks what the real service checks, answers what it answers, and records
 what it received so a test can assert on it. What it answers is scripted per token:
 `fake.script(token, Mode.THROTTLED, Mode.OK)` answers 429 once, then succeeds; the
-last mode of a script repeats.
+last mode of a script repeats; `fake.modes.default` answers every other token.
 """
 
 from __future__ import annotations
@@ -128,4 +128,6 @@ def sample_notification(**overrides: Any) -> Notification:
 
 def sample_device(provider: str, token: str, platform: str = "") -> Device:
     platform = platform or {"fcm": "android", "apns": "ios", "web_push": "web"}[provider]
-    return Device(id=str(uuid.uuid4()), user_id=1, token=token, platform=platform, provider=provider)
+    return Device(
+        id=str(uuid.uuid4()), user_id=1, token=token, platform=platform, provider=provider
+    )

@@ -26,7 +26,7 @@ from py_vapid import jwt as vapid_jwt
 
 from . import AiohttpFake, Mode
 
-_TOPIC_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+_TOPIC_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _URGENCIES = {"very-low", "low", "normal", "high"}
 
 
@@ -68,7 +68,10 @@ class Subscriber:
             serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
         )
         return json.dumps(
-            {"endpoint": self.endpoint, "keys": {"p256dh": b64url(p256dh), "auth": b64url(self.auth)}}
+            {
+                "endpoint": self.endpoint,
+                "keys": {"p256dh": b64url(p256dh), "auth": b64url(self.auth)},
+            }
         )
 
 
@@ -114,12 +117,16 @@ class FakePushService(AiohttpFake):
         claims, problem = self._check_vapid(request.headers.get("Authorization", ""))
         if problem:
             return problem
-        headers = {k: request.headers[k] for k in ("TTL", "Urgency", "Topic", "Content-Encoding") if k in request.headers}
+        headers = {
+            k: request.headers[k]
+            for k in ("TTL", "Urgency", "Topic", "Content-Encoding")
+            if k in request.headers
+        }
         if not re.fullmatch(r"\d+", headers.get("TTL", "")):
             return _error(400, 112, "Missing or invalid TTL header")
         if "Urgency" in headers and headers["Urgency"] not in _URGENCIES:
             return _error(400, 110, "Invalid Urgency header")
-        if "Topic" in headers and not _TOPIC_RE.match(headers["Topic"]):
+        if "Topic" in headers and not _TOPIC_RE.fullmatch(headers["Topic"]):
             return _error(400, 113, "Topic must be at most 32 URL-safe base64 characters")
         if headers.get("Content-Encoding") != "aes128gcm":
             return _error(400, 110, "Unknown Content-Encoding")
@@ -150,7 +157,9 @@ class FakePushService(AiohttpFake):
             record.status = 400
             return _error(400, 110, "Could not decrypt the payload")
         record.status = 201
-        return web.Response(status=201, headers={"Location": f"{self.base_url}/m/{secrets.token_hex(8)}"})
+        return web.Response(
+            status=201, headers={"Location": f"{self.base_url}/m/{secrets.token_hex(8)}"}
+        )
 
     def _check_vapid(self, authorization: str) -> tuple[dict[str, Any], web.Response | None]:
         try:
@@ -173,7 +182,9 @@ class FakePushService(AiohttpFake):
         return claims, None
 
 
-def _error(status: int, errno: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+def _error(
+    status: int, errno: int, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
     # The shape Mozilla's autopush answers with.
     body = {"code": status, "errno": errno, "error": HTTPStatus(status).phrase, "message": message}
     return web.json_response(body, status=status, headers=headers)

@@ -69,8 +69,10 @@ class _OneShotFCM(FCMNotification):
         self.url = url
         self._token_lock = threading.Lock()
         # google-auth's default token request timeout is 120 s: use ours.
+        self.auth_session = requests.Session()
         self._auth_request = partial(
-            google.auth.transport.requests.Request(), timeout=config.timeout_seconds
+            google.auth.transport.requests.Request(self.auth_session),
+            timeout=config.timeout_seconds,
         )
 
     @property
@@ -137,6 +139,7 @@ class FCMProvider:
             self._executor = None
         if self._client is not None:
             self._client.adapter.close()
+            self._client.auth_session.close()
             self._client = None
 
     async def send(self, device: Device, notification: Notification) -> Result:
@@ -151,8 +154,11 @@ class FCMProvider:
                 response = await loop.run_in_executor(
                     self._executor, self._client.post, payload, timeout
                 )
-            result = self._classify(response)
-        except (TimeoutError, requests.RequestException, google.auth.exceptions.TransportError) as exc:
+        except (
+            TimeoutError,
+            requests.RequestException,
+            google.auth.exceptions.TransportError,
+        ) as exc:
             result = Result(Outcome.RETRY, error=_describe(exc))
         except google.auth.exceptions.RefreshError as exc:
             # The token endpoint said no: retryable when it was busy, else our credentials.
@@ -161,6 +167,8 @@ class FCMProvider:
         except Exception as exc:  # a bug here must not look like a dead token
             log.exception("fcm send failed device=%s", device.id)
             result = Result(Outcome.FAILED, error=_describe(exc))
+        else:
+            result = self._classify(response)
         log.log(
             _LOG_LEVEL[result.outcome],
             "fcm %s device=%s message=%s token=%s… status=%s retry_after=%s error=%s",
@@ -214,7 +222,10 @@ class FCMProvider:
             if status == 200 or status == 429 or status >= 500:
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
                 return Result(
-                    Outcome.RETRY, status=status, retry_after=retry_after, error=_error_message(response)
+                    Outcome.RETRY,
+                    status=status,
+                    retry_after=retry_after,
+                    error=_error_message(response),
                 )
             return Result(Outcome.FAILED, status=status, error=_error_message(response))
         except ValueError:  # a 200 whose body isn't JSON: FCM took it all the same

@@ -4,28 +4,28 @@ from __future__ import annotations
 
 import logging
 
-from app.config import Settings
-import importlib
+from app.config import ConfigError, Settings
+from app.messenger.push import apns, fcm, webpush
 from app.messenger.push.base import Provider
 
 log = logging.getLogger(__name__)
 
-MODULES = {"web_push": "webpush", "fcm": "fcm", "apns": "apns"}  # TEMP
+MODULES = {"web_push": webpush, "fcm": fcm, "apns": apns}
 
 
 async def start_providers(settings: Settings) -> dict[str, Provider]:
     providers: dict[str, Provider] = {}
-    for name, modname in MODULES.items():
+    for name, module in MODULES.items():
         try:
-            module = importlib.import_module(f"app.messenger.push.{modname}")
-        except ImportError:
-            continue
-        provider = module.from_settings(settings)
-        if provider is None:
-            log.warning("push provider %s is off: its settings are missing", name)
-            continue
-        try:
+            provider = module.from_settings(settings)
+            if provider is None:
+                log.warning("push provider %s is off: it has no settings", name)
+                continue
             await provider.start()
+        except ConfigError as exc:
+            # Half set up (a missing key file, a mismatched key): off, and said loudly.
+            log.error("push provider %s is off: %s", name, exc)
+            continue
         except Exception:
             log.exception("push provider %s is off: it failed to start", name)
             continue

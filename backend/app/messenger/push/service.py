@@ -176,6 +176,8 @@ class PushService:
                         self._settings.public_base_url,
                         skip_done=recovered,
                     )
+        # Devices whose provider is off are left alone (that was said once, at start).
+        plans = [p for p in plans if p.device.provider in self._providers]
         per_message: dict[str, int] = {}
         for plan in plans:
             per_message[plan.message_id] = per_message.get(plan.message_id, 0) + 1
@@ -193,12 +195,9 @@ class PushService:
         self._flush.set()
 
     async def _deliver(self, plan: PlannedPush, committed_at: Mapping[str, float]) -> None:
-        provider = self._providers.get(plan.device.provider)
+        provider = self._providers[plan.device.provider]
         async with self._limit:
-            if provider is None:
-                delivery = Delivery(str(Outcome.FAILED), 0, 0.0, "provider is off", None)
-            else:
-                delivery = await deliver(provider, plan.device, plan.notification, self._policy)
+            delivery = await deliver(provider, plan.device, plan.notification, self._policy)
         metrics.pushes.labels(plan.device.provider, delivery.outcome).inc()
         if delivery.accepted_at is not None and plan.message_id in committed_at:
             metrics.push_latency.labels(plan.device.provider).observe(

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import Vapid
@@ -32,7 +33,7 @@ from app.messenger.push.retry_after import parse_retry_after
 log = logging.getLogger(__name__)
 
 # RFC 8030 5.4: a Topic is at most 32 characters of the URL-safe base64 alphabet.
-_TOPIC_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+_TOPIC_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
 _LOG_LEVEL = {
     Outcome.DELIVERED: logging.DEBUG,
@@ -112,10 +113,10 @@ class WebPushProvider:
         except WebPushException as exc:
             result = _classify(exc)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            result = Result(Outcome.RETRY, error=f"{type(exc).__name__}: {exc}"[:200])
+            result = Result(Outcome.RETRY, error=_describe(exc, subscription["endpoint"]))
         except Exception as exc:  # a bug here must not look like a dead token
             log.exception("web_push send failed device=%s", device.id)
-            result = Result(Outcome.FAILED, error=f"{type(exc).__name__}: {exc}"[:200])
+            result = Result(Outcome.FAILED, error=_describe(exc, subscription["endpoint"]))
         return self._log(device, notification, result, origin)
 
     def _log(
@@ -163,12 +164,15 @@ def load_vapid_key(value: str) -> Vapid:
             with open(value, "rb") as f:
                 pem = f.read()
         else:
-            # Raw 32-byte key (or base64 DER), as `vapid --gen` / web-push tools print it.
-            return Vapid.from_string(private_key=value)
-        key = serialization.load_pem_private_key(pem, password=None)
-    except (ValueError, TypeError, OSError) as exc:
+            # Raw 32-byte key (or base64 DER), as web-push tools print it.
+            pem = b""
+            key = Vapid.from_string(private_key=value).private_key
+        if pem:
+            key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError, OSError, UnsupportedAlgorithm) as exc:
         raise ConfigError(
-            f"VAPID_PRIVATE_KEY is neither a base64url P-256 key nor a PEM file ({type(exc).__name__})"
+            "VAPID_PRIVATE_KEY is neither a base64url P-256 key nor a PEM file "
+            f"({type(exc).__name__})"
         ) from None
     if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
         raise ConfigError("VAPID_PRIVATE_KEY must be a P-256 (prime256v1) EC key")
@@ -182,7 +186,7 @@ def topic_for(conversation_id: object) -> str:
         return uuid.UUID(text).hex  # 32 hex characters
     except ValueError:
         pass
-    if _TOPIC_RE.match(text):
+    if _TOPIC_RE.fullmatch(text):
         return text
     return _b64url(hashlib.sha256(text.encode()).digest()[:24])  # 32 characters
 
@@ -234,6 +238,13 @@ def _classify(exc: WebPushException) -> Result:
         )
     # 400 bad headers, 401/403 VAPID rejected, 413 payload too large: our side.
     return Result(Outcome.FAILED, status=status, error=error)
+
+
+def _describe(exc: BaseException, endpoint: str) -> str:
+    # aiohttp puts the whole URL in some messages: keep the subscription's path out.
+    text = f"{type(exc).__name__}: {exc}"
+    path = urlsplit(endpoint).path
+    return (text.replace(path, "/…") if len(path) > 1 else text)[:200]
 
 
 def _origin(endpoint: str) -> str:

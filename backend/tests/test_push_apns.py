@@ -1,0 +1,229 @@
+"""APNsProvider against a fake APNs speaking HTTP/2 over TLS (h2), with token auth."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+
+import pytest
+
+from app.config import ConfigError, Settings
+from app.messenger.push import apns
+from app.messenger.push.apns import APNsConfig, APNsProvider, apns_id
+from app.messenger.push.base import Outcome
+from tests.fakes import Mode, free_port, sample_device, sample_notification
+from tests.fakes.apns import FakeAPNs
+
+
+@pytest.fixture(scope="module")
+async def apns_fake():
+    async with FakeAPNs(
+        team_id="TEAM123456", key_id="KEY1234567", topic="com.example.messenger"
+    ) as fake:
+        yield fake
+
+
+@pytest.fixture(autouse=True)
+def _fresh_fake(apns_fake: FakeAPNs) -> None:
+    apns_fake.reset()
+
+
+@pytest.fixture(scope="module")
+def key_file(apns_fake: FakeAPNs, tmp_path_factory) -> str:
+    return str(apns_fake.write_key(tmp_path_factory.mktemp("apns")))
+
+
+@pytest.fixture
+async def make_provider(apns_fake: FakeAPNs, key_file: str):
+    started: list[APNsProvider] = []
+
+    async def make(**overrides) -> APNsProvider:
+        fields = {
+            "key_file": key_file,
+            "key_id": apns_fake.key_id,
+            "team_id": apns_fake.team_id,
+            "topic": apns_fake.topic,
+            "use_sandbox": True,
+            "endpoint": apns_fake.endpoint,
+            "ca_file": str(apns_fake.ca_file),
+            "timeout_seconds": 2.0,
+            **overrides,
+        }
+        provider = APNsProvider(APNsConfig(**fields))
+        await provider.start()
+        started.append(provider)
+        return provider
+
+    yield make
+    for provider in started:
+        await provider.close()
+
+
+def device_token() -> str:
+    return secrets.token_hex(32)
+
+
+async def test_delivers_alert_with_thread_badge_and_data(make_provider, apns_fake) -> None:
+    provider = await make_provider()
+    token = device_token()
+    device = sample_device("apns", token)
+    note = sample_notification(badge=5)
+
+    result = await provider.send(device, note)
+
+    assert result.outcome is Outcome.DELIVERED and result.status == 200
+    [got] = apns_fake.received_for(token)
+    assert got.payload == {
+        "aps": {
+            "alert": {"title": note.title, "body": note.body},
+            "thread-id": note.conversation_id,
+            "sound": "default",
+            "badge": 5,
+        },
+        **note.data,  # beside "aps", JSON types kept
+    }
+    assert isinstance(got.payload["seq"], int)
+    h = got.headers
+    assert h[":path"] == f"/3/device/{token}"
+    assert h["apns-topic"] == "com.example.messenger"
+    assert h["apns-push-type"] == "alert"
+    assert h["apns-priority"] == "10"
+    assert h["apns-id"] == apns_id(note.message_id, device.id)
+    assert "apns-collapse-id" not in h  # every message its own notification
+    assert int(h["apns-expiration"]) > time.time()
+    assert got.jwt_header["kid"] == "KEY1234567" and got.jwt_claims["iss"] == "TEAM123456"
+
+
+async def test_no_badge_when_none(make_provider, apns_fake) -> None:
+    provider = await make_provider()
+    token = device_token()
+
+    result = await provider.send(sample_device("apns", token), sample_notification(badge=None))
+
+    assert result.outcome is Outcome.DELIVERED
+    assert "badge" not in apns_fake.received_for(token)[0].payload["aps"]
+
+
+async def test_concurrent_sends_share_a_connection_and_a_jwt(make_provider, apns_fake) -> None:
+    provider = await make_provider()
+    tokens = [device_token() for _ in range(20)]
+
+    results = await asyncio.gather(
+        *(provider.send(sample_device("apns", t), sample_notification()) for t in tokens)
+    )
+
+    assert {r.outcome for r in results} == {Outcome.DELIVERED}
+    assert len({r.headers["authorization"] for r in apns_fake.received}) == 1
+
+
+@pytest.mark.parametrize(
+    ("mode", "status", "reason"),
+    [(Mode.DEAD, 410, "Unregistered"), (Mode.BAD_TOKEN, 400, "BadDeviceToken")],
+)
+async def test_dead_tokens(make_provider, apns_fake, mode, status, reason) -> None:
+    provider = await make_provider()
+    token = device_token()
+    apns_fake.script(token, mode)
+
+    result = await provider.send(sample_device("apns", token), sample_notification())
+
+    assert (result.outcome, result.status, result.error) == (Outcome.DEAD_TOKEN, status, reason)
+
+
+async def test_malformed_token_is_dead(make_provider) -> None:
+    provider = await make_provider()
+
+    result = await provider.send(sample_device("apns", "not-hex"), sample_notification())
+
+    assert (result.outcome, result.error) == (Outcome.DEAD_TOKEN, "BadDeviceToken")
+
+
+async def test_throttled_then_delivered_with_the_same_apns_id(make_provider, apns_fake) -> None:
+    provider = await make_provider()
+    token = device_token()
+    apns_fake.script(token, Mode.THROTTLED, Mode.OK)
+    device = sample_device("apns", token)
+    note = sample_notification()
+
+    first = await provider.send(device, note)
+    second = await provider.send(device, note)
+
+    assert (first.outcome, first.status, first.error) == (Outcome.RETRY, 429, "TooManyRequests")
+    assert second.outcome is Outcome.DELIVERED
+    ids = [r.headers["apns-id"] for r in apns_fake.received_for(token)]
+    assert ids == [apns_id(note.message_id, device.id)] * 2
+
+
+async def test_down_for_good_is_retry(make_provider, apns_fake) -> None:
+    provider = await make_provider()
+    token = device_token()
+    apns_fake.script(token, Mode.DOWN)
+
+    for _ in range(2):
+        result = await provider.send(sample_device("apns", token), sample_notification())
+        assert (result.outcome, result.status) == (Outcome.RETRY, 503)
+
+
+async def test_connection_refused_is_retry(make_provider) -> None:
+    provider = await make_provider(endpoint=f"127.0.0.1:{free_port()}", timeout_seconds=5.0)
+
+    result = await provider.send(sample_device("apns", device_token()), sample_notification())
+
+    assert result.outcome is Outcome.RETRY
+    assert "MaxAttemptsExceeded" in (result.error or "")
+
+
+async def test_hanging_service_times_out_and_the_connection_recovers(
+    make_provider, apns_fake
+) -> None:
+    provider = await make_provider(timeout_seconds=0.5)
+    hung, fine = device_token(), device_token()
+    apns_fake.script(hung, Mode.HANG)
+
+    result = await provider.send(sample_device("apns", hung), sample_notification())
+    assert result.outcome is Outcome.RETRY
+
+    # The next send is not stuck behind the abandoned one.
+    result = await provider.send(sample_device("apns", fine), sample_notification())
+    assert result.outcome is Outcome.DELIVERED
+
+
+async def test_wrong_topic_is_failed_not_dead(make_provider) -> None:
+    provider = await make_provider(topic="com.example.other")
+
+    result = await provider.send(sample_device("apns", device_token()), sample_notification())
+
+    assert (result.outcome, result.status, result.error) == (Outcome.FAILED, 400, "TopicDisallowed")
+
+
+async def test_untrusted_certificate_is_retry(make_provider) -> None:
+    provider = await make_provider(ca_file="", timeout_seconds=0.5)  # system CAs only
+
+    result = await provider.send(sample_device("apns", device_token()), sample_notification())
+
+    assert result.outcome is Outcome.RETRY
+
+
+def _settings(**values) -> Settings:
+    empty = {f: "" for f in ("apns_key_file", "apns_key_id", "apns_team_id", "apns_topic")}
+    return Settings(_env_file=None, **{**empty, **values})
+
+
+def test_from_settings(key_file, tmp_path) -> None:
+    assert apns.from_settings(_settings()) is None
+    with pytest.raises(ConfigError, match="APNS_TOPIC"):
+        apns.from_settings(_settings(apns_key_file=key_file, apns_key_id="K", apns_team_id="T"))
+    bad_key = tmp_path / "bad.p8"
+    bad_key.write_text("not a key")
+    full = {"apns_key_id": "K", "apns_team_id": "T", "apns_topic": "com.example.messenger"}
+    with pytest.raises(ConfigError):
+        apns.from_settings(_settings(apns_key_file=str(bad_key), **full))
+
+    provider = apns.from_settings(_settings(apns_key_file=key_file, **full))
+    assert provider is not None and provider.name == "apns"
+
+
+def test_apns_id_is_stable_per_message_and_device() -> None:
+    assert apns_id("m1", "d1") == apns_id("m1", "d1")
+    assert len({apns_id("m1", "d1"), apns_id("m1", "d2"), apns_id("m2", "d1")}) == 3
