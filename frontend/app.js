@@ -1,0 +1,681 @@
+/*
+ * Messenger web client: the entry point that ties the modules together.
+ *   api.js REST · ws.js socket · store.js state · users.js names · ui.js drawing
+ *   newchat.js new-conversation dialog · push.js Web Push, page side · sw.js service worker
+ *
+ * Hooks for browser tests (stable ids and attributes):
+ *   Sign-in   #auth-view, #login-username, #login-password, #register-display-name (register mode),
+ *             #login-submit, #register-toggle (switches sign-in/register), #auth-error
+ *   Shell     #main-view (.chat-open when a chat is shown), #me-name, #logout, #enable-notifications,
+ *             #connection-status: data-state="online|offline|connecting", text "Online" | "Offline" |
+ *             "Connecting…" (first attempt) | "Reconnecting…"; #offline-banner
+ *   List      #conversation-list > li[data-conversation-id] (.active, .has-unread) with .conversation-name,
+ *             .conversation-preview, .unread (the count; hidden when 0), .presence[data-online] for direct chats
+ *   New chat  #new-chat, #new-chat-dialog, #new-chat-query, #new-chat-results button[data-user-id][aria-pressed],
+ *             #new-chat-selected, #new-group-title, #create-chat, #new-chat-error
+ *   Chat      #chat-title, #chat-subtitle, #back, #mute-toggle[aria-pressed="true" when muted],
+ *             #messages (role=log): li.message[data-message-id][data-seq][data-sender-id] (.own / .other),
+ *             pending ones li.message.pending / .failed [data-client-msg-id] with button.retry / button.discard,
+ *             li.seen ("Seen" / "Seen by …"), li.day, li.history-status;
+ *             #typing-indicator, #composer (textarea), #send, #composer-error
+ *   URL       /?conversation=<id> opens that conversation; the open one is kept in the URL (replaceState).
+ */
+
+import { api, onUnauthorized, session } from './api.js';
+import { initNewChatDialog } from './newchat.js';
+import * as push from './push.js';
+import {
+  addMessage, clearOutbox, findOutboxItem, isMuted, loadOutbox, recordRead, removeFromOutbox,
+  resetState, saveOutbox, state, windowFor,
+} from './store.js';
+import * as ui from './ui.js';
+import { conversationTitle, loadUser, onUsersChanged } from './users.js';
+import { Connection } from './ws.js';
+
+const { $ } = ui;
+
+const PAGE_SIZE = 50;
+const CATCH_UP_PAGE = 200;
+const LOAD_OLDER_WITHIN_PX = 200;
+const TYPING_SEND_EVERY_MS = 3000;
+const TYPING_SHOWN_MS = 6000;
+const RATE_LIMIT_RETRY_MS = 2500;
+const LOGOUT_PUSH_TIMEOUT_MS = 5000;
+const EXPIRED_MESSAGE = 'Your session has ended. Please sign in again.';
+const BLOCKED_MESSAGE = 'Notifications are blocked for this site. Allow them in your browser’s site settings, then try again.';
+
+let connection = null;
+let registering = false;
+let endingSession = false;
+let pendingOpen = new URLSearchParams(location.search).get('conversation'); // opened once the list knows it
+let lastTyping = { conversationId: null, at: 0 };
+let syncing = null;
+let syncAgain = false;
+let renderQueued = false;
+let muteBusy = false;
+let openNewChat;
+
+// ---- Session
+
+async function resume() {
+  if (!session.token) {
+    ui.showAuth();
+    return;
+  }
+  try {
+    const user = await api.me();
+    session.saveUser(user);
+    startSession(user);
+  } catch (error) {
+    // Offline: start from the cached profile and let the socket keep trying. A 401 is handled by onUnauthorized.
+    if (error.status === 0 && session.user) startSession(session.user);
+    else if (error.status !== 401) ui.showAuth(error.message);
+  }
+}
+
+function startSession(user) {
+  resetState(user);
+  loadOutbox();
+  ui.showMain(user);
+  connection = new Connection(() => session.token, {
+    onOpen: resync,
+    onFrame: handleFrame,
+    onStatus: ui.setConnectionStatus,
+    onUnauthorized: () => endSession({ expired: true }),
+    // A refused upgrade looks like any network failure; asking /me tells a dead token apart (401 → sign-in).
+    onConnectFailed: () => api.me().catch(() => {}),
+  });
+  connection.start();
+  resync();
+  setUpNotifications();
+}
+
+async function endSession({ expired = false } = {}) {
+  if (endingSession) return;
+  if (!state.me) {
+    session.clear();
+    ui.showAuth(expired ? EXPIRED_MESSAGE : '');
+    return;
+  }
+  endingSession = true;
+  connection.stop();
+  connection = null;
+  // Push cleanup needs the token, so it goes first; a dead network must not hold logout up.
+  await Promise.race([push.unregister().catch(() => {}), delay(LOGOUT_PUSH_TIMEOUT_MS)]);
+  clearOutbox();
+  session.clear();
+  resetState();
+  ui.resetMain();
+  history.replaceState(null, '', location.pathname);
+  ui.showAuth(expired ? EXPIRED_MESSAGE : '');
+  endingSession = false;
+}
+
+async function submitAuth(event) {
+  event.preventDefault();
+  const username = $('login-username').value.trim();
+  const password = $('login-password').value;
+  ui.setBusy($('login-submit'), true);
+  ui.showAuthError('');
+  try {
+    if (registering) {
+      await api.register(username, password, $('register-display-name').value.trim());
+      registering = false; // the account exists now: a failed sign-in below must not register again
+      ui.setAuthMode(false);
+    }
+    const { access_token: token, user } = await api.login(username, password);
+    session.save(token, user);
+    $('auth-form').reset();
+    startSession(user);
+  } catch (error) {
+    ui.showAuthError(error.message);
+  } finally {
+    ui.setBusy($('login-submit'), false);
+  }
+}
+
+// ---- Keeping up with the server
+
+/** Refreshes the list, catches up every loaded conversation and resends the outbox; calls coalesce. */
+function resync() {
+  if (syncing) {
+    syncAgain = true;
+    return syncing;
+  }
+  syncing = (async () => {
+    do {
+      syncAgain = false;
+      await syncOnce();
+    } while (syncAgain);
+  })().finally(() => {
+    syncing = null;
+  });
+  return syncing;
+}
+
+async function syncOnce() {
+  const me = state.me;
+  let listed = false;
+  try {
+    const { conversations } = await api.conversations();
+    if (state.me !== me) return;
+    mergeConversations(conversations);
+    listed = true;
+  } catch {
+    // Offline or failing: the next socket open syncs again.
+  }
+  // The list brings last_message and unread_count for every conversation; the ones whose
+  // messages we hold also need what they missed, asked for with after_seq.
+  const loaded = [...state.windows].filter(([, held]) => held.loaded).map(([id]) => id);
+  await Promise.all(loaded.map((id) => catchUp(id).catch(() => {})));
+  if (state.me !== me) return;
+  if (state.activeId) await ensureLoaded(state.activeId).catch(() => {});
+  if (state.me !== me) return;
+  if (listed) openPending();
+  markActiveRead();
+  flushOutbox();
+  scheduleRender();
+}
+
+function mergeConversations(list) {
+  const previous = state.conversations;
+  state.conversations = new Map(list.map((conversation) => {
+    // A message.new may have overtaken the list request.
+    const known = previous.get(conversation.id)?.last_message;
+    const last = known && known.seq > (conversation.last_message?.seq ?? 0) ? known : conversation.last_message;
+    return [conversation.id, { ...conversation, last_message: last ?? null }];
+  }));
+  if (state.activeId && !state.conversations.has(state.activeId)) closeConversation();
+}
+
+/** Fetches everything after the last message held without a gap, page by page. */
+async function catchUp(conversationId) {
+  const me = state.me;
+  const held = windowFor(conversationId);
+  for (;;) {
+    const after = held.contiguousSeq;
+    const { messages } = await api.messages(conversationId, { after_seq: after, limit: CATCH_UP_PAGE });
+    if (state.me !== me) return;
+    messages.forEach(addMessage);
+    if (messages.length < CATCH_UP_PAGE || held.contiguousSeq === after) return;
+  }
+}
+
+/** Loads the newest page of a conversation the first time it is opened. */
+function ensureLoaded(conversationId) {
+  const held = windowFor(conversationId);
+  if (held.loaded) return Promise.resolve();
+  held.loading ??= loadLatest(conversationId, held).finally(() => {
+    held.loading = null;
+  });
+  return held.loading;
+}
+
+async function loadLatest(conversationId, held) {
+  const me = state.me;
+  const lastSeq = state.conversations.get(conversationId)?.last_message?.seq;
+  held.error = null;
+  try {
+    const query = lastSeq ? { before_seq: lastSeq + 1, limit: PAGE_SIZE } : { after_seq: 0, limit: PAGE_SIZE };
+    const { messages } = await api.messages(conversationId, query);
+    if (state.me !== me) return;
+    held.loaded = true;
+    messages.forEach(addMessage);
+    await catchUp(conversationId); // whatever arrived while the first page was on its way
+  } catch (error) {
+    held.error = error;
+    throw error;
+  } finally {
+    scheduleRender();
+  }
+}
+
+async function loadOlder() {
+  const id = state.activeId;
+  const held = id && state.windows.get(id);
+  if (!held?.loaded || held.loadingOlder || !held.hasOlder) return;
+  const me = state.me;
+  held.loadingOlder = true;
+  held.error = null;
+  ui.renderMessages({ prepended: true });
+  let added = 0;
+  try {
+    const { messages } = await api.messages(id, { before_seq: held.oldestSeq, limit: PAGE_SIZE });
+    if (state.me !== me) return;
+    added = messages.filter(addMessage).length;
+  } catch (error) {
+    held.error = error;
+  } finally {
+    held.loadingOlder = false;
+  }
+  if (state.activeId !== id) return;
+  ui.renderMessages({ prepended: true });
+  if (added) fillScreen();
+}
+
+/** Pages back while the messages do not fill the view, since there is then nothing to scroll. */
+function fillScreen() {
+  const list = $('messages');
+  if (list.scrollHeight <= list.clientHeight + LOAD_OLDER_WITHIN_PX) loadOlder();
+}
+
+// ---- Frames from the server
+
+const frameHandlers = {
+  'message.new': (frame) => onNewMessage(frame.message),
+  'message.ack': onAck,
+  typing: onTyping,
+  read: onRead,
+  presence: (frame) => {
+    state.presence.set(frame.user_id, Boolean(frame.online));
+    scheduleRender();
+  },
+  error: onErrorFrame,
+};
+
+function handleFrame(frame) {
+  frameHandlers[frame.type]?.(frame); // frame types this client does not know are ignored
+}
+
+function onNewMessage(message) {
+  const conversation = state.conversations.get(message.conversation_id);
+  if (!conversation) {
+    resync(); // a conversation new to us: the list brings it, with its unread count
+    return;
+  }
+  const held = state.windows.get(conversation.id);
+  const gap = held?.loaded && message.seq > held.contiguousSeq + 1;
+  if (!addMessage(message)) return;
+  stopTyping(conversation.id, message.sender_id);
+  if (message.sender_id !== state.me.id) {
+    if (isOnScreen(conversation.id)) {
+      markActiveRead();
+    } else {
+      conversation.unread_count = (conversation.unread_count ?? 0) + 1;
+      announce(conversation, message);
+    }
+  }
+  if (gap) catchUp(conversation.id).then(scheduleRender, () => {});
+  scheduleRender();
+}
+
+function onAck({ client_msg_id: clientMsgId, message }) {
+  removeFromOutbox(clientMsgId);
+  if (message) addMessage(message);
+  scheduleRender();
+}
+
+function onTyping({ conversation_id: conversationId, user_id: userId }) {
+  if (userId === state.me.id) return;
+  if (!state.typing.has(conversationId)) state.typing.set(conversationId, new Map());
+  const timers = state.typing.get(conversationId);
+  clearTimeout(timers.get(userId));
+  timers.set(userId, setTimeout(() => stopTyping(conversationId, userId), TYPING_SHOWN_MS));
+  scheduleRender();
+}
+
+function stopTyping(conversationId, userId) {
+  const timers = state.typing.get(conversationId);
+  if (!timers?.has(userId)) return;
+  clearTimeout(timers.get(userId));
+  timers.delete(userId);
+  scheduleRender();
+}
+
+function onRead({ conversation_id: conversationId, user_id: userId, seq }) {
+  const conversation = state.conversations.get(conversationId);
+  if (!conversation) return;
+  if (userId !== state.me.id) {
+    recordRead(conversationId, userId, seq);
+  } else if (seq >= (conversation.last_message?.seq ?? 0)) {
+    conversation.unread_count = 0; // read on another of our devices
+  } else {
+    const held = state.windows.get(conversationId);
+    if (held?.loaded && held.oldestSeq <= seq + 1) {
+      conversation.unread_count = held.list.filter((m) => m.seq > seq && m.sender_id !== state.me.id).length;
+    }
+  }
+  scheduleRender();
+}
+
+function onErrorFrame(frame) {
+  const item = frame.ref ? findOutboxItem(frame.ref) : null;
+  const text = frame.message || frame.code || 'Something went wrong.';
+  if (item && frame.code === 'rate_limited') {
+    // Still pending: send it again in a moment (and on any reconnect meanwhile).
+    setTimeout(() => {
+      if (findOutboxItem(item.client_msg_id)?.status === 'pending') transmit(item);
+    }, RATE_LIMIT_RETRY_MS * (1 + Math.random()));
+  } else if (item) {
+    item.status = 'failed';
+    item.error = text;
+    saveOutbox();
+    scheduleRender();
+  }
+  ui.showComposerError(text);
+}
+
+// ---- Reading
+
+const isOnScreen = (conversationId) =>
+  state.activeId === conversationId && document.visibilityState === 'visible';
+
+/** Reports the newest message of the open conversation as read, if the page is visible. */
+function markActiveRead() {
+  const id = state.activeId;
+  if (!id || !isOnScreen(id)) return;
+  const conversation = state.conversations.get(id);
+  const held = state.windows.get(id);
+  const seq = held?.loaded ? held.newestSeq : 0;
+  if (!conversation || !seq) return;
+  // Resend when the server still counts unread: an earlier read may have been lost with its socket.
+  if (seq > (state.readSent.get(id) ?? 0) || conversation.unread_count > 0) {
+    if (connection?.send({ type: 'read', conversation_id: id, seq })) state.readSent.set(id, seq);
+  }
+  if (conversation.unread_count) {
+    conversation.unread_count = 0;
+    scheduleRender();
+  }
+}
+
+/** A page in a background tab announces messages itself: the server does not push while a socket is open. */
+async function announce(conversation, message) {
+  if (document.visibilityState === 'visible' || push.permission() !== 'granted') return;
+  const settings = await settingsFor(conversation.id).catch(() => null);
+  if (settings && (isMuted(settings) || settings.push_enabled === false)) return;
+  const sender = await loadUser(message.sender_id);
+  const senderName = sender?.display_name || sender?.username || 'New message';
+  const title = conversation.type === 'group' ? `${senderName} • ${conversationTitle(conversation)}` : senderName;
+  push.notify(title, { body: message.content.slice(0, 200), conversationId: conversation.id }).catch(() => {});
+}
+
+// ---- Sending
+
+function newClientMsgId() {
+  if (crypto.randomUUID) return crypto.randomUUID();
+  // randomUUID exists only in secure contexts; plain http on a LAN address still needs ids.
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  bytes[6] = (bytes[6] & 0x0f) | 0x40;
+  bytes[8] = (bytes[8] & 0x3f) | 0x80;
+  const hex = [...bytes].map((byte) => byte.toString(16).padStart(2, '0')).join('');
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
+function sendComposer() {
+  const composer = $('composer');
+  const content = composer.value.trim();
+  if (!content || !state.activeId) return;
+  const item = {
+    client_msg_id: newClientMsgId(),
+    conversation_id: state.activeId,
+    content,
+    created_at: new Date().toISOString(),
+    status: 'pending',
+  };
+  state.outbox.push(item);
+  saveOutbox();
+  transmit(item);
+  composer.value = '';
+  state.drafts.delete(state.activeId);
+  lastTyping = { conversationId: null, at: 0 };
+  ui.fitComposer();
+  ui.renderMessages();
+  ui.scrollToBottom();
+}
+
+/** Sends an outbox item if the socket is open; otherwise it waits for the next open. */
+function transmit(item) {
+  connection?.send({
+    type: 'message.send',
+    conversation_id: item.conversation_id,
+    content: item.content,
+    client_msg_id: item.client_msg_id,
+  });
+}
+
+/** After a (re)connect: the server answers a reused client_msg_id with the original, so resending is safe. */
+function flushOutbox() {
+  for (const item of state.outbox) {
+    if (item.status === 'pending') transmit(item);
+  }
+}
+
+function retryOrDiscard(event) {
+  const button = event.target.closest('button[data-action]');
+  const item = button && findOutboxItem(button.dataset.clientMsgId);
+  if (!item) return;
+  if (button.dataset.action === 'retry') {
+    item.status = 'pending';
+    delete item.error;
+    saveOutbox();
+    transmit(item);
+  } else {
+    removeFromOutbox(item.client_msg_id);
+  }
+  ui.renderMessages();
+  $('composer').focus();
+}
+
+function noteTyping() {
+  const id = state.activeId;
+  ui.fitComposer();
+  if (!id) return;
+  state.drafts.set(id, $('composer').value);
+  if (!$('composer').value.trim()) return;
+  const now = Date.now();
+  if (lastTyping.conversationId === id && now - lastTyping.at < TYPING_SEND_EVERY_MS) return;
+  if (connection?.send({ type: 'typing', conversation_id: id })) lastTyping = { conversationId: id, at: now };
+}
+
+// ---- Navigation
+
+function openConversation(conversationId) {
+  if (!state.conversations.has(conversationId)) return;
+  state.activeId = conversationId;
+  history.replaceState(null, '', `?conversation=${encodeURIComponent(conversationId)}`);
+  ui.showChat(true);
+  $('composer').value = state.drafts.get(conversationId) ?? '';
+  ui.fitComposer();
+  ui.showComposerError('');
+  showMuteState(conversationId);
+  renderAll();
+  ui.scrollToBottom();
+  markActiveRead();
+  ensureLoaded(conversationId).then(() => {
+    if (state.activeId !== conversationId) return;
+    renderAll();
+    ui.scrollToBottom();
+    markActiveRead();
+    fillScreen();
+  }, () => {});
+  // On touch screens focusing the composer would pop the keyboard over the conversation.
+  if (matchMedia('(pointer: fine)').matches) $('composer').focus();
+}
+
+function closeConversation() {
+  const id = state.activeId;
+  state.activeId = null;
+  history.replaceState(null, '', location.pathname);
+  ui.showChat(false);
+  renderAll();
+  $('conversation-list').querySelector(`[data-conversation-id="${CSS.escape(id ?? '')}"] button`)?.focus();
+}
+
+/** Opens a conversation asked for by a link or a notification, now or once the list has it. */
+function requestOpen(conversationId) {
+  if (state.me && state.conversations.has(conversationId)) {
+    openConversation(conversationId);
+    return;
+  }
+  pendingOpen = conversationId;
+  if (state.me) resync();
+}
+
+function openPending() {
+  if (pendingOpen === null) return;
+  const id = pendingOpen;
+  pendingOpen = null;
+  if (state.conversations.has(id)) openConversation(id);
+  else if (!state.activeId) history.replaceState(null, '', location.pathname);
+}
+
+function conversationCreated(conversation) {
+  const known = state.conversations.get(conversation.id);
+  state.conversations.set(conversation.id, { unread_count: 0, last_message: null, ...known, ...conversation });
+  openConversation(conversation.id);
+}
+
+// ---- Conversation settings
+
+function settingsFor(conversationId) {
+  if (!state.settings.has(conversationId)) {
+    state.settings.set(conversationId, api.settings(conversationId).catch((error) => {
+      state.settings.delete(conversationId);
+      throw error;
+    }));
+  }
+  return state.settings.get(conversationId);
+}
+
+function showMuteState(conversationId) {
+  ui.setMuted(null);
+  settingsFor(conversationId).then((settings) => {
+    if (state.activeId === conversationId) ui.setMuted(isMuted(settings));
+  }, () => {});
+}
+
+async function toggleMute() {
+  const id = state.activeId;
+  if (!id || muteBusy) return;
+  muteBusy = true;
+  try {
+    const muted = !isMuted(await settingsFor(id));
+    const updated = await api.updateSettings(id, muted ? { muted: true } : { muted: false, mute_until: null });
+    state.settings.set(id, Promise.resolve(updated));
+    if (state.activeId === id) ui.setMuted(isMuted(updated));
+  } catch (error) {
+    ui.showComposerError(error.message);
+  } finally {
+    muteBusy = false;
+  }
+}
+
+// ---- Notifications
+
+function setUpNotifications() {
+  const permission = push.permission();
+  if (permission === 'unsupported') return;
+  if (permission !== 'granted') {
+    ui.setNotificationPrompt(true);
+    return;
+  }
+  // Already allowed: make sure this browser is registered for this user, without asking anything.
+  push.subscribeAndRegister().catch((error) => console.warn('Push registration failed:', error));
+}
+
+async function enableNotifications() {
+  const button = $('enable-notifications');
+  ui.setBusy(button, true);
+  try {
+    const result = await push.enable();
+    if (result === 'granted') ui.setNotificationPrompt(false);
+    else ui.setNotificationPrompt(true, result === 'denied' ? BLOCKED_MESSAGE : 'Notifications stay off for now.');
+  } catch (error) {
+    ui.setNotificationPrompt(true, `Notifications could not be turned on: ${error.message}`);
+  } finally {
+    ui.setBusy(button, false);
+  }
+}
+
+// ---- Drawing
+
+function renderAll() {
+  if (!state.me) return;
+  ui.renderConversationList();
+  ui.renderChatHeader();
+  ui.renderMessages();
+  ui.renderTyping();
+}
+
+/** Coalesces the redraws asked for while handling one batch of events. */
+function scheduleRender() {
+  if (renderQueued) return;
+  renderQueued = true;
+  queueMicrotask(() => {
+    renderQueued = false;
+    renderAll();
+  });
+}
+
+const delay = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// ---- Wiring
+
+function bindEvents() {
+  $('auth-form').addEventListener('submit', submitAuth);
+  $('register-toggle').addEventListener('click', () => {
+    registering = !registering;
+    ui.setAuthMode(registering);
+    $('login-username').focus();
+  });
+
+  $('logout').addEventListener('click', async () => {
+    ui.setBusy($('logout'), true);
+    await endSession();
+    ui.setBusy($('logout'), false);
+  });
+  $('enable-notifications').addEventListener('click', enableNotifications);
+  $('dismiss-notifications').addEventListener('click', () => ui.setNotificationPrompt(false));
+  $('new-chat').addEventListener('click', () => openNewChat());
+  $('start-first-chat').addEventListener('click', () => openNewChat());
+
+  $('conversation-list').addEventListener('click', (event) => {
+    const item = event.target.closest('[data-conversation-id]');
+    if (item) openConversation(item.dataset.conversationId);
+  });
+  $('back').addEventListener('click', closeConversation);
+  $('mute-toggle').addEventListener('click', toggleMute);
+
+  const messages = $('messages');
+  messages.addEventListener('scroll', () => {
+    if (messages.scrollTop < LOAD_OLDER_WITHIN_PX) loadOlder();
+  }, { passive: true });
+  messages.addEventListener('click', retryOrDiscard);
+
+  const composer = $('composer');
+  composer.addEventListener('keydown', (event) => {
+    if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      sendComposer();
+    }
+  });
+  composer.addEventListener('input', noteTyping);
+  $('composer-form').addEventListener('submit', (event) => {
+    event.preventDefault();
+    sendComposer();
+    composer.focus();
+  });
+
+  document.addEventListener('visibilitychange', () => {
+    if (document.visibilityState !== 'visible' || !state.me) return;
+    markActiveRead();
+    connection?.reconnectNow(); // phones freeze background tabs: do not wait out the backoff
+  });
+  window.addEventListener('online', () => connection?.reconnectNow());
+  window.addEventListener('offline', () => connection?.drop());
+}
+
+bindEvents();
+openNewChat = initNewChatDialog({ onCreated: conversationCreated });
+onUnauthorized(() => endSession({ expired: true }));
+onUsersChanged(() => {
+  ui.forgetMessageNodes(); // sender names drawn as placeholders
+  scheduleRender();
+});
+push.listen({
+  openConversation: requestOpen,
+  subscriptionChanged: () => {
+    if (state.me && push.permission() === 'granted') push.subscribeAndRegister().catch(() => {});
+  },
+});
+resume();
