@@ -51,7 +51,7 @@ async def cleanup(settings: Settings) -> int:
     return 0
 
 
-async def test_push(settings: Settings, username: str) -> int:
+async def send_test_push(settings: Settings, username: str) -> int:
     """Send a test notification to every active device of a user; print each outcome."""
     engine = make_engine(settings.effective_database_url)
     providers = await start_providers(settings)
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     if args.command == "cleanup":
         return asyncio.run(cleanup(settings))
-    return asyncio.run(test_push(settings, args.username))
+    return asyncio.run(send_test_push(settings, args.username))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ class ConfigError(RuntimeError):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    # A `.env` at the repository root (or in the working directory) is read too.
+    model_config = SettingsConfigDict(env_file=(ROOT / ".env", ".env"), extra="ignore")
 
     host: str = "127.0.0.1"
     port: int = 8000
