@@ -79,7 +79,7 @@ async def login(request: Request) -> Response:
     async with services.sessionmaker() as session:
         user = await session.scalar(select(User).where(User.username == username))
     if not await verify_password(user.password_hash if user else None, body.password) or not user:
-        log.info("login failed username_len=%d client=%s", len(username), client)
+        log.info("login failed client=%s", client)
         raise ApiError(401, "invalid_credentials", "wrong username or password")
     token = create_access_token(user.id, settings.signing_key, settings.access_token_ttl_seconds)
     log.info("login user=%s client=%s", user.id, client)

@@ -223,3 +223,27 @@ async def test_send_rate_is_limited(postgresql_url: str) -> None:
     finally:
         await client.close()
         await node.stop()
+
+
+def _metric(text: str, name: str) -> float:
+    line = next(line for line in text.splitlines() if line.startswith(name + " "))
+    return float(line.split()[1])
+
+
+async def test_metrics_count_messages_and_sockets(pg_client: Client) -> None:
+    a, b = await pg_client.user(), await pg_client.user()
+    conv = await pg_client.conversation(a, b)
+    before = (await pg_client.http.get("/metrics")).text
+    sock = await Socket.connect(pg_client.node, a)
+    try:
+        await sock.send({"type": "ping"})
+        await sock.expect("pong")
+        await pg_client.send(a, conv["id"], "counted")
+        during = (await pg_client.http.get("/metrics")).text
+    finally:
+        await sock.close()
+    assert (
+        _metric(during, "messenger_messages_sent_total")
+        >= _metric(before, "messenger_messages_sent_total") + 1
+    )
+    assert _metric(during, "messenger_websocket_connections") >= 1

@@ -21,6 +21,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app import metrics
 from app.db import utcnow
 from app.errors import ApiError
 from app.jsonutil import dumps
@@ -270,6 +271,7 @@ async def send_message(
         conversation_id, sender_id, content, client_msg_id
     )
     if created:
+        metrics.messages_sent.inc()
         frame = dumps({"type": "message.new", "message": message})
         await services.fanout.publish(participants, frame, exclude=exclude_connection)
         services.push.message_committed(message, participants)

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, StrictInt, StringConstraints, TypeAdapter
 from sqlalchemy import select
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from app import metrics
 from app.auth import InvalidToken, decode_access_token
 from app.errors import ApiError, describe_validation_error
 from app.jsonutil import dumps
@@ -80,6 +81,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         return
 
     conn = Connection(ws, user_id)
+    metrics.websocket_connections.inc()
     if services.hub.add(conn):
         await services.fanout.watch(user_id)
     if await services.presence.socket_opened(user_id):
@@ -93,6 +95,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         if await services.presence.socket_closed(user_id):
             await announce_presence(services, user_id, online=False)
         await conn.finish()
+        metrics.websocket_connections.dec()
         log.debug("socket closed user=%s conn=%s", user_id, conn.id)
 
 
@@ -105,7 +108,9 @@ async def read_frames(services: Any, conn: Connection) -> None:
         raw = event.get("text")
         if raw is None:
             raw = event.get("bytes") or b""
-        if len(raw) > limit:
+        # Text is measured in UTF-8 bytes, the way the client sent it.
+        size = len(raw) if isinstance(raw, bytes) else len(raw.encode())
+        if size > limit:
             conn.send(error_frame("payload_too_large", f"a frame is at most {limit} bytes"))
             continue
         try:
