@@ -10,6 +10,7 @@ import time
 from typing import Protocol
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 
 class RateLimiter(Protocol):
@@ -66,14 +67,17 @@ class RedisRateLimiter:
     refusing every message over.
     """
 
-    def __init__(self, redis: Redis, fallback: LocalRateLimiter | None = None) -> None:
+    def __init__(self, redis: Redis, prefix: str = "") -> None:
         self._redis = redis
+        self._prefix = prefix
         self._script = redis.register_script(_GCRA_LUA)
-        self._fallback = fallback or LocalRateLimiter()
+        self._fallback = LocalRateLimiter()
 
     async def hit(self, key: str, rate: float, burst: int) -> float:
         try:
-            answer = await self._script(keys=[f"rl:{key}"], args=[time.time(), rate, burst])
-        except Exception:
+            answer = await self._script(
+                keys=[f"{self._prefix}rl:{key}"], args=[time.time(), rate, burst]
+            )
+        except (RedisError, OSError):
             return await self._fallback.hit(key, rate, burst)
         return float(answer)

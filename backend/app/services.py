@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from app.config import Settings
@@ -14,7 +17,7 @@ from app.messenger.cleanup import CleanupLoop
 from app.messenger.fanout import Fanout, LocalFanout
 from app.messenger.hub import Hub
 from app.messenger.participants import ParticipantCache
-from app.messenger.presence import LocalPresence, Presence
+from app.messenger.presence import LocalPresence, Presence, announce_presence
 from app.messenger.push.service import PushService
 from app.messenger.send import MessageWriter
 from app.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
@@ -66,16 +69,23 @@ def build_services(settings: Settings) -> Services:
         from app.messenger.fanout import RedisFanout
         from app.messenger.presence import RedisPresence
 
-        redis = Redis.from_url(settings.redis_url, health_check_interval=10)
-        presence = RedisPresence(redis, hub, settings)
+        # Fail fast when Redis is away (one quick retry covers a connection that Redis
+        # restarted): callers fall back to this node instead of waiting out ten retries.
+        redis = Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.redis_timeout_seconds,
+            socket_connect_timeout=settings.redis_timeout_seconds,
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
+        )
+        presence = redis_presence = RedisPresence(redis, hub, settings)
         fanout = RedisFanout(redis, hub, settings)
-        limiter = RedisRateLimiter(redis)
+        limiter = RedisRateLimiter(redis, settings.redis_prefix)
     else:
         presence = LocalPresence(hub)
         fanout = LocalFanout(hub)
         limiter = LocalRateLimiter()
     participants = ParticipantCache(engine)
-    return Services(
+    services = Services(
         settings=settings,
         engine=engine,
         sessionmaker=make_sessionmaker(engine),
@@ -89,3 +99,8 @@ def build_services(settings: Settings) -> Services:
         push=PushService(settings, engine, presence),
         cleanup=CleanupLoop(engine, settings),
     )
+    if redis is not None:
+        # Presence changes found by the heartbeat (a dead node's users, what Redis missed
+        # while away) are announced the way the WebSocket handler announces its own.
+        redis_presence.announce = partial(announce_presence, services)
+    return services

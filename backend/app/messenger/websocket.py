@@ -11,7 +11,6 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import BaseModel, Field, StrictInt, StringConstraints, TypeAdapter, ValidationError
-from sqlalchemy import select
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from app import metrics
@@ -20,8 +19,8 @@ from app.errors import ApiError, describe_validation_error
 from app.jsonutil import dumps
 from app.messenger.conversations import announce_read
 from app.messenger.hub import Connection
-from app.messenger.models import Participant
 from app.messenger.participants import participants_for
+from app.messenger.presence import announce_presence
 from app.messenger.send import send_message
 from app.models import MAX_ID
 from app.web import bearer_token
@@ -172,20 +171,3 @@ async def handle_frame(services: Any, conn: Connection, frame: BaseModel) -> Non
         await announce_read(services, conn.user_id, frame.conversation_id, frame.seq, participants)
     elif isinstance(frame, PingFrame):
         conn.send(PONG)
-
-
-async def announce_presence(services: Any, user_id: int, online: bool) -> None:
-    """Tell everyone who shares a conversation with the user that they came or went."""
-    me = Participant.__table__.alias("me")
-    other = Participant.__table__.alias("other")
-    stmt = (
-        select(other.c.user_id)
-        .distinct()
-        .join(me, me.c.conversation_id == other.c.conversation_id)
-        .where(me.c.user_id == user_id, other.c.user_id != user_id)
-    )
-    async with services.engine.connect() as conn:
-        contacts = list((await conn.execute(stmt)).scalars())
-    if contacts:
-        frame = dumps({"type": "presence", "user_id": user_id, "online": online})
-        await services.fanout.publish(contacts, frame)

@@ -1,0 +1,172 @@
+"""Several nodes against one PostgreSQL and one Redis, for the cluster tests.
+
+A private redis-server (which a test may stop and start again on the same port), nodes
+in this process with a key prefix of their own, and nodes run as real processes so a
+test can kill -9 them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx2
+from redis.asyncio import Redis
+
+from tests.fakes import free_port
+from tests.helpers import SECRET, Node, Socket, User, make_settings, start_node
+
+BACKEND = Path(__file__).resolve().parents[1]
+
+
+class RedisServer:
+    """A redis-server of our own, on a free port, that keeps nothing on disk."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> Redis:
+        return Redis.from_url(self.url, decode_responses=True)
+
+    async def start(self) -> None:
+        self.process = subprocess.Popen(  # noqa: ASYNC220  (starts at once; we wait below)
+            [
+                *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no", "--dir", "/tmp", "--logfile", ""),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        async with self.client() as client:
+            for _ in range(200):
+                try:
+                    await client.ping()
+                    return
+                except Exception:
+                    await asyncio.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start on {self.port}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@dataclass
+class ProcessNode:
+    """A node run as `python -m app`, as an operator runs it."""
+
+    url: str
+    process: subprocess.Popen
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://") + "/ws"
+
+    def kill(self) -> None:
+        """kill -9: no shutdown, no goodbye to Redis."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+
+@dataclass
+class Cluster:
+    database_url: str
+    redis_url: str
+    prefix: str = field(default_factory=lambda: f"t{secrets.token_hex(4)}:")
+    nodes: list[Node] = field(default_factory=list)
+    processes: list[ProcessNode] = field(default_factory=list)
+
+    async def node(self, **overrides: Any) -> Node:
+        settings = make_settings(
+            self.database_url, redis_url=self.redis_url, redis_prefix=self.prefix, **overrides
+        )
+        node = await start_node(settings)
+        self.nodes.append(node)
+        return node
+
+    async def process_node(self, **env: Any) -> ProcessNode:
+        port = free_port()
+        environ = {
+            **os.environ,
+            "DATABASE_URL": self.database_url,
+            "REDIS_URL": self.redis_url,
+            "REDIS_PREFIX": self.prefix,
+            "SECRET_KEY": SECRET,
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "LOG_LEVEL": "WARNING",
+            "PUSH_RECOVERY_INTERVAL_SECONDS": "3600",
+            **{k.upper(): str(v) for k, v in env.items()},
+        }
+        command = [sys.executable, "-m", "app"]
+        process = subprocess.Popen(command, cwd=BACKEND, env=environ)  # noqa: ASYNC220
+        node = ProcessNode(f"http://127.0.0.1:{port}", process)
+        self.processes.append(node)
+        async with httpx2.AsyncClient(base_url=node.url, timeout=2) as http:
+            for _ in range(300):
+                if process.poll() is not None:
+                    raise RuntimeError(f"node exited with {process.returncode}")
+                try:
+                    if (await http.get("/health")).status_code == 200:
+                        return node
+                except httpx2.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise RuntimeError("node did not start")
+
+    def redis(self) -> Redis:
+        return Redis.from_url(self.redis_url, decode_responses=True)
+
+    def channel(self, user: User) -> str:
+        return f"{self.prefix}c:{user.id}"
+
+    async def subscribers(self, user: User) -> int:
+        """How many nodes subscribe to the user's channel."""
+        async with self.redis() as r:
+            return dict(await r.pubsub_numsub(self.channel(user)))[self.channel(user)]
+
+    async def close(self) -> None:
+        for process in self.processes:
+            process.kill()
+        for node in reversed(self.nodes):
+            await node.stop()
+
+
+async def connect(node: Any, user: User) -> Socket:
+    """A socket the node has fully registered (subscribed, presence counted)."""
+    socket = await Socket.connect(node, user)
+    await socket.send({"type": "ping"})
+    await socket.expect("pong")
+    return socket
+
+
+async def until(check: Callable[[], Awaitable[bool]], deadline: float = 15.0) -> None:
+    """Wait for something that happens in the background; fail after a generous deadline."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + deadline
+    while not await check():
+        assert loop.time() < give_up, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+def send_frame(conversation_id: str, content: str, client_msg_id: str | None = None) -> dict:
+    return {
+        "type": "message.send",
+        "conversation_id": conversation_id,
+        "content": content,
+        "client_msg_id": client_msg_id or secrets.token_hex(8),
+    }
