@@ -80,7 +80,14 @@ function startSession(user) {
   connection = new Connection(() => session.token, {
     onOpen: resync,
     onFrame: handleFrame,
-    onStatus: ui.setConnectionStatus,
+    onStatus: (status, info) => {
+      ui.setConnectionStatus(status, info);
+      // Cut off, we no longer hear who comes and goes: show nobody online rather than stale dots.
+      if (status !== 'online' && state.presence.size) {
+        state.presence.clear();
+        scheduleRender();
+      }
+    },
     onUnauthorized: () => endSession({ expired: true }),
     // A refused upgrade looks like any network failure; asking /me tells a dead token apart (401 → sign-in).
     onConnectFailed: () => api.me().catch(() => {}),
@@ -280,6 +287,7 @@ function handleFrame(frame) {
 function onNewMessage(message) {
   const conversation = state.conversations.get(message.conversation_id);
   if (!conversation) {
+    stopTyping(message.conversation_id, message.sender_id); // its typing frame may have come first
     resync(); // a conversation new to us: the list brings it, with its unread count
     return;
   }

@@ -77,8 +77,10 @@ async def test_typing_read_and_presence(client: Client) -> None:
     sa = await Socket.connect(client.node, a)
     sb = await Socket.connect(client.node, b)
     try:
-        # b came online while a was connected and shares a conversation with a.
+        # b came online while a was connected and shares a conversation with a;
+        # b's new socket is told that a is already here.
         assert (await sa.expect("presence", user_id=b.id))["online"] is True
+        assert (await sb.expect("presence", user_id=a.id))["online"] is True
         await sa.send({"type": "typing", "conversation_id": conv["id"]})
         assert await sb.expect("typing") == {
             "type": "typing",

@@ -18,6 +18,7 @@ from app.errors import ApiError
 from app.jsonutil import JSONResponse, dumps
 from app.messenger.models import Conversation, Message, Participant
 from app.messenger.participants import participants_for
+from app.messenger.presence import presence_frame
 from app.messenger.send import message_dict, send_message
 from app.models import MAX_ID, User
 from app.web import current_user_id, query_int, read_json
@@ -183,6 +184,13 @@ async def create_conversation(request: Request) -> Response:
     conversation = await _answer_conversation(services, user_id, conversation_id, 201)
     frame = dumps({"type": "conversation.new", "conversation_id": conversation_id})
     await services.fanout.publish(members - {user_id}, frame)
+    # New contacts learn each other's presence: the creator everyone's, the rest the
+    # creator's (not every pair: a large group would be a flood of frames).
+    online = await services.presence.online(members)
+    for member in online - {user_id}:
+        await services.fanout.publish([user_id], presence_frame(member, online=True))
+    if user_id in online:
+        await services.fanout.publish(members - {user_id}, presence_frame(user_id, online=True))
     return conversation
 
 

@@ -442,8 +442,8 @@ class RedisPresence:
                 log.exception("presence: announce failed user=%s online=%s", user_id, online)
 
 
-async def announce_presence(services: Any, user_id: int, online: bool) -> None:
-    """Tell everyone who shares a conversation with the user that they came or went."""
+async def contacts_of(services: Any, user_id: int) -> list[int]:
+    """Everyone who shares a conversation with the user."""
     me = Participant.__table__.alias("me")
     other = Participant.__table__.alias("other")
     stmt = (
@@ -453,7 +453,18 @@ async def announce_presence(services: Any, user_id: int, online: bool) -> None:
         .where(me.c.user_id == user_id, other.c.user_id != user_id)
     )
     async with services.engine.connect() as conn:
-        contacts = list((await conn.execute(stmt)).scalars())
+        return list((await conn.execute(stmt)).scalars())
+
+
+def presence_frame(user_id: int, online: bool) -> str:
+    return dumps({"type": "presence", "user_id": user_id, "online": online})
+
+
+async def announce_presence(
+    services: Any, user_id: int, online: bool, contacts: list[int] | None = None
+) -> None:
+    """Tell everyone who shares a conversation with the user that they came or went."""
+    if contacts is None:
+        contacts = await contacts_of(services, user_id)
     if contacts:
-        frame = dumps({"type": "presence", "user_id": user_id, "online": online})
-        await services.fanout.publish(contacts, frame)
+        await services.fanout.publish(contacts, presence_frame(user_id, online))

@@ -6,7 +6,9 @@ when it carried a client_msg_id) and the socket stays open.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import deque
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -20,8 +22,8 @@ from app.jsonutil import dumps
 from app.messenger.conversations import announce_read
 from app.messenger.hub import Connection
 from app.messenger.participants import participants_for
-from app.messenger.presence import announce_presence
-from app.messenger.send import send_message
+from app.messenger.presence import announce_presence, contacts_of, presence_frame
+from app.messenger.send import accept_message, finish_message
 from app.models import MAX_ID
 from app.web import bearer_token
 
@@ -83,8 +85,13 @@ async def websocket_endpoint(ws: WebSocket) -> None:
     metrics.websocket_connections.inc()
     if services.hub.add(conn):
         await services.fanout.watch(user_id)
-    if await services.presence.socket_opened(user_id):
-        await announce_presence(services, user_id, online=True)
+    came_online = await services.presence.socket_opened(user_id)
+    contacts = await contacts_of(services, user_id)
+    if came_online:
+        await announce_presence(services, user_id, online=True, contacts=contacts)
+    # The new socket learns who is already here; later changes come as they happen.
+    for contact in await services.presence.online(contacts):
+        conn.send(presence_frame(contact, online=True))
     log.debug("socket open user=%s conn=%s", user_id, conn.id)
     try:
         await read_frames(services, conn)
@@ -98,63 +105,164 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         log.debug("socket closed user=%s conn=%s", user_id, conn.id)
 
 
-async def read_frames(services: Any, conn: Connection) -> None:
-    limit = services.settings.max_frame_bytes
-    while True:
-        event = await conn.ws.receive()
-        if event["type"] == "websocket.disconnect":
-            return
-        raw = event.get("text")
-        if raw is None:
-            raw = event.get("bytes") or b""
-        # Text is measured in UTF-8 bytes, the way the client sent it.
-        size = len(raw) if isinstance(raw, bytes) else len(raw.encode())
-        if size > limit:
-            conn.send(error_frame("payload_too_large", f"a frame is at most {limit} bytes"))
-            continue
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            conn.send(error_frame("bad_frame", "a frame is one JSON object"))
-            continue
-        if not isinstance(data, dict):
-            conn.send(error_frame("bad_frame", "a frame is one JSON object"))
-            continue
-        ref = data.get("client_msg_id")
-        if data.get("type") not in KNOWN_TYPES:
-            conn.send(error_frame("unknown_type", f"unknown frame type {data.get('type')!r}", ref))
-            continue
-        try:
-            frame = Frame.validate_python(data)
-            await handle_frame(services, conn, frame)
-        except ValidationError as exc:
-            conn.send(error_frame("invalid_field", describe_validation_error(exc), ref))
-        except ApiError as exc:
-            extra = {}
-            if exc.code == "rate_limited" and exc.headers:
-                extra["retry_after"] = int(exc.headers["Retry-After"])
-            conn.send(error_frame(exc.code, exc.message, ref, **extra))
-        except WebSocketDisconnect:
-            return
-        except Exception:
-            log.exception("frame failed user=%s conn=%s", conn.user_id, conn.id)
-            conn.send(error_frame("internal_error", "the frame could not be handled", ref))
+class FrameError(Exception):
+    """A frame that cannot be acted on; `frame` is the error frame to answer with."""
+
+    def __init__(self, frame: str) -> None:
+        self.frame = frame
 
 
-async def handle_frame(services: Any, conn: Connection, frame: BaseModel) -> None:
-    if isinstance(frame, SendFrame):
-        message, _ = await send_message(
-            services,
-            conn.user_id,
+def parse_frame(event: dict[str, Any], limit: int) -> dict[str, Any]:
+    """The frame's JSON object, of a known type; FrameError if it is not one."""
+    raw = event.get("text")
+    if raw is None:
+        raw = event.get("bytes") or b""
+    # Text is measured in UTF-8 bytes, the way the client sent it.
+    size = len(raw) if isinstance(raw, bytes) else len(raw.encode())
+    if size > limit:
+        raise FrameError(error_frame("payload_too_large", f"a frame is at most {limit} bytes"))
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise FrameError(error_frame("bad_frame", "a frame is one JSON object")) from None
+    if not isinstance(data, dict):
+        raise FrameError(error_frame("bad_frame", "a frame is one JSON object"))
+    if data.get("type") not in KNOWN_TYPES:
+        raise FrameError(
+            error_frame(
+                "unknown_type",
+                f"unknown frame type {data.get('type')!r}",
+                data.get("client_msg_id"),
+            )
+        )
+    return data
+
+
+def api_error_frame(exc: ApiError, ref: Any) -> str:
+    extra = {}
+    if exc.code == "rate_limited" and exc.headers:
+        extra["retry_after"] = int(exc.headers["Retry-After"])
+    return error_frame(exc.code, exc.message, ref, **extra)
+
+
+class SendPipeline:
+    """A socket's sends that are accepted but not yet committed, answered in order.
+
+    The reader takes a socket's next frame while its earlier sends wait for their
+    commit, so a burst from one socket shares one batch instead of paying one commit
+    per message. Anything else the socket asks, and every error, waits until the sends
+    before it are answered: replies still come back in the order the frames came.
+    """
+
+    __slots__ = ("_conn", "_pending", "_services", "_task")
+
+    def __init__(self, services: Any, conn: Connection) -> None:
+        self._services = services
+        self._conn = conn
+        self._pending: deque[tuple[str, frozenset[int], asyncio.Future]] | None = None
+        self._task: asyncio.Task | None = None
+
+    async def accept(self, frame: SendFrame) -> None:
+        participants, committed = await accept_message(
+            self._services,
+            self._conn.user_id,
             frame.conversation_id,
             frame.content,
             frame.client_msg_id,
-            exclude_connection=conn.id,
         )
-        conn.send(
-            dumps({"type": "message.ack", "client_msg_id": frame.client_msg_id, "message": message})
-        )
-    elif isinstance(frame, TypingFrame):
+        if self._pending is None:
+            self._pending = deque()
+        self._pending.append((frame.client_msg_id, participants, committed))
+        if self._task is None:
+            self._task = asyncio.create_task(self._answer())
+
+    async def drain(self) -> None:
+        """Wait until every accepted send is answered."""
+        if self._task is not None:
+            await self._task
+
+    async def _answer(self) -> None:
+        conn, pending = self._conn, self._pending
+        assert pending is not None
+        try:
+            while pending:
+                client_msg_id, participants, committed = pending[0]
+                try:
+                    message, _ = await finish_message(
+                        self._services, participants, committed, exclude_connection=conn.id
+                    )
+                except ApiError as exc:
+                    conn.send(api_error_frame(exc, client_msg_id))
+                except Exception:
+                    log.exception("frame failed user=%s conn=%s", conn.user_id, conn.id)
+                    conn.send(
+                        error_frame(
+                            "internal_error", "the frame could not be handled", client_msg_id
+                        )
+                    )
+                else:
+                    ack = {
+                        "type": "message.ack",
+                        "client_msg_id": client_msg_id,
+                        "message": message,
+                    }
+                    conn.send(dumps(ack))
+                finally:
+                    pending.popleft()
+        finally:
+            self._task = None
+
+
+async def read_frames(services: Any, conn: Connection) -> None:
+    limit = services.settings.max_frame_bytes
+    sends = SendPipeline(services, conn)
+    try:
+        while True:
+            event = await conn.ws.receive()
+            if event["type"] == "websocket.disconnect":
+                return
+            data: dict[str, Any] = {}
+            try:
+                data = parse_frame(event, limit)
+                frame = Frame.validate_python(data)
+                if isinstance(frame, SendFrame):
+                    await sends.accept(frame)
+                    continue
+                await sends.drain()
+                await handle_frame(services, conn, frame)
+            except FrameError as exc:
+                await sends.drain()
+                conn.send(exc.frame)
+            except ValidationError as exc:
+                await sends.drain()
+                conn.send(
+                    error_frame(
+                        "invalid_field", describe_validation_error(exc), data.get("client_msg_id")
+                    )
+                )
+            except ApiError as exc:
+                await sends.drain()
+                conn.send(api_error_frame(exc, data.get("client_msg_id")))
+            except WebSocketDisconnect:
+                return
+            except Exception:
+                log.exception("frame failed user=%s conn=%s", conn.user_id, conn.id)
+                await sends.drain()
+                conn.send(
+                    error_frame(
+                        "internal_error",
+                        "the frame could not be handled",
+                        data.get("client_msg_id"),
+                    )
+                )
+    finally:
+        # What was accepted is still committed, delivered and answered.
+        await sends.drain()
+
+
+async def handle_frame(services: Any, conn: Connection, frame: BaseModel) -> None:
+    """Every frame but a send (SendPipeline answers those)."""
+    if isinstance(frame, TypingFrame):
         participants = await participants_for(
             services.participants, conn.user_id, frame.conversation_id
         )

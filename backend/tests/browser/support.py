@@ -1,0 +1,183 @@
+"""What the browser tests share: the node starter, the push stub, and small helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from playwright.async_api import BrowserContext, Page, expect
+
+from app.config import Settings
+from app.main import create_app
+from tests.helpers import Client, Node, User, make_settings
+from tests.push_world import PushWorld
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 15_000
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+
+expect.set_options(timeout=TIMEOUT_MS)
+
+
+# ---- A node on a port chosen beforehand, so it can be restarted on the same one
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def start_node_on(settings: Settings, port: int) -> Node:
+    """Like helpers.start_node, on a given port (the web client's origin must not change)."""
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        ws_per_message_deflate=False,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    for _ in range(1000):
+        if server.started:
+            break
+        if task.done():
+            task.result()
+            raise RuntimeError("server exited before starting")
+        await asyncio.sleep(0.01)
+    else:
+        raise RuntimeError("server did not start")
+    return Node(app, server, task, f"http://127.0.0.1:{port}")
+
+
+def node_settings(db_url: str, world: PushWorld, port: int) -> Settings:
+    # web_base_url makes the push payload's url this node's origin, as in production.
+    return make_settings(
+        db_url,
+        **world.settings,
+        host="127.0.0.1",
+        port=port,
+        web_base_url=f"http://127.0.0.1:{port}",
+    )
+
+
+NewContext = Callable[..., Awaitable[BrowserContext]]
+
+
+# ---- A stand-in for pushManager.subscribe (a real one needs Google's push servers)
+
+PUSH_STUB = """
+(() => {
+  if (typeof PushManager === 'undefined') return;
+  const SUB = __SUBSCRIPTION__;
+  const KEY = '__stubPushKey';
+  const stub = { subscribe: 0, unsubscribe: 0, getSubscription: 0, key: null };
+  window.__pushStub = stub;
+  const toBytes = (value) => Uint8Array.from(
+    atob(value.replace(/-/g, '+').replace(/_/g, '/').padEnd(Math.ceil(value.length / 4) * 4, '=')),
+    (char) => char.charCodeAt(0));
+  const toBase64Url = (bytes) => btoa(String.fromCharCode(...bytes))
+    .replace(/\\+/g, '-').replace(/\\//g, '_').replace(/=+$/, '');
+  const subscription = (key) => ({
+    endpoint: SUB.endpoint,
+    expirationTime: null,
+    options: { userVisibleOnly: true, applicationServerKey: toBytes(key).buffer },
+    getKey: (name) => toBytes(SUB.keys[name]).buffer,
+    toJSON: () => ({ endpoint: SUB.endpoint, expirationTime: null, keys: { ...SUB.keys } }),
+    unsubscribe: async () => {
+      stub.unsubscribe += 1;
+      localStorage.removeItem(KEY);
+      return true;
+    },
+  });
+  PushManager.prototype.subscribe = async function (options = {}) {
+    stub.subscribe += 1;
+    if (Notification.permission !== 'granted') {
+      throw new DOMException('Registration failed - permission denied', 'NotAllowedError');
+    }
+    const key = toBase64Url(new Uint8Array(options.applicationServerKey));
+    stub.key = key;
+    localStorage.setItem(KEY, key);
+    return subscription(key);
+  };
+  PushManager.prototype.getSubscription = async function () {
+    stub.getSubscription += 1;
+    const key = localStorage.getItem(KEY);
+    return key ? subscription(key) : null;
+  };
+})();
+"""
+
+
+# ---- Helpers for the tests
+
+
+async def sign_in(ctx: BrowserContext, base: str, user: User, path: str = "/") -> Page:
+    """A page signed in as `user` (the session put where the client keeps it), at `path`."""
+    page = await ctx.new_page()
+    await page.goto(base + "/")
+    await page.evaluate(
+        """([token, user]) => {
+            localStorage.setItem('messenger.token', token);
+            localStorage.setItem('messenger.user', JSON.stringify(user));
+        }""",
+        [user.token, {"id": user.id, "username": user.username, "display_name": user.display_name}],
+    )
+    await page.goto(base + path)
+    await expect(page.locator("#main-view")).to_be_visible()
+    await expect(page.locator("#connection-status")).to_have_attribute("data-state", "online")
+    return page
+
+
+async def open_conversation(page: Page, conversation_id: str) -> None:
+    await page.locator(f'#conversation-list li[data-conversation-id="{conversation_id}"]').click()
+    await expect(page.locator("#chat-pane")).to_be_visible()
+    await expect(page.locator("#messages li.history-status")).not_to_have_text("Loading messages…")
+
+
+async def eventually(
+    check: Callable[[], Any], within: float = 15.0, what: str = "condition"
+) -> Any:
+    """Polls `check` (sync or async) until it returns something truthy, for `within` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what} (last: {result!r})")
+        await asyncio.sleep(0.1)
+
+
+async def devices(api: Client, user: User) -> list[dict]:
+    r = await api.http.get("/api/v1/messenger/devices", headers=user.headers)
+    assert r.status_code == 200, r.text
+    return r.json()["devices"]
+
+
+async def shoot(page: Page, artifacts: Path, name: str) -> Path:
+    path = artifacts / f"{name}.png"
+    await page.screenshot(path=str(path))
+    return path
