@@ -6,6 +6,7 @@ time"), so the Redis variant is one small script and one round trip.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Protocol
 
@@ -16,6 +17,11 @@ from redis.exceptions import RedisError
 class RateLimiter(Protocol):
     async def hit(self, key: str, rate: float, burst: int) -> float:
         """Take one token; 0.0 if allowed, else the seconds to wait before retrying."""
+        ...
+
+    def start_hit(self, key: str, rate: float, burst: int) -> asyncio.Future[float]:
+        """hit() without waiting for the answer, which comes as a future. Hits count in
+        the order they are started."""
         ...
 
 
@@ -37,6 +43,14 @@ class LocalRateLimiter:
         self._max_keys = max_keys
 
     async def hit(self, key: str, rate: float, burst: int) -> float:
+        return self._take(key, rate, burst)
+
+    def start_hit(self, key: str, rate: float, burst: int) -> asyncio.Future[float]:
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(self._take(key, rate, burst))
+        return future
+
+    def _take(self, key: str, rate: float, burst: int) -> float:
         now = time.monotonic()
         if len(self._tat) >= self._max_keys:
             # Buckets whose time is past are full again: forgetting them changes nothing.
@@ -46,23 +60,35 @@ class LocalRateLimiter:
         return retry_after
 
 
+# Many hits in one call: KEYS are the buckets; ARGV is now, then rate and burst per key.
+# Each key is taken in turn, so two hits on one bucket in a call count as two.
 _GCRA_LUA = """
 local now = tonumber(ARGV[1])
-local interval = 1.0 / tonumber(ARGV[2])
-local burst = tonumber(ARGV[3])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local allow_at = tat + interval - burst * interval
-if now < allow_at then return tostring(allow_at - now) end
-tat = tat + interval
-redis.call('SET', KEYS[1], tostring(tat), 'PX', math.ceil((tat - now) * 1000) + 1000)
-return '0'
+local answers = {}
+for i, key in ipairs(KEYS) do
+  local interval = 1.0 / tonumber(ARGV[2 * i])
+  local burst = tonumber(ARGV[2 * i + 1])
+  local tat = tonumber(redis.call('GET', key) or now)
+  if tat < now then tat = now end
+  local allow_at = tat + interval - burst * interval
+  if now < allow_at then
+    answers[i] = tostring(allow_at - now)
+  else
+    tat = tat + interval
+    redis.call('SET', key, tostring(tat), 'PX', math.ceil((tat - now) * 1000) + 1000)
+    answers[i] = '0'
+  end
+end
+return answers
 """
+MAX_HITS = 500  # hits per script call
 
 
 class RedisRateLimiter:
     """Many nodes: the buckets live in Redis, so a user's limit is one for the cluster.
 
+    Hits that come while a call to Redis is under way wait for the next call and go
+    together: under load one round trip answers many sends, instead of one each.
     If Redis cannot be reached the request is let through: flood control is not worth
     refusing every message over.
     """
@@ -72,12 +98,46 @@ class RedisRateLimiter:
         self._prefix = prefix
         self._script = redis.register_script(_GCRA_LUA)
         self._fallback = LocalRateLimiter()
+        self._waiting: list[tuple[str, float, int, asyncio.Future[float]]] = []
+        self._caller: asyncio.Task | None = None
 
     async def hit(self, key: str, rate: float, burst: int) -> float:
+        return await self.start_hit(key, rate, burst)
+
+    def start_hit(self, key: str, rate: float, burst: int) -> asyncio.Future[float]:
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((key, rate, burst, future))
+        if self._caller is None:
+            self._caller = asyncio.create_task(self._call())
+        return future
+
+    async def _call(self) -> None:
         try:
-            answer = await self._script(
-                keys=[f"{self._prefix}rl:{key}"], args=[time.time(), rate, burst]
+            while self._waiting:
+                batch, self._waiting = self._waiting[:MAX_HITS], self._waiting[MAX_HITS:]
+                try:
+                    answers = await self._answers(batch)
+                except Exception as exc:
+                    for *_, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (*_, future), answer in zip(batch, answers, strict=True):
+                    if not future.done():
+                        future.set_result(answer)
+        finally:
+            self._caller = None
+
+    async def _answers(
+        self, batch: list[tuple[str, float, int, asyncio.Future[float]]]
+    ) -> list[float]:
+        args: list[float] = [time.time()]
+        for _, rate, burst, _ in batch:
+            args += (rate, burst)
+        try:
+            answers = await self._script(
+                keys=[f"{self._prefix}rl:{key}" for key, *_ in batch], args=args
             )
         except (RedisError, OSError):
-            return await self._fallback.hit(key, rate, burst)
-        return float(answer)
+            return [await self._fallback.hit(key, rate, burst) for key, rate, burst, _ in batch]
+        return [float(a) for a in answers]

@@ -4,6 +4,11 @@ A message is checked, then handed to the writer, which commits queued sends in
 one transaction (group commit): per conversation it takes the next `seq` under the
 conversation row's lock, inserts the messages and records their push work. Only
 after the commit are the sockets told and the push work started.
+
+On PostgreSQL a batch is one statement on the writer's own connection (one round
+trip, no pool checkout, no ORM or Core compilation per row); anything unusual in it
+(a repeated client_msg_id, a conversation gone) makes that statement fail as a
+whole, and the batch is then written the careful way, which sorts each send out.
 """
 
 from __future__ import annotations
@@ -16,10 +21,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
 from sqlalchemy import bindparam, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app import metrics
 from app.db import utcnow
@@ -38,6 +44,54 @@ _messages = Message.__table__
 _push_jobs = PushJob.__table__
 _participants = Participant.__table__
 MAX_BATCH = 500
+
+# The whole batch in one statement (PostgreSQL). Conversation rows are locked in id
+# order, so two nodes' batches never deadlock; each send's seq follows its place in
+# the batch. A send into a conversation that is gone gets a NULL seq (NOT NULL
+# violation) and a repeated client_msg_id hits the unique constraint: either way the
+# statement, and so its implicit transaction, fails as a whole.
+_BATCH_SQL = """
+WITH sends AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[])
+        WITH ORDINALITY AS s (id, conversation_id, sender_id, content, client_msg_id, ord)
+),
+counts AS (
+    SELECT conversation_id, count(*) AS n FROM sends GROUP BY conversation_id
+),
+locked AS MATERIALIZED (
+    SELECT id FROM conversations
+    WHERE id IN (SELECT conversation_id FROM counts)
+    ORDER BY id
+    FOR UPDATE
+),
+bumped AS (
+    UPDATE conversations AS c SET last_seq = c.last_seq + counts.n
+    FROM locked JOIN counts ON counts.conversation_id = locked.id
+    WHERE c.id = locked.id
+    RETURNING c.id, c.last_seq - counts.n AS base
+),
+inserted AS (
+    INSERT INTO messages (id, conversation_id, seq, sender_id, content, client_msg_id, created_at)
+    SELECT s.id, s.conversation_id,
+           b.base + row_number() OVER (PARTITION BY s.conversation_id ORDER BY s.ord),
+           s.sender_id, s.content, s.client_msg_id, $6
+    FROM sends AS s LEFT JOIN bumped AS b ON b.id = s.conversation_id
+    RETURNING id, conversation_id, sender_id, seq
+),
+read_up_to AS (
+    UPDATE participants AS p SET last_read_seq = i.seq
+    FROM (
+        SELECT conversation_id, sender_id, max(seq) AS seq FROM inserted
+        GROUP BY conversation_id, sender_id
+    ) AS i
+    WHERE p.conversation_id = i.conversation_id AND p.user_id = i.sender_id
+),
+jobs AS (
+    INSERT INTO push_jobs (message_id, created_at, claimed_by, lease_until)
+    SELECT id, $6, $7, $8 FROM inserted
+)
+SELECT id, seq FROM inserted
+"""
 
 
 def message_dict(row: Any) -> dict[str, Any]:
@@ -59,6 +113,9 @@ class _Send:
     content: str
     client_msg_id: str | None
     future: asyncio.Future = field(repr=False)
+    # Resolves when the send may be written; if it fails, the send is not written and its
+    # future gets the error (the flood check, whose answer comes from Redis).
+    allowed: asyncio.Future[None] | None = field(default=None, repr=False)
 
     @property
     def key(self) -> tuple[str, int, str] | None:
@@ -78,10 +135,14 @@ class MessageWriter:
         self._engine = engine
         self._node_id = node_id
         self._lease = timedelta(seconds=push_lease_seconds)
-        self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+        self._postgres = engine.dialect.name == "postgresql"
+        self._insert = pg_insert if self._postgres else sqlite_insert
         self._queue: list[_Send] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        # PostgreSQL: a connection of the writer's own, held while the writer runs.
+        self._conn: AsyncConnection | None = None
+        self._driver: Any = None  # its asyncpg connection
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="message-writer")
@@ -94,24 +155,42 @@ class MessageWriter:
             except asyncio.CancelledError:
                 pass
         for send in self._queue:
-            send.future.set_exception(RuntimeError("server shutting down"))
+            if not send.future.done():
+                send.future.set_exception(RuntimeError("server shutting down"))
         self._queue.clear()
+        await self._release()
+
+    def submit(
+        self,
+        conversation_id: str,
+        sender_id: int,
+        content: str,
+        client_msg_id: str | None,
+        allowed: asyncio.Future[None] | None = None,
+    ) -> asyncio.Future[tuple[dict[str, Any], bool]]:
+        """Queue a send; the future gives (message, True) if new, (the original, False)
+        if a repeat, once committed. Sends are committed in the order submitted. When
+        given, `allowed` must resolve first: if it fails, the send is not written and the
+        future gets its error."""
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append(
+            _Send(conversation_id, sender_id, content, client_msg_id, future, allowed)
+        )
+        self._wake.set()
+        return future
 
     async def write(
         self, conversation_id: str, sender_id: int, content: str, client_msg_id: str | None
     ) -> tuple[dict[str, Any], bool]:
         """Persist a message; (message, True) if new, (the original, False) if a repeat."""
-        future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Send(conversation_id, sender_id, content, client_msg_id, future))
-        self._wake.set()
-        return await future
+        return await self.submit(conversation_id, sender_id, content, client_msg_id)
 
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self._queue:
-                batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+                batch = self._next_batch()
                 try:
                     await self._write_batch(batch)
                 except Exception as exc:
@@ -120,7 +199,20 @@ class MessageWriter:
                         if not send.future.done():
                             send.future.set_exception(exc)
 
+    def _next_batch(self) -> list[_Send]:
+        """The oldest sends, up to the first whose flood check is still unanswered (unless
+        it is the very first): those wait for the next batch rather than hold this one."""
+        queue = self._queue
+        end, limit = 1, min(len(queue), MAX_BATCH)
+        while end < limit and (queue[end].allowed is None or queue[end].allowed.done()):
+            end += 1
+        batch, self._queue = self._queue[:end], self._queue[end:]
+        return batch
+
     async def _write_batch(self, batch: list[_Send]) -> None:
+        batch = await self._admit(batch)
+        if not batch:
+            return
         # A repeat inside one batch waits for its first copy.
         first: dict[tuple, _Send] = {}
         unique: list[_Send] = []
@@ -134,31 +226,116 @@ class MessageWriter:
                 first[key] = send
             unique.append(send)
 
-        pending = unique
-        while pending:
-            try:
-                created = await self._insert_all(pending)
-            except _Conflict:
-                # Some were sent before: answer those with the original, retry the rest.
-                originals = await self._find_originals(pending)
-                if not originals:
-                    raise
-                rest = []
-                for send in pending:
-                    original = originals.get(send.key) if send.key else None
-                    if original is not None:
-                        send.future.set_result((original, False))
-                    else:
-                        rest.append(send)
-                pending = rest
-                continue
-            for send, message in zip(pending, created, strict=True):
-                send.future.set_result((message, True))
-            break
+        # (A future whose waiter went away is done already: it is skipped, not an error.)
+        results: dict[int, tuple[dict[str, Any], bool]] = {}
+        created = await self._insert_fast(unique) if self._postgres else None
+        if created is not None:
+            for send, message in zip(unique, created, strict=True):
+                results[id(send)] = (message, True)
+        else:
+            pending = unique
+            while pending:
+                try:
+                    created = await self._insert_all(pending)
+                except _Conflict:
+                    # Some were sent before: answer those with the original, retry the rest.
+                    originals = await self._find_originals(pending)
+                    if not originals:
+                        raise
+                    rest = []
+                    for send in pending:
+                        original = originals.get(send.key) if send.key else None
+                        if original is not None:
+                            results[id(send)] = (original, False)
+                        else:
+                            rest.append(send)
+                    pending = rest
+                    continue
+                for send, message in zip(pending, created, strict=True):
+                    results[id(send)] = (message, True)
+                break
 
         for send, original in repeats:
-            message, _ = original.future.result()
-            send.future.set_result((message, False))
+            results[id(send)] = (results[id(original)][0], False)
+        for send in batch:
+            if not send.future.done():
+                send.future.set_result(results[id(send)])
+
+    async def _admit(self, batch: list[_Send]) -> list[_Send]:
+        """The sends that may be written; the others are answered with the error."""
+        admitted = []
+        for send in batch:
+            allowed = send.allowed
+            if allowed is not None:
+                if not allowed.done():  # (only ever the first of a batch)
+                    await asyncio.wait((allowed,))
+                error = (
+                    RuntimeError("the flood check was cancelled")
+                    if allowed.cancelled()
+                    else allowed.exception()
+                )
+                if error is not None:
+                    if not send.future.done():
+                        send.future.set_exception(error)
+                    continue
+            admitted.append(send)
+        return admitted
+
+    async def _insert_fast(self, sends: list[_Send]) -> list[dict[str, Any]] | None:
+        """The batch in one statement; None when it has to be written the careful way."""
+        now = utcnow()
+        ids = [str(uuid.uuid4()) for _ in sends]
+        try:
+            driver = await self._connection()
+            rows = await driver.fetch(
+                _BATCH_SQL,
+                ids,
+                [s.conversation_id for s in sends],
+                [s.sender_id for s in sends],
+                [s.content for s in sends],
+                [s.client_msg_id for s in sends],
+                now,
+                self._node_id,
+                now + self._lease,
+            )
+        except asyncpg.IntegrityConstraintViolationError:
+            return None  # nothing was written: a repeat, or a conversation gone
+        except Exception:
+            await self._release(broken=True)  # a new connection for the next batch
+            raise
+        seqs = dict(rows)
+        return [
+            {
+                "id": message_id,
+                "conversation_id": send.conversation_id,
+                "seq": seqs[message_id],
+                "sender_id": send.sender_id,
+                "content": send.content,
+                "client_msg_id": send.client_msg_id,
+                "created_at": now,
+            }
+            for message_id, send in zip(ids, sends, strict=True)
+        ]
+
+    async def _connection(self) -> Any:
+        """The writer's asyncpg connection, (re)made through the engine's pool."""
+        if self._driver is not None and self._driver.is_closed():
+            await self._release(broken=True)  # the server closed it (restart, failover)
+        if self._conn is None:
+            self._conn = await self._engine.connect()
+            self._driver = (await self._conn.get_raw_connection()).driver_connection
+        return self._driver
+
+    async def _release(self, broken: bool = False) -> None:
+        conn, self._conn, self._driver = self._conn, None, None
+        if conn is None:
+            return
+        try:
+            if broken:
+                await conn.invalidate()
+            await conn.close()
+        except Exception as exc:  # it is gone either way
+            log.debug("message writer: closing its connection failed: %r", exc)
 
     async def _insert_all(self, sends: list[_Send]) -> list[dict[str, Any]]:
         now = utcnow()
@@ -239,6 +416,84 @@ class MessageWriter:
             }
 
 
+async def accept_message(
+    services: Services,
+    sender_id: int,
+    conversation_id: str,
+    content: str,
+    client_msg_id: str | None,
+) -> tuple[frozenset[int], asyncio.Future[tuple[dict[str, Any], bool]]]:
+    """Check a send and queue it for the writer: (participants, the writer's future).
+
+    Sends are committed in the order they are accepted, so a socket may accept its next
+    send before the last is committed (many in one batch) without reordering them.
+    """
+    settings = services.settings
+    if not content.strip():
+        raise ApiError(422, "empty_content", "the message is empty")
+    if len(content) > settings.max_message_length:
+        raise ApiError(
+            422, "message_too_long", f"the message is over {settings.max_message_length} characters"
+        )
+    participants = await participants_for(services.participants, sender_id, conversation_id)
+    # The flood check goes to Redis without waiting here: the writer waits for its answer
+    # just before writing, so a socket's next frame is read meanwhile.
+    retry_after = services.limiter.start_hit(
+        f"send:{sender_id}", settings.send_rate_per_second, settings.send_burst
+    )
+    return participants, services.writer.submit(
+        conversation_id, sender_id, content, client_msg_id, allowed=within_rate(retry_after)
+    )
+
+
+def within_rate(retry_after: asyncio.Future[float]) -> asyncio.Future[None]:
+    """A future that resolves when the flood check allows the send, or fails with 429."""
+    allowed = asyncio.get_running_loop().create_future()
+
+    def decide(answer: asyncio.Future[float]) -> None:
+        if allowed.done():
+            return
+        if answer.cancelled():
+            allowed.cancel()
+        elif (exc := answer.exception()) is not None:
+            allowed.set_exception(exc)
+        elif (wait := answer.result()) > 0:
+            retry = str(max(1, round(wait + 0.5)))
+            allowed.set_exception(
+                ApiError(
+                    429,
+                    "rate_limited",
+                    "too many messages; slow down",
+                    headers={"Retry-After": retry},
+                )
+            )
+        else:
+            allowed.set_result(None)
+
+    if retry_after.done():
+        decide(retry_after)  # (the in-process limiter answers at once: no loop round)
+    else:
+        retry_after.add_done_callback(decide)
+    return allowed
+
+
+async def finish_message(
+    services: Services,
+    participants: frozenset[int],
+    committed: asyncio.Future[tuple[dict[str, Any], bool]],
+    exclude_connection: str | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """Once committed: deliver to the sockets and schedule pushes. (message, created)."""
+    message, created = await committed
+    if created:
+        metrics.messages_sent.inc()
+        # Encoded once, for every socket on every node.
+        frame = dumps({"type": "message.new", "message": message})
+        await services.fanout.publish(participants, frame, exclude=exclude_connection)
+        services.push.message_committed(message, participants)
+    return message, created
+
+
 async def send_message(
     services: Services,
     sender_id: int,
@@ -248,31 +503,7 @@ async def send_message(
     exclude_connection: str | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Check, persist, then deliver and schedule pushes. (message, created)."""
-    settings = services.settings
-    if not content.strip():
-        raise ApiError(422, "empty_content", "the message is empty")
-    if len(content) > settings.max_message_length:
-        raise ApiError(
-            422, "message_too_long", f"the message is over {settings.max_message_length} characters"
-        )
-    participants = await participants_for(services.participants, sender_id, conversation_id)
-    retry_after = await services.limiter.hit(
-        f"send:{sender_id}", settings.send_rate_per_second, settings.send_burst
+    participants, committed = await accept_message(
+        services, sender_id, conversation_id, content, client_msg_id
     )
-    if retry_after > 0:
-        raise ApiError(
-            429,
-            "rate_limited",
-            "too many messages; slow down",
-            headers={"Retry-After": str(max(1, round(retry_after + 0.5)))},
-        )
-
-    message, created = await services.writer.write(
-        conversation_id, sender_id, content, client_msg_id
-    )
-    if created:
-        metrics.messages_sent.inc()
-        frame = dumps({"type": "message.new", "message": message})
-        await services.fanout.publish(participants, frame, exclude=exclude_connection)
-        services.push.message_committed(message, participants)
-    return message, created
+    return await finish_message(services, participants, committed, exclude_connection)

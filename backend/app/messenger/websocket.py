@@ -148,10 +148,11 @@ def api_error_frame(exc: ApiError, ref: Any) -> str:
 class SendPipeline:
     """A socket's sends that are accepted but not yet committed, answered in order.
 
-    The reader takes a socket's next frame while its earlier sends wait for their
-    commit, so a burst from one socket shares one batch instead of paying one commit
-    per message. Anything else the socket asks, and every error, waits until the sends
-    before it are answered: replies still come back in the order the frames came.
+    The reader takes a socket's next frame while its earlier sends wait for their flood
+    check and their commit, so a burst from one socket shares one batch instead of paying
+    a round trip and a commit per message. Anything else the socket asks, and every
+    error, waits until the sends before it are answered: replies still come back in the
+    order the frames came.
     """
 
     __slots__ = ("_conn", "_pending", "_services", "_task")

@@ -76,6 +76,19 @@ async def plan_pushes(
     skip_done: bool = False,
 ) -> list[PlannedPush]:
     """Every (device, notification) to send for these messages, in a fixed number of queries."""
+    wanted = await offline_recipients(presence, messages, participants)
+    if not wanted:
+        return []
+    return await plan_for_offline(conn, messages, participants, wanted, base_url, skip_done)
+
+
+async def offline_recipients(
+    presence: Presence,
+    messages: Collection[Mapping[str, Any]],
+    participants: Mapping[str, Collection[int]],
+) -> set[tuple[str, int]]:
+    """(conversation, user) of each recipient who is not the sender and has no socket on
+    any node: one presence round trip for every recipient of every message."""
     wanted = {
         (m["conversation_id"], user_id)
         for m in messages
@@ -83,13 +96,22 @@ async def plan_pushes(
         if user_id != m["sender_id"]
     }
     if not wanted:
-        return []
-    # One presence round trip for every recipient of every message in the batch.
+        return set()
     online = await presence.online({user_id for _, user_id in wanted})
-    wanted = {(c, u) for c, u in wanted if u not in online}
+    return {(c, u) for c, u in wanted if u not in online}
+
+
+async def plan_for_offline(
+    conn: AsyncConnection,
+    messages: Collection[Mapping[str, Any]],
+    participants: Mapping[str, Collection[int]],
+    wanted: set[tuple[str, int]],
+    base_url: str,
+    skip_done: bool = False,
+) -> list[PlannedPush]:
+    """The rest of the decision for the offline recipients `wanted`: settings, devices."""
     if not wanted:
         return []
-
     now = utcnow()
     rows = await conn.execute(
         select(_participants.c.conversation_id, _participants.c.user_id).where(

@@ -21,11 +21,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import metrics
 from app.config import Settings
-from app.db import utcnow
+from app.db import one_of, utcnow
 from app.messenger.models import DeviceToken, Message, Participant, PushAttempt, PushJob
 from app.messenger.presence import Presence
 from app.messenger.push.base import Outcome, Provider
-from app.messenger.push.decision import PlannedPush, plan_pushes
+from app.messenger.push.decision import PlannedPush, offline_recipients, plan_for_offline
 from app.messenger.push.delivery import Delivery, RetryPolicy, deliver
 from app.messenger.push.providers import start_providers
 from app.messenger.send import message_dict
@@ -38,6 +38,8 @@ _participants = Participant.__table__
 _devices = DeviceToken.__table__
 _attempts = PushAttempt.__table__
 BATCH = 500
+PLAN_DELAY = 0.01  # seconds a committed message may wait to be planned with others
+RECORD_DELAY = 0.05  # seconds an outcome may wait to be written with others
 
 
 class PushService:
@@ -152,6 +154,9 @@ class PushService:
     async def _plan_loop(self) -> None:
         while True:
             await self._wake.wait()
+            # Let the messages of a few commits gather: one presence round trip (and at
+            # most one set of queries) for all of them, not one per commit.
+            await asyncio.sleep(PLAN_DELAY)
             self._wake.clear()
             while self._queue:
                 batch, self._queue = self._queue[:BATCH], self._queue[BATCH:]
@@ -164,18 +169,24 @@ class PushService:
     async def _plan(self, batch: list[tuple[dict[str, Any], Collection[int], bool]]) -> None:
         participants = {m["conversation_id"]: p for m, p, _ in batch}
         plans: list[PlannedPush] = []
-        async with self._engine.connect() as conn:
-            for recovered in (False, True):
-                messages = [m for m, _, r in batch if r is recovered]
-                if messages:
-                    plans += await plan_pushes(
-                        conn,
-                        self._presence,
-                        messages,
-                        participants,
-                        self._settings.public_base_url,
-                        skip_done=recovered,
-                    )
+        # Presence first, once for the whole batch: when every recipient is online (the
+        # common case under load) the database is not asked at all.
+        offline = await offline_recipients(self._presence, [m for m, _, _ in batch], participants)
+        if offline:
+            async with self._engine.connect() as conn:
+                for recovered in (False, True):
+                    messages = [m for m, _, r in batch if r is recovered]
+                    conversations = {m["conversation_id"] for m in messages}
+                    wanted = {(c, u) for c, u in offline if c in conversations}
+                    if wanted:
+                        plans += await plan_for_offline(
+                            conn,
+                            messages,
+                            participants,
+                            wanted,
+                            self._settings.public_base_url,
+                            skip_done=recovered,
+                        )
         # Devices whose provider is off are left alone (that was said once, at start).
         plans = [p for p in plans if p.device.provider in self._providers]
         per_message: dict[str, int] = {}
@@ -226,6 +237,9 @@ class PushService:
     async def _record_loop(self) -> None:
         while True:
             await self._flush.wait()
+            # Let a burst gather: one transaction for many outcomes and finished jobs,
+            # not one per push or per message batch.
+            await asyncio.sleep(RECORD_DELAY)
             self._flush.clear()
             try:
                 await self._record()
@@ -263,19 +277,24 @@ class PushService:
                     )
                 delivered = {p.device.id for p, d in outcomes if d.outcome == Outcome.DELIVERED}
                 dead = {p.device.id for p, d in outcomes if d.outcome == Outcome.DEAD_TOKEN}
+                dialect = self._engine.dialect.name
                 if delivered:
                     await conn.execute(
                         update(_devices)
-                        .where(_devices.c.id.in_(delivered))
+                        .where(one_of(_devices.c.id, delivered, dialect))
                         .values(last_used_at=now)
                     )
                 if dead:
                     await conn.execute(
-                        update(_devices).where(_devices.c.id.in_(dead)).values(is_active=False)
+                        update(_devices)
+                        .where(one_of(_devices.c.id, dead, dialect))
+                        .values(is_active=False)
                     )
                     log.info("devices deactivated (dead token) count=%d", len(dead))
                 if finished:
-                    await conn.execute(delete(_jobs).where(_jobs.c.message_id.in_(finished)))
+                    await conn.execute(
+                        delete(_jobs).where(one_of(_jobs.c.message_id, finished, dialect))
+                    )
         except Exception:
             # Put them back so the next flush tries again.
             self._outcomes[:0] = outcomes

@@ -1,0 +1,97 @@
+"""The test suite's push provider fakes, timing each push they accept.
+
+Same protocol checks as in the tests (VAPID signature and payload decryption, the FCM
+OAuth flow and message validation, APNs' JWT over HTTP/2 and TLS); on top, each
+accepted push notes time.time(), so the driver can measure commit to accepted.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from tests.fakes.apns import FakeAPNs
+from tests.fakes.fcm import FakeFCM
+from tests.fakes.webpush import FakePushService, make_vapid_keys
+
+
+class TimedWebPush(FakePushService):
+    def __init__(self, vapid_public_key: str) -> None:
+        super().__init__(vapid_public_key)
+        self.accepted_at: list[float] = []
+
+    async def _push(self, request: web.Request) -> web.StreamResponse:
+        response = await super()._push(request)
+        if response.status == 201:
+            self.accepted_at.append(time.time())
+        return response
+
+
+class TimedFCM(FakeFCM):
+    def __init__(self, project_id: str) -> None:
+        super().__init__(project_id)
+        self.accepted_at: list[float] = []
+
+    async def _send(self, request: web.Request) -> web.StreamResponse:
+        response = await super()._send(request)
+        if response.status == 200:
+            self.accepted_at.append(time.time())
+        return response
+
+
+class TimedAPNs(FakeAPNs):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.accepted_at: list[float] = []
+
+    def handle(self, headers: dict[str, str], body: bytes) -> tuple[int, str | None] | None:
+        answer = super().handle(headers, body)
+        if answer is not None and answer[0] == 200:
+            self.accepted_at.append(time.time())
+        return answer
+
+
+@dataclass
+class Fakes:
+    webpush: TimedWebPush
+    fcm: TimedFCM
+    apns: TimedAPNs
+    settings: dict[str, Any]  # what points a node at them (Settings field names)
+
+    def accepted(self) -> list[float]:
+        return self.webpush.accepted_at + self.fcm.accepted_at + self.apns.accepted_at
+
+    def clear(self) -> None:
+        for fake in (self.webpush, self.fcm, self.apns):
+            fake.accepted_at.clear()
+            fake.received.clear()
+
+
+async def start_fakes(stack: AsyncExitStack, directory: Path) -> Fakes:
+    vapid = make_vapid_keys()
+    webpush = await stack.enter_async_context(TimedWebPush(vapid.public))
+    fcm = await stack.enter_async_context(TimedFCM("bench-project"))
+    apns = await stack.enter_async_context(
+        TimedAPNs(team_id="TEAM123456", key_id="KEY1234567", topic="com.example.messenger")
+    )
+    settings = {
+        "vapid_private_key": vapid.private_raw,
+        "vapid_public_key": vapid.public,
+        "vapid_subject": "mailto:bench@example.com",
+        "web_push_allow_http": True,
+        "fcm_service_account_file": str(fcm.write_service_account(directory)),
+        "fcm_endpoint": fcm.base_url,
+        "apns_key_file": str(apns.write_key(directory)),
+        "apns_key_id": apns.key_id,
+        "apns_team_id": apns.team_id,
+        "apns_topic": apns.topic,
+        "apns_use_sandbox": True,
+        "apns_endpoint": apns.endpoint,
+        "apns_ca_file": str(apns.ca_file),
+    }
+    return Fakes(webpush, fcm, apns, settings)

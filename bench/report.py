@@ -1,0 +1,215 @@
+"""The table: each scenario's figures, the target where there is one, and the CPU split."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+Row = dict[str, Any]
+
+
+def _num(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:,.{digits}f}"
+    return f"{int(value):,}"
+
+
+def _row(
+    scenario: str, figure: str, value: Any, text: str, target: str = "", ok: Any = None
+) -> Row:
+    return {
+        "scenario": scenario,
+        "figure": figure,
+        "value": value,
+        "text": text,
+        "target": target,
+        "met": ok,
+    }
+
+
+def _cpu(scenario: str, cpu: dict[str, float] | None, where: str = "") -> list[Row]:
+    if not cpu:
+        return []
+    text = "  ".join(f"{k} {v:.0f}" for k, v in cpu.items() if k != "node_sys")
+    if "node_sys" in cpu:
+        text += f"  (node in kernel {cpu['node_sys']:.0f})"
+    return [_row(scenario, f"CPU % of a core{where}", cpu, text)]
+
+
+def _lat(scenario: str, name: str, s: dict[str, Any], target: str = "", ok: Any = None) -> Row:
+    text = f"{_num(s['p50_ms'], 2)} / {_num(s['p95_ms'], 2)} / {_num(s['p99_ms'], 2)}"
+    return _row(scenario, f"{name} p50/p95/p99 ms", s, text, target, ok)
+
+
+def summarise(report: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    sc = report["scenarios"]
+    for name, r in sc.items():
+        if "error" in r:
+            rows.append(_row(name, "error", r["error"], r["error"][:90]))
+    if "latency" in sc and "error" not in sc["latency"]:
+        r = sc["latency"]
+        p50 = r["delivery"]["p50_ms"]
+        rows.append(_lat("latency", "delivery", r["delivery"], "p50 < 2 ms", p50 < 2))
+        rows.append(_lat("latency", "ack", r["ack"]))
+        rows += _cpu("latency", r.get("cpu_pct"))
+    if "throughput" in sc and "error" not in sc["throughput"]:
+        r = sc["throughput"]
+        c = r["closed"]
+        rows.append(
+            _row(
+                "throughput",
+                f"closed loop ({c['senders']} senders x {c['window']}): persisted/s",
+                c["persisted_per_s"],
+                _num(c["persisted_per_s"]),
+                ">= 10,000/s",
+                c["persisted_per_s"] >= 10_000,
+            )
+        )
+        rows.append(
+            _row(
+                "throughput",
+                "closed loop: delivered/s",
+                c["delivered_per_s"],
+                _num(c["delivered_per_s"]),
+            )
+        )
+        rows.append(_lat("throughput", "closed loop delivery", c["delivery"]))
+        rows += _cpu("throughput", c.get("cpu_pct"), " (closed)")
+        o = r.get("open")
+        if o:
+            best = o["best"]
+            p99 = best["delivery"]["p99_ms"] if best else float("nan")
+            rows.append(
+                _row(
+                    "throughput",
+                    f"open loop: highest rate with p99 < {o['p99_limit_ms']:.0f} ms",
+                    o["best_rate"],
+                    f"{_num(o['best_rate'])}/s (p99 {_num(p99, 1)} ms; "
+                    f"next {_num(o['first_failing_rate'])}/s failed)",
+                    ">= 10,000/s, p99 < 50 ms",
+                    o["best_rate"] >= 10_000,
+                )
+            )
+            if best:
+                rows.append(_lat("throughput", "at that rate, delivery", best["delivery"]))
+                rows += _cpu("throughput", best.get("cpu_pct"), " (at that rate)")
+            steps = ", ".join(
+                f"{_num(s['rate'])}:{_num(s['delivery']['p99_ms'], 1)}ms" + ("" if s["ok"] else "x")
+                for s in o["steps"]
+            )
+            rows.append(_row("throughput", "open-loop steps (rate: p99)", o["steps"], steps))
+    if "fanout" in sc and "error" not in sc["fanout"]:
+        r = sc["fanout"]
+        rows.append(
+            _row(
+                "fanout",
+                f"{r['members']} members, deliveries/s",
+                r["delivered_per_s"],
+                _num(r["delivered_per_s"]),
+                ">= 50,000/s",
+                r["delivered_per_s"] >= 50_000,
+            )
+        )
+        rows.append(_lat("fanout", "delivery", r["delivery"]))
+        rows += _cpu("fanout", r.get("cpu_pct"))
+    if "push" in sc and "error" not in sc["push"]:
+        r = sc["push"]
+        measured = [x for x in r["rounds"] if not x["warmup"]]
+        done = [x["done_s"] for x in measured]
+        worst = max(done) if done else float("nan")
+        rows.append(
+            _row(
+                "push",
+                f"{r['members']} members: commit to last accepted, s",
+                done,
+                " / ".join(_num(d, 3) for d in done)
+                + f" (median {_num(statistics.median(done), 3)})"
+                if done
+                else "-",
+                "< 2 s",
+                worst < 2 if done else None,
+            )
+        )
+        rows.append(
+            _row(
+                "push",
+                "pushes/s",
+                [x["pushes_per_s"] for x in measured],
+                " / ".join(_num(x["pushes_per_s"]) for x in measured),
+            )
+        )
+        if measured:
+            rows.append(_lat("push", "commit to accepted", measured[-1]["commit_to_accepted"]))
+            missing = sum(x["expected"] - x["accepted"] for x in measured)
+            rows.append(_row("push", "pushes not accepted", missing, _num(missing)))
+            rows += _cpu("push", measured[-1].get("cpu_pct"), " (last round)")
+    if "connections" in sc and "error" not in sc["connections"]:
+        r = sc["connections"]
+        kb = r["kb_per_connection"]
+        rows.append(
+            _row(
+                "connections",
+                f"{_num(r['opened'])} idle sockets: memory per connection",
+                kb,
+                f"{_num(kb, 1)} KB "
+                f"(RSS {_num(r['rss_before_mb'])} -> {_num(r['rss_after_mb'])} MB)",
+                "< 30 KB",
+                kb < 30 and r["opened"] == r["wanted"],
+            )
+        )
+        rows.append(
+            _row(
+                "connections",
+                f"heartbeat CPU (ping every {r['ping_interval_s']:.0f} s each)",
+                r["heartbeat_cpu_pct"],
+                f"{_num(r['heartbeat_cpu_pct'], 2)} % of a core over {_num(r['idle_seconds'])} s "
+                f"({r['pongs']:,} pongs)",
+            )
+        )
+        rows.append(
+            _row(
+                "connections",
+                "connects/s (handshake p99)",
+                r["connects_per_s"],
+                f"{_num(r['connects_per_s'])} ({_num(r['handshake']['p99_ms'], 1)} ms)",
+            )
+        )
+    if "two_nodes" in sc and "error" not in sc["two_nodes"]:
+        r = sc["two_nodes"]
+        c = r["closed"]
+        rows.append(
+            _row(
+                "two_nodes",
+                "closed loop, every delivery cross-node: persisted/s",
+                c["persisted_per_s"],
+                f"{_num(c['persisted_per_s'])} (delivered {_num(c['delivered_per_s'])}/s)",
+            )
+        )
+        rows.append(_lat("two_nodes", "closed loop delivery", c["delivery"]))
+        rows += _cpu("two_nodes", c.get("cpu_pct"), " (closed)")
+        if r.get("latency"):
+            rows.append(_lat("two_nodes", "cross-node latency", r["latency"]["delivery"]))
+    return rows
+
+
+def print_table(report: dict[str, Any], rows: list[Row]) -> None:
+    mode = "quick" if report["quick"] else "full"
+    print(
+        f"\nmessenger benchmark ({mode}, {report['machine']['cpus']} CPUs, "
+        f"Python {report['machine']['python']}), {report['wall_seconds']:.0f} s"
+    )
+    widths = (12, 52, 44, 26)
+    header = ("scenario", "figure", "value", "target")
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + "  met")
+    print("-" * (sum(widths) + 2 * len(widths) + 3))
+    last = ""
+    for r in rows:
+        scenario = r["scenario"] if r["scenario"] != last else ""
+        last = r["scenario"]
+        met = {True: "yes", False: "NO", None: ""}[r["met"]]
+        cells = (scenario, r["figure"], r["text"], r["target"])
+        print("  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)) + f"  {met}")
