@@ -18,6 +18,7 @@ from aiohttp import web
 from tests.fakes.apns import FakeAPNs
 from tests.fakes.fcm import FakeFCM
 from tests.fakes.webpush import FakePushService, make_vapid_keys
+from tests.push_world import provider_settings
 
 
 class TimedWebPush(FakePushService):
@@ -79,19 +80,5 @@ async def start_fakes(stack: AsyncExitStack, directory: Path) -> Fakes:
     apns = await stack.enter_async_context(
         TimedAPNs(team_id="TEAM123456", key_id="KEY1234567", topic="com.example.messenger")
     )
-    settings = {
-        "vapid_private_key": vapid.private_raw,
-        "vapid_public_key": vapid.public,
-        "vapid_subject": "mailto:bench@example.com",
-        "web_push_allow_http": True,
-        "fcm_service_account_file": str(fcm.write_service_account(directory)),
-        "fcm_endpoint": fcm.base_url,
-        "apns_key_file": str(apns.write_key(directory)),
-        "apns_key_id": apns.key_id,
-        "apns_team_id": apns.team_id,
-        "apns_topic": apns.topic,
-        "apns_use_sandbox": True,
-        "apns_endpoint": apns.endpoint,
-        "apns_ca_file": str(apns.ca_file),
-    }
+    settings = provider_settings(vapid, fcm, apns, directory)
     return Fakes(webpush, fcm, apns, settings)

@@ -52,12 +52,13 @@ class Node:
         await asyncio.wait_for(self.task, 15)
 
 
-async def start_node(settings: Settings) -> Node:
+async def start_node(settings: Settings, port: int = 0) -> Node:
+    """A node on 127.0.0.1: on a free port, or on `port` (to restart one in place)."""
     app = create_app(settings)
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
-        port=0,
+        port=port,
         log_level="warning",
         lifespan="on",
         ws_per_message_deflate=False,

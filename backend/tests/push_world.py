@@ -36,16 +36,11 @@ class PushWorld:
         return [r for r in fake.received_for(token) if 200 <= r.status < 300]
 
 
-async def start_push_world(stack: AsyncExitStack, directory: Path) -> PushWorld:
-    vapid: VapidKeys = make_vapid_keys()
-    webpush = await stack.enter_async_context(FakePushService(vapid.public))
-    fcm = await stack.enter_async_context(FakeFCM(project_id="fake-project"))
-    apns = await stack.enter_async_context(
-        FakeAPNs(team_id="TEAM123456", key_id="KEY1234567", topic="com.example.messenger")
-    )
-    # Throttled answers ask for a one-second wait, so retries stay quick in tests.
-    webpush.retry_after = fcm.retry_after = "1"
-    settings = {
+def provider_settings(
+    vapid: VapidKeys, fcm: FakeFCM, apns: FakeAPNs, directory: Path
+) -> dict[str, Any]:
+    """The settings that point a node's three providers at these fakes."""
+    return {
         "vapid_private_key": vapid.private_raw,
         "vapid_public_key": vapid.public,
         "vapid_subject": "mailto:ops@example.com",
@@ -59,6 +54,20 @@ async def start_push_world(stack: AsyncExitStack, directory: Path) -> PushWorld:
         "apns_use_sandbox": True,
         "apns_endpoint": apns.endpoint,
         "apns_ca_file": str(apns.ca_file),
+    }
+
+
+async def start_push_world(stack: AsyncExitStack, directory: Path) -> PushWorld:
+    vapid: VapidKeys = make_vapid_keys()
+    webpush = await stack.enter_async_context(FakePushService(vapid.public))
+    fcm = await stack.enter_async_context(FakeFCM(project_id="fake-project"))
+    apns = await stack.enter_async_context(
+        FakeAPNs(team_id="TEAM123456", key_id="KEY1234567", topic="com.example.messenger")
+    )
+    # Throttled answers ask for a one-second wait, so retries stay quick in tests.
+    webpush.retry_after = fcm.retry_after = "1"
+    settings = {
+        **provider_settings(vapid, fcm, apns, directory),
         "push_timeout_seconds": 1.0,
         "push_max_attempts": 3,
         "push_backoff_base_seconds": 0.05,

@@ -25,9 +25,8 @@ from tests.browser.support import (
     NewContext,
     free_port,
     node_settings,
-    start_node_on,
 )
-from tests.helpers import Client, Node
+from tests.helpers import Client, Node, start_node
 from tests.push_world import PushWorld, start_push_world
 
 # ---- Session fixtures
@@ -48,7 +47,7 @@ async def push_world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[
 @pytest.fixture(scope="session")
 async def web_node(postgresql_url: str, push_world: PushWorld) -> AsyncIterator[Node]:
     port = free_port()
-    node = await start_node_on(node_settings(postgresql_url, push_world, port), port)
+    node = await start_node(node_settings(postgresql_url, push_world, port), port)
     yield node
     await node.stop()
 

@@ -9,12 +9,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from playwright.async_api import BrowserContext, Page, expect
 
 from app.config import Settings
-from app.main import create_app
-from tests.helpers import Client, Node, User, make_settings
+from tests.helpers import Client, User, make_settings
 from tests.push_world import PushWorld
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
@@ -42,31 +40,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-async def start_node_on(settings: Settings, port: int) -> Node:
-    """Like helpers.start_node, on a given port (the web client's origin must not change)."""
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        lifespan="on",
-        ws_per_message_deflate=False,
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    for _ in range(1000):
-        if server.started:
-            break
-        if task.done():
-            task.result()
-            raise RuntimeError("server exited before starting")
-        await asyncio.sleep(0.01)
-    else:
-        raise RuntimeError("server did not start")
-    return Node(app, server, task, f"http://127.0.0.1:{port}")
 
 
 def node_settings(db_url: str, world: PushWorld, port: int) -> Settings:

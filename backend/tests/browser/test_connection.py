@@ -15,9 +15,8 @@ from tests.browser.support import (
     node_settings,
     shoot,
     sign_in,
-    start_node_on,
 )
-from tests.helpers import Client, Node, User
+from tests.helpers import Client, Node, User, start_node
 from tests.push_world import PushWorld
 
 NOT_ONLINE = re.compile(r"^(offline|connecting)$")
@@ -135,7 +134,7 @@ async def open_chat(page: Page, cid: str) -> None:
 async def restartable_node(postgresql_url: str, push_world: PushWorld) -> AsyncIterator[list[Node]]:
     """A node of its own, which the test stops and starts again on the same port."""
     port = free_port()
-    nodes = [await start_node_on(node_settings(postgresql_url, push_world, port), port)]
+    nodes = [await start_node(node_settings(postgresql_url, push_world, port), port)]
     yield nodes
     if not nodes[-1].task.done():
         await nodes[-1].stop()
@@ -164,7 +163,7 @@ async def test_server_restart_reconnects_and_sends_the_queue(
         await expect(page.locator("#messages li.message.pending")).to_have_count(1)
 
         # It comes back on the same address, and Kim writes at once.
-        node = await start_node_on(node.app.state.settings, int(node.url.rsplit(":", 1)[1]))
+        node = await start_node(node.app.state.settings, int(node.url.rsplit(":", 1)[1]))
         restartable_node.append(node)
         await rest.http.aclose()
         rest = Client(node)

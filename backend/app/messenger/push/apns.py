@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from app.config import ConfigError
-from app.messenger.push.base import Device, Notification, Outcome, Result
+from app.messenger.push.base import LOG_LEVEL, Device, Notification, Outcome, Result
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +30,6 @@ log = logging.getLogger(__name__)
 _APNS_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "messenger:apns-id")
 # 410 is always a dead token; of the 400s, these two.
 _DEAD_400_REASONS = {"BadDeviceToken", "DeviceTokenNotForTopic"}
-
-_LOG_LEVEL = {
-    Outcome.DELIVERED: logging.DEBUG,
-    Outcome.DEAD_TOKEN: logging.INFO,
-    Outcome.RETRY: logging.INFO,
-    Outcome.FAILED: logging.WARNING,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +121,7 @@ class APNsProvider:
         else:
             result = _classify(response)
         log.log(
-            _LOG_LEVEL[result.outcome],
+            LOG_LEVEL[result.outcome],
             "apns %s device=%s message=%s apns_id=%s token=%s… status=%s error=%s",
             result.outcome,
             device.id,

@@ -6,6 +6,7 @@ One module per provider (webpush, fcm, apns), the way Matrix's Sygnal has one
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -16,6 +17,15 @@ class Outcome(StrEnum):
     DEAD_TOKEN = "dead_token"  # the token or subscription is gone: deactivate the device
     RETRY = "retry"  # throttled, down, timed out: try again later
     FAILED = "failed"  # anything else: log it, do not retry
+
+
+# How loudly a provider logs each outcome: a delivery is routine, a failure is not.
+LOG_LEVEL = {
+    Outcome.DELIVERED: logging.DEBUG,
+    Outcome.DEAD_TOKEN: logging.INFO,
+    Outcome.RETRY: logging.INFO,
+    Outcome.FAILED: logging.WARNING,
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,20 +33,13 @@ from pyfcm.errors import (
 from requests.adapters import HTTPAdapter
 
 from app.config import ConfigError
-from app.messenger.push.base import Device, Notification, Outcome, Result
+from app.messenger.push.base import LOG_LEVEL, Device, Notification, Outcome, Result
 from app.messenger.push.retry_after import parse_retry_after
 
 log = logging.getLogger(__name__)
 
 GOOGLE_ENDPOINT = "https://fcm.googleapis.com"
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
-
-_LOG_LEVEL = {
-    Outcome.DELIVERED: logging.DEBUG,
-    Outcome.DEAD_TOKEN: logging.INFO,
-    Outcome.RETRY: logging.INFO,
-    Outcome.FAILED: logging.WARNING,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +163,7 @@ class FCMProvider:
         else:
             result = self._classify(response)
         log.log(
-            _LOG_LEVEL[result.outcome],
+            LOG_LEVEL[result.outcome],
             "fcm %s device=%s message=%s token=%s… status=%s retry_after=%s error=%s",
             result.outcome,
             device.id,

@@ -27,20 +27,13 @@ from py_vapid import Vapid
 from pywebpush import WebPushException, webpush_async
 
 from app.config import ConfigError
-from app.messenger.push.base import Device, Notification, Outcome, Result
+from app.messenger.push.base import LOG_LEVEL, Device, Notification, Outcome, Result
 from app.messenger.push.retry_after import parse_retry_after
 
 log = logging.getLogger(__name__)
 
 # RFC 8030 5.4: a Topic is at most 32 characters of the URL-safe base64 alphabet.
 _TOPIC_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
-
-_LOG_LEVEL = {
-    Outcome.DELIVERED: logging.DEBUG,
-    Outcome.DEAD_TOKEN: logging.INFO,
-    Outcome.RETRY: logging.INFO,
-    Outcome.FAILED: logging.WARNING,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +116,7 @@ class WebPushProvider:
         self, device: Device, notification: Notification, result: Result, origin: str
     ) -> Result:
         log.log(
-            _LOG_LEVEL[result.outcome],
+            LOG_LEVEL[result.outcome],
             "web_push %s device=%s message=%s service=%s status=%s retry_after=%s error=%s",
             result.outcome,
             device.id,
