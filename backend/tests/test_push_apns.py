@@ -12,7 +12,7 @@ from app.config import ConfigError, Settings
 from app.messenger.push import apns
 from app.messenger.push.apns import APNsConfig, APNsProvider, apns_id
 from app.messenger.push.base import Outcome
-from tests.fakes import Mode, free_port, sample_device, sample_notification
+from tests.fakes import Mode, free_port, provider_maker, sample_device, sample_notification
 from tests.fakes.apns import FakeAPNs
 
 
@@ -36,9 +36,7 @@ def key_file(apns_fake: FakeAPNs, tmp_path_factory) -> str:
 
 @pytest.fixture
 async def make_provider(apns_fake: FakeAPNs, key_file: str):
-    started: list[APNsProvider] = []
-
-    async def make(**overrides) -> APNsProvider:
+    def build(**overrides) -> APNsProvider:
         fields = {
             "key_file": key_file,
             "key_id": apns_fake.key_id,
@@ -50,14 +48,10 @@ async def make_provider(apns_fake: FakeAPNs, key_file: str):
             "timeout_seconds": 2.0,
             **overrides,
         }
-        provider = APNsProvider(APNsConfig(**fields))
-        await provider.start()
-        started.append(provider)
-        return provider
+        return APNsProvider(APNsConfig(**fields))
 
-    yield make
-    for provider in started:
-        await provider.close()
+    async with provider_maker(build) as make:
+        yield make
 
 
 def device_token() -> str:

@@ -12,7 +12,7 @@ from app.config import ConfigError, Settings
 from app.messenger.push import fcm
 from app.messenger.push.base import Outcome
 from app.messenger.push.fcm import FCMConfig, FCMProvider, string_values
-from tests.fakes import Mode, free_port, sample_device, sample_notification
+from tests.fakes import Mode, free_port, provider_maker, sample_device, sample_notification
 from tests.fakes.fcm import SCOPE, FakeFCM
 
 
@@ -34,9 +34,7 @@ def service_account(fcm_fake: FakeFCM, tmp_path_factory) -> str:
 
 @pytest.fixture
 async def make_provider(fcm_fake: FakeFCM, service_account: str):
-    started: list[FCMProvider] = []
-
-    async def make(**overrides) -> FCMProvider:
+    def build(**overrides) -> FCMProvider:
         fields = {
             "service_account_file": service_account,
             "endpoint": fcm_fake.base_url,
@@ -44,14 +42,10 @@ async def make_provider(fcm_fake: FakeFCM, service_account: str):
             "threads": 4,
             **overrides,
         }
-        provider = FCMProvider(FCMConfig(**fields))
-        await provider.start()
-        started.append(provider)
-        return provider
+        return FCMProvider(FCMConfig(**fields))
 
-    yield make
-    for provider in started:
-        await provider.close()
+    async with provider_maker(build) as make:
+        yield make
 
 
 async def test_delivers_message_with_string_data(make_provider, fcm_fake) -> None:

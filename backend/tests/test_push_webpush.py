@@ -14,7 +14,7 @@ from app.messenger.push import webpush
 from app.messenger.push.base import Outcome
 from app.messenger.push.retry_after import parse_retry_after
 from app.messenger.push.webpush import WebPushConfig, WebPushProvider, topic_for
-from tests.fakes import Mode, free_port, sample_device, sample_notification
+from tests.fakes import Mode, free_port, provider_maker, sample_device, sample_notification
 from tests.fakes.webpush import FakePushService, VapidKeys, make_vapid_keys
 
 SUBJECT = "mailto:ops@example.com"
@@ -38,9 +38,7 @@ def _fresh_fake(push_service: FakePushService) -> None:
 
 @pytest.fixture
 async def make_provider(vapid: VapidKeys):
-    started: list[WebPushProvider] = []
-
-    async def make(**overrides) -> WebPushProvider:
+    def build(**overrides) -> WebPushProvider:
         fields = {
             "private_key": vapid.private_raw,
             "public_key": vapid.public,
@@ -48,14 +46,10 @@ async def make_provider(vapid: VapidKeys):
             "timeout_seconds": 2.0,
             **overrides,
         }
-        provider = WebPushProvider(WebPushConfig(**fields))
-        await provider.start()
-        started.append(provider)
-        return provider
+        return WebPushProvider(WebPushConfig(**fields))
 
-    yield make
-    for provider in started:
-        await provider.close()
+    async with provider_maker(build) as make:
+        yield make
 
 
 async def test_delivers_encrypted_payload_with_vapid(make_provider, push_service) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, Field, StrictBool, StrictInt, StringConstraints
@@ -320,10 +319,6 @@ async def announce_read(
             {"type": "read", "conversation_id": conversation_id, "user_id": user_id, "seq": seq}
         )
         await services.fanout.publish(participants, frame)
-
-
-def mute_active(muted: bool, mute_until: datetime | None) -> bool:
-    return muted or (mute_until is not None and mute_until > utcnow())
 
 
 BASE = "/api/v1/messenger/conversations"

@@ -9,15 +9,17 @@ last mode of a script repeats; `fake.modes.default` answers every other token.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import uuid
 from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from enum import StrEnum
 from typing import Any
 
 from aiohttp import web
 
-from app.messenger.push.base import Device, Notification
+from app.messenger.push.base import Device, Notification, Provider
 
 
 class Mode(StrEnum):
@@ -131,3 +133,23 @@ def sample_device(provider: str, token: str, platform: str = "") -> Device:
     return Device(
         id=str(uuid.uuid4()), user_id=1, token=token, platform=platform, provider=provider
     )
+
+
+@contextlib.asynccontextmanager
+async def provider_maker(
+    build: Callable[..., Provider],
+) -> AsyncIterator[Callable[..., Awaitable[Provider]]]:
+    """`make(**overrides)` builds and starts a provider; every one made is closed after."""
+    started: list[Provider] = []
+
+    async def make(**overrides: Any) -> Provider:
+        provider = build(**overrides)
+        await provider.start()
+        started.append(provider)
+        return provider
+
+    try:
+        yield make
+    finally:
+        for provider in started:
+            await provider.close()
