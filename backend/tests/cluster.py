@@ -131,13 +131,15 @@ class Cluster:
     def redis(self) -> Redis:
         return Redis.from_url(self.redis_url, decode_responses=True)
 
-    def channel(self, user: User) -> str:
-        return f"{self.prefix}c:{user.id}"
+    def channel(self, node: Node) -> str:
+        """The node's own channel, where other nodes publish the frames for its sockets."""
+        return f"{self.prefix}node:{node.services.settings.node_id}"
 
-    async def subscribers(self, user: User) -> int:
-        """How many nodes subscribe to the user's channel."""
+    async def subscribed(self, *nodes: Node) -> bool:
+        """Whether each of these nodes listens on its channel."""
         async with self.redis() as r:
-            return dict(await r.pubsub_numsub(self.channel(user)))[self.channel(user)]
+            counts = dict(await r.pubsub_numsub(*(self.channel(n) for n in nodes)))
+        return all(counts[self.channel(n)] == 1 for n in nodes)
 
     async def close(self) -> None:
         for process in self.processes:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
+from redis.asyncio.client import PubSub
+
 from tests.cluster import Cluster, connect, send_frame, until
-from tests.helpers import Client
+from tests.helpers import Client, Socket
 
 pytest_plugins = ["tests.cluster_fixtures"]
 
@@ -61,35 +65,84 @@ async def test_frames_reach_every_socket_on_every_node(cluster: Cluster) -> None
     await api.close()
 
 
-async def test_a_node_subscribes_only_to_users_it_holds(cluster: Cluster) -> None:
+async def test_a_socket_is_claimed_before_it_opens(cluster: Cluster) -> None:
+    """Once the client sees the socket open (and catches up from history), every other
+    node already routes the user's frames to this one."""
     n1, n2 = await cluster.node(), await cluster.node()
     api = Client(n1)
-    alice, bob = await api.user(), await api.user()
-    assert await cluster.subscribers(alice) == await cluster.subscribers(bob) == 0
+    bob = await api.user()
+    for _ in range(5):
+        socket = await Socket.connect(n2, bob)  # no round trip after the handshake
+        async with cluster.redis() as r:
+            claims = await r.zrange(f"{cluster.prefix}u:{bob.id}", 0, -1)
+        assert claims == [n2.services.settings.node_id]
+        assert await n1.services.presence.online([bob.id]) == {bob.id}
+        await socket.close()
 
-    first = await connect(n1, bob)
-    assert await cluster.subscribers(bob) == 1
-    second = await connect(n1, bob)  # a second device on the same node: same subscription
-    assert await cluster.subscribers(bob) == 1
-    third = await connect(n2, bob)
-    assert await cluster.subscribers(bob) == 2
+        async def released() -> bool:
+            return await n1.services.presence.online([bob.id]) == set()
 
-    # Nobody subscribes for alice, who has no socket: frames for her reach no node.
-    async with cluster.redis() as r:
-        channels = set(await r.pubsub_channels(f"{cluster.prefix}c:*"))
-    assert channels == {cluster.channel(bob)}
+        await until(released)
+    await api.close()
 
-    await third.close()
 
-    async def one_left() -> bool:
-        return await cluster.subscribers(bob) == 1
+async def published(pubsub: PubSub, quiet: float = 0.3) -> dict[str, list[str]]:
+    """What was published on the watched channels until they stay quiet: channel -> data."""
+    seen: dict[str, list[str]] = {}
+    while (message := await pubsub.get_message(timeout=quiet)) is not None:
+        if message["type"] == "message":
+            seen.setdefault(message["channel"], []).append(message["data"])
+    return seen
 
-    await until(one_left)
-    await first.close()
-    await second.close()
 
-    async def none_left() -> bool:
-        return await cluster.subscribers(bob) == 0
+async def test_a_frame_goes_only_to_the_nodes_holding_its_users(cluster: Cluster) -> None:
+    n1, n2, n3 = [await cluster.node() for _ in range(3)]
+    api = Client(n1)
+    alice, bob, carol = [await api.user() for _ in range(3)]
+    group = (await api.conversation(alice, bob, carol, title="trio"))["id"]
+    async with cluster.redis() as r, r.pubsub() as watch:
+        await watch.subscribe(*(cluster.channel(n) for n in (n1, n2, n3)))
+        a1 = await connect(n1, alice)
+        b2 = await connect(n2, bob)
+        await published(watch)  # presence frames
 
-    await until(none_left)
+        # Carol has no socket anywhere, alice's is on the sending node: only n2 hears.
+        await a1.send(send_frame(group, "one"))
+        frame = await b2.expect("message.new")
+        seen = await published(watch)
+        assert list(seen) == [cluster.channel(n2)]
+        [data] = seen[cluster.channel(n2)]
+        users, _, payload = data.partition("\n")
+        assert users == str(bob.id)
+        assert json.loads(payload) == frame
+
+        # Bob on a second node, and carol there too: n3 gets one frame for both of them.
+        b3 = await connect(n3, bob)
+        c3 = await connect(n3, carol)
+        await published(watch)
+        await a1.send(send_frame(group, "two"))
+        for socket in (b2, b3, c3):
+            frame = await socket.expect("message.new")
+            assert frame["message"]["content"] == "two"
+        seen = await published(watch)
+        assert sorted(seen) == sorted([cluster.channel(n2), cluster.channel(n3)])
+        [data] = seen[cluster.channel(n3)]
+        assert sorted(data.partition("\n")[0].split(",")) == sorted([str(bob.id), str(carol.id)])
+
+        # Bob's socket on n2 closes: once n2 withdraws its claim, n2 hears nothing more.
+        await b2.close()
+
+        async def n2_let_go() -> bool:
+            node = n2.services.settings.node_id
+            return await r.zscore(f"{cluster.prefix}u:{bob.id}", node) is None
+
+        await until(n2_let_go)
+        await published(watch)
+        await a1.send(send_frame(group, "three"))
+        await b3.expect("message.new")
+        seen = await published(watch)
+        assert list(seen) == [cluster.channel(n3)]
+
+        for socket in (a1, b3, c3):
+            await socket.close()
     await api.close()

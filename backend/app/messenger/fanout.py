@@ -1,7 +1,7 @@
 """Getting a frame to every socket of some users, wherever those sockets are.
 
 Sockets on this node are always served straight from memory; the Redis variant
-also hands the frame to the other nodes.
+also hands the frame to the other nodes that hold sockets of those users.
 """
 
 from __future__ import annotations
@@ -30,14 +30,6 @@ class Fanout(Protocol):
 
     async def stop(self) -> None: ...
 
-    async def watch(self, user_id: int) -> None:
-        """This node now holds a socket of the user: receive frames for them."""
-        ...
-
-    async def unwatch(self, user_id: int) -> None:
-        """This node holds no socket of the user any more."""
-        ...
-
     async def publish(
         self, user_ids: Collection[int], frame: str, exclude: str | None = None
     ) -> None:
@@ -55,39 +47,87 @@ class LocalFanout:
     async def stop(self) -> None:
         pass
 
-    async def watch(self, user_id: int) -> None:
-        pass
-
-    async def unwatch(self, user_id: int) -> None:
-        pass
-
     async def publish(
         self, user_ids: Collection[int], frame: str, exclude: str | None = None
     ) -> None:
         self._hub.deliver(user_ids, frame, exclude)
 
 
-SUBSCRIBE_CHUNK = 1000  # channels per SUBSCRIBE when re-subscribing a whole node
-SUBSCRIBE_WAIT = 2.0  # a new socket waits this long at most for its subscription
-PUBLISH_BATCH = 500  # frames per pipeline
+# ARGV: prefix, this node, and the frames, "<users>\n<frame>\n<users>\n<frame>..." with each
+# frame's users comma-separated (one argument: what a call costs the node is mostly per
+# argument; frames are compact JSON, so never hold a raw newline). For each frame it finds
+# the other nodes with a claim on any of its users (presence's P u:<user> sets, expired
+# claims too: a node that has no socket of the user drops the frame) and publishes to each
+# such node, once per call, the same format, holding only that node's users and frames.
+_ROUTE = """
+local p, me, data = ARGV[1], ARGV[2], ARGV[3]
+local claims, out, order = {}, {}, {}
+local pos, size = 1, #data
+while pos <= size do
+  local users_end = string.find(data, '\\n', pos, true)
+  local frame_end = string.find(data, '\\n', users_end + 1, true) or size + 1
+  local users = string.sub(data, pos, users_end - 1)
+  local frame = string.sub(data, users_end + 1, frame_end - 1)
+  pos = frame_end + 1
+  local per = {}
+  for uid in string.gmatch(users, '[^,]+') do
+    local nodes = claims[uid]
+    if nodes == nil then
+      nodes = redis.call('ZRANGE', p .. 'u:' .. uid, 0, -1)
+      claims[uid] = nodes
+    end
+    for _, node in ipairs(nodes) do
+      if node ~= me then
+        local theirs = per[node]
+        if theirs == nil then
+          theirs = {}
+          per[node] = theirs
+          if out[node] == nil then
+            out[node] = {}
+            order[#order + 1] = node
+          end
+          local parts = out[node]
+          parts[#parts + 1] = theirs
+          parts[#parts + 1] = frame
+        end
+        theirs[#theirs + 1] = uid
+      end
+    end
+  end
+end
+for _, node in ipairs(order) do
+  local parts = out[node]
+  for k = 1, #parts, 2 do parts[k] = table.concat(parts[k], ',') end
+  redis.call('PUBLISH', p .. 'node:' .. node, table.concat(parts, '\\n'))
+end
+return #order
+"""
+
+PUBLISH_BATCH = 500  # frames per script call
 OUTBOX_LIMIT = 50_000  # frames waiting for Redis; beyond this they are dropped (clients resync)
 KEEPALIVE = 5.0  # ping an idle subscription this often; three missed answers is a dead link
+CONNECT_WAIT = 4.0  # start() waits this long at most for the subscription
 RECONNECT_MIN, RECONNECT_MAX = 0.1, 2.0
 
 
 class RedisFanout:
-    """Many nodes: a frame for a user goes on that user's channel, P c:<user>; each node
-    subscribes to the channels of the users it holds sockets for.
+    """Many nodes: each node subscribes to one channel of its own, P node:<node>, and a
+    frame goes to the nodes that hold sockets of its users, as presence records them.
 
-    Why per user and not per conversation: publish() addresses users (a presence frame
-    goes to contacts, not to one conversation), a user's channel never changes as they
-    join or leave conversations, so nothing has to re-subscribe on membership changes, and
-    a node receives exactly the frames for sockets it holds, however large the group.
-    The price is one PUBLISH per recipient, all of a batch in one pipelined round trip.
+    Why per node and not per user or conversation: a node receives only frames for the
+    sockets it holds, and only from other nodes, so it never reads back what it sent; a
+    frame costs one message per node that needs it, however large the group; and the
+    subscription never changes as users come and go. The routing is one Lua script per
+    batch of frames, so Redis is asked once however many frames a busy moment produced.
 
-    A payload is "<origin node id>\n<frame>": the origin served its own sockets from
-    memory and ignores its echo. One task publishes in order, so frames from this node
-    reach the others in the order they were sent, and the send path never waits on Redis.
+    The price: a node must have claimed a user in presence before it serves their socket
+    (presence does that on the first socket), and a node that lost its claims to a Redis
+    restart gets nothing until it has claimed them again (presence resyncs on its own).
+    Frames missed that way, as any frame missed in an outage, come from history: clients
+    catch up on reconnect and on a gap in a conversation's seq.
+
+    One task publishes in order, so frames from this node reach the others in the order
+    they were sent, and the send path never waits on Redis.
     """
 
     def __init__(self, redis: Redis, hub: Hub, settings: Settings) -> None:
@@ -95,8 +135,8 @@ class RedisFanout:
         self._hub = hub
         self._node = settings.node_id
         self._prefix = settings.redis_prefix
-        self._channel_prefix = f"{settings.redis_prefix}c:"
-        self._header = f"{settings.node_id}\n"
+        self._channel = f"{settings.redis_prefix}node:{settings.node_id}"
+        self._route = redis.register_script(_ROUTE)
         # Its own client: the subscription blocks on reads, so no socket timeout, and no
         # retries either: on any error the listener starts over with a fresh subscription.
         self._subscriber = Redis.from_url(
@@ -106,9 +146,6 @@ class RedisFanout:
             retry=Retry(NoBackoff(), 0),
         )
         self._pubsub: PubSub | None = None
-        self._subscribed: set[int] = set()
-        self._confirmations: dict[bytes, asyncio.Future[None]] = {}
-        self._lock = asyncio.Lock()  # subscription changes, one at a time
         self._up = False
         self._connected = asyncio.Event()
         self._outage_logged = False
@@ -125,68 +162,31 @@ class RedisFanout:
         ]
         # Serve once subscribed (or once it is clear Redis is away: the listener retries).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._connected.wait(), 2 * SUBSCRIBE_WAIT)
+            await asyncio.wait_for(self._connected.wait(), CONNECT_WAIT)
 
     async def stop(self) -> None:
         # Frames queued by sockets closing at shutdown (offline presence) still go out.
         if self._up:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._drained.wait(), SUBSCRIBE_WAIT)
+                await asyncio.wait_for(self._drained.wait(), CONNECT_WAIT / 2)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._disconnect()
         await self._subscriber.aclose()
 
-    async def watch(self, user_id: int) -> None:
-        confirmed = await self._sync(user_id)
-        if confirmed is not None:
-            # Subscribed before the socket is served, so nothing sent from now on is missed.
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(confirmed, SUBSCRIBE_WAIT)
-
-    async def unwatch(self, user_id: int) -> None:
-        await self._sync(user_id)
-
     async def publish(
         self, user_ids: Collection[int], frame: str, exclude: str | None = None
     ) -> None:
         self._hub.deliver(user_ids, frame, exclude)
         if not self._up or not user_ids:
-            return  # Redis away: other nodes' clients catch up from history on reconnect
+            return  # Redis away: other nodes' clients catch up from history
         if len(self._outbox) >= OUTBOX_LIMIT:
             self._publish_failed("outbox full")
             return
         self._outbox.append((tuple(user_ids), frame))
         self._drained.clear()
         self._outbox_ready.set()
-
-    def _channel(self, user_id: int) -> str:
-        return f"{self._channel_prefix}{user_id}"
-
-    async def _sync(self, user_id: int) -> asyncio.Future[None] | None:
-        """Subscribe or unsubscribe the user as the hub says now (watch and unwatch can
-        interleave); a future that resolves when Redis confirms a new subscription."""
-        async with self._lock:
-            pubsub = self._pubsub
-            wanted = self._hub.is_connected(user_id)
-            if not self._up or pubsub is None or wanted == (user_id in self._subscribed):
-                return None  # (when Redis is back, the reconnect subscribes the hub's users)
-            channel = self._channel(user_id)
-            try:
-                if not wanted:
-                    await pubsub.unsubscribe(channel)
-                    self._subscribed.discard(user_id)
-                    return None
-                confirmed = asyncio.get_running_loop().create_future()
-                self._confirmations[channel.encode()] = confirmed
-                await pubsub.subscribe(channel)
-                self._subscribed.add(user_id)
-                return confirmed
-            except Exception as exc:
-                # The listener sees the broken connection too, and re-subscribes everyone.
-                log.debug("fanout: subscription change failed user=%s error=%r", user_id, exc)
-                return None
 
     async def _listen(self) -> None:
         delay = RECONNECT_MIN
@@ -214,27 +214,24 @@ class RedisFanout:
             delay = min(delay * 2, RECONNECT_MAX)
 
     async def _connect(self) -> PubSub:
-        """A fresh subscription to every user this node holds (after start or an outage)."""
-        async with self._lock:
-            pubsub = self._pubsub = self._subscriber.pubsub()
-            users = self._hub.users()
-            # This node's own channel first: the connection always has a subscription.
-            await pubsub.subscribe(f"{self._prefix}node:{self._node}")
-            for i in range(0, len(users), SUBSCRIBE_CHUNK):
-                await pubsub.subscribe(*(self._channel(u) for u in users[i : i + SUBSCRIBE_CHUNK]))
-            self._subscribed = set(users)
-            self._up = True
+        pubsub = self._pubsub = self._subscriber.pubsub()
+        await pubsub.subscribe(self._channel)
+        self._up = True  # connected: publishing goes on while we wait for the confirmation
+        # Once Redis confirms, whatever is published to the channel reaches us.
+        async with asyncio.timeout(CONNECT_WAIT):
+            while True:
+                message = await pubsub.get_message(timeout=1.0)
+                if message is not None and message["type"] == "subscribe":
+                    break
         self._connected.set()
         if self._outage_logged:
             self._outage_logged = False
-            log.info("fanout: redis back, re-subscribed node=%s users=%d", self._node, len(users))
+            log.info("fanout: redis back, subscribed node=%s", self._node)
         return pubsub
 
     async def _read(self, pubsub: PubSub) -> None:
         loop = asyncio.get_running_loop()
-        header = self._header.encode()
-        user_channel = self._channel_prefix.encode()
-        prefix_len = len(user_channel)
+        deliver = self._hub.deliver
         last_heard = last_ping = loop.time()
         while True:
             message = await pubsub.get_message(timeout=1.0)
@@ -247,27 +244,15 @@ class RedisFanout:
                     last_ping = now
                 continue
             last_heard = now
-            kind = message["type"]
-            if kind == "message":
-                data: bytes = message["data"]
-                if data.startswith(header) or not message["channel"].startswith(user_channel):
-                    continue  # our own frame: our sockets had it from memory
-                _, _, frame = data.partition(b"\n")
-                user_id = int(message["channel"][prefix_len:])
-                self._hub.deliver((user_id,), frame.decode())
-            elif kind == "subscribe":
-                confirmed = self._confirmations.pop(message["channel"], None)
-                if confirmed is not None and not confirmed.done():
-                    confirmed.set_result(None)
+            if message["type"] != "message":
+                continue
+            parts = message["data"].decode().split("\n")
+            for k in range(0, len(parts) - 1, 2):
+                deliver([int(u) for u in parts[k].split(",")], parts[k + 1])
 
     async def _disconnect(self) -> None:
         self._up = False
         pubsub, self._pubsub = self._pubsub, None
-        self._subscribed.clear()
-        for confirmed in self._confirmations.values():
-            if not confirmed.done():
-                confirmed.set_result(None)  # nobody waits on a subscription that is gone
-        self._confirmations.clear()
         if pubsub is not None:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
@@ -279,14 +264,15 @@ class RedisFanout:
             self._outbox_ready.clear()
             while self._outbox:
                 n = min(len(self._outbox), PUBLISH_BATCH)
-                batch = [self._outbox.popleft() for _ in range(n)]
+                outbox = self._outbox
+                frames = []
+                for _ in range(n):
+                    user_ids, frame = outbox.popleft()
+                    frames.append(",".join(map(str, user_ids)))
+                    frames.append(frame)
+                argv = [self._prefix, self._node, "\n".join(frames)]
                 try:
-                    async with self._redis.pipeline(transaction=False) as pipe:
-                        for user_ids, frame in batch:
-                            payload = self._header + frame
-                            for user_id in user_ids:
-                                pipe.publish(self._channel(user_id), payload)
-                        await pipe.execute()
+                    await self._route(args=argv)
                 except REDIS_UNREACHABLE as exc:
                     self._publish_failed(exc.__class__.__name__)
                     continue

@@ -22,9 +22,10 @@ class Connection:
 
     The writer task exists only while there is something to write: an idle socket
     holds no task and no asyncio.Queue (about 3.5 KB less each, with 10,000 sockets).
+    Frames queued before the handshake is done wait for open().
     """
 
-    __slots__ = ("_closed", "_frames", "_waiting", "_writer", "id", "user_id", "ws")
+    __slots__ = ("_closed", "_frames", "_open", "_waiting", "_writer", "id", "user_id", "ws")
 
     def __init__(self, ws: WebSocket, user_id: int) -> None:
         self.id = format(next(_ids), "x")  # unique in this process, which is all it needs
@@ -33,7 +34,14 @@ class Connection:
         self._frames: list[str] = []
         self._waiting = 0  # frames queued and not yet being written
         self._writer: asyncio.Task | None = None
+        self._open = False
         self._closed = False
+
+    def open(self) -> None:
+        """The handshake is done: write what is queued, and from now on as it comes."""
+        self._open = True
+        if self._frames and self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
 
     def send(self, frame: str) -> None:
         if self._closed:
@@ -49,7 +57,7 @@ class Connection:
             return
         self._frames.append(frame)
         self._waiting += 1
-        if self._writer is None:
+        if self._writer is None and self._open:
             self._writer = asyncio.get_running_loop().create_task(self._write_loop())
 
     async def _close(self, code: int) -> None:
@@ -90,21 +98,13 @@ class Hub:
     def __init__(self) -> None:
         self._by_user: dict[int, dict[str, Connection]] = {}
 
-    def add(self, conn: Connection) -> bool:
-        """Register a socket; True when it is the user's first on this node."""
-        conns = self._by_user.setdefault(conn.user_id, {})
-        conns[conn.id] = conn
-        return len(conns) == 1
+    def add(self, conn: Connection) -> None:
+        self._by_user.setdefault(conn.user_id, {})[conn.id] = conn
 
-    def remove(self, conn: Connection) -> bool:
-        """Forget a socket; True when it was the user's last on this node."""
+    def remove(self, conn: Connection) -> None:
         conns = self._by_user.get(conn.user_id)
-        if not conns or conns.pop(conn.id, None) is None:
-            return False
-        if conns:
-            return False
-        del self._by_user[conn.user_id]
-        return True
+        if conns and conns.pop(conn.id, None) is not None and not conns:
+            del self._by_user[conn.user_id]
 
     def deliver(self, user_ids: Iterable[int], frame: str, exclude: str | None = None) -> int:
         """Queue a frame to every local socket of these users; returns how many."""

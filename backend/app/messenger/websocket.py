@@ -72,32 +72,34 @@ def error_frame(code: str, message: str, ref: Any = None, **extra: Any) -> str:
 async def websocket_endpoint(ws: WebSocket) -> None:
     services = ws.app.state.services
     token = ws.query_params.get("token") or bearer_token(ws.headers.get("authorization"))
-    await ws.accept()
     try:
         if not token:
             raise InvalidToken("missing")
         user_id = decode_access_token(token, services.settings.signing_key)
     except InvalidToken:
+        await ws.accept()
         await ws.close(CLOSE_UNAUTHORIZED, "invalid or missing token")
         return
 
-    conn = Connection(ws, user_id)
-    metrics.websocket_connections.inc()
-    if services.hub.add(conn):
-        await services.fanout.watch(user_id)
+    # Claimed in presence before the handshake completes: from the moment the client sees
+    # the socket open (and catches up from history), other nodes route frames here.
     came_online = await services.presence.socket_opened(user_id)
-    contacts = await contacts_of(services, user_id)
-    if came_online:
-        await announce_presence(services, user_id, online=True, contacts=contacts)
-    # The new socket learns who is already here; later changes come as they happen.
-    for contact in await services.presence.online(contacts):
-        conn.send(presence_frame(contact, online=True))
-    log.debug("socket open user=%s conn=%s", user_id, conn.id)
+    conn = Connection(ws, user_id)
+    services.hub.add(conn)
+    metrics.websocket_connections.inc()
     try:
+        await ws.accept()
+        conn.open()  # frames that came meanwhile were queued
+        contacts = await contacts_of(services, user_id)
+        if came_online:
+            await announce_presence(services, user_id, online=True, contacts=contacts)
+        # The new socket learns who is already here; later changes come as they happen.
+        for contact in await services.presence.online(contacts):
+            conn.send(presence_frame(contact, online=True))
+        log.debug("socket open user=%s conn=%s", user_id, conn.id)
         await read_frames(services, conn)
     finally:
-        if services.hub.remove(conn):
-            await services.fanout.unwatch(user_id)
+        services.hub.remove(conn)
         if await services.presence.socket_closed(user_id):
             await announce_presence(services, user_id, online=False)
         await conn.finish()
