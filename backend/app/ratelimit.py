@@ -60,24 +60,30 @@ class LocalRateLimiter:
         return retry_after
 
 
-# Many hits in one call: KEYS are the buckets; ARGV is now, then rate and burst per key.
-# Each key is taken in turn, so two hits on one bucket in a call count as two.
+# Many hits in one call. KEYS are the buckets, each once; ARGV[1] is now, ARGV[2] the hits,
+# "<key index> <rate> <burst>;" each (one argument: what a call costs the node is mostly
+# per argument). Hits are taken in order, so two on one bucket count as two.
 _GCRA_LUA = """
 local now = tonumber(ARGV[1])
-local answers = {}
-for i, key in ipairs(KEYS) do
-  local interval = 1.0 / tonumber(ARGV[2 * i])
-  local burst = tonumber(ARGV[2 * i + 1])
-  local tat = tonumber(redis.call('GET', key) or now)
+local tats, changed, answers = {}, {}, {}
+for i, rate, burst in string.gmatch(ARGV[2], '(%d+) ([^ ]+) ([^;]+);') do
+  i = tonumber(i)
+  local interval = 1.0 / tonumber(rate)
+  local tat = tats[i] or tonumber(redis.call('GET', KEYS[i]) or now)
   if tat < now then tat = now end
-  local allow_at = tat + interval - burst * interval
+  local allow_at = tat + interval - tonumber(burst) * interval
   if now < allow_at then
-    answers[i] = tostring(allow_at - now)
+    answers[#answers + 1] = tostring(allow_at - now)
   else
     tat = tat + interval
-    redis.call('SET', key, tostring(tat), 'PX', math.ceil((tat - now) * 1000) + 1000)
-    answers[i] = '0'
+    changed[i] = true
+    answers[#answers + 1] = '0'
   end
+  tats[i] = tat
+end
+for i in pairs(changed) do
+  local tat = tats[i]
+  redis.call('SET', KEYS[i], tostring(tat), 'PX', math.ceil((tat - now) * 1000) + 1000)
 end
 return answers
 """
@@ -131,12 +137,14 @@ class RedisRateLimiter:
     async def _answers(
         self, batch: list[tuple[str, float, int, asyncio.Future[float]]]
     ) -> list[float]:
-        args: list[float] = [time.time()]
-        for _, rate, burst, _ in batch:
-            args += (rate, burst)
+        index: dict[str, int] = {}
+        hits = []
+        for key, rate, burst, _ in batch:
+            i = index.setdefault(key, len(index) + 1)
+            hits.append(f"{i} {rate!r} {burst};")
         try:
             answers = await self._script(
-                keys=[f"{self._prefix}rl:{key}" for key, *_ in batch], args=args
+                keys=[f"{self._prefix}rl:{key}" for key in index], args=[time.time(), "".join(hits)]
             )
         except (RedisError, OSError):
             return [await self._fallback.hit(key, rate, burst) for key, rate, burst, _ in batch]
