@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     password_profile: str = "RFC_9106_LOW_MEMORY"
     access_token_ttl_seconds: int = 7 * 24 * 3600
     max_message_length: int = 4000
+    # Transactions the message writer runs side by side (PostgreSQL; SQLite has one).
+    writer_lanes: int = Field(default=2, ge=1, le=16)
     max_frame_bytes: int = 64 * 1024
     max_body_bytes: int = 1024 * 1024
     websocket_compression: bool = False

@@ -95,7 +95,9 @@ def build_services(settings: Settings) -> Services:
         fanout=fanout,
         limiter=limiter,
         participants=participants,
-        writer=MessageWriter(engine, settings.node_id, settings.push_lease_seconds),
+        writer=MessageWriter(
+            engine, settings.node_id, settings.push_lease_seconds, settings.writer_lanes
+        ),
         push=PushService(settings, engine, presence),
         cleanup=CleanupLoop(engine, settings),
     )

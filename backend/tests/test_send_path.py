@@ -45,6 +45,28 @@ async def test_two_nodes_share_one_seq(postgresql_url: str) -> None:
             await n.stop()
 
 
+async def test_each_conversation_commits_in_the_order_sent(client: Client) -> None:
+    """The writer's lanes run side by side; a conversation's sends keep their order."""
+    users = [await client.user() for _ in range(2)]
+    conversations = [(await client.conversation(*users, title=f"g{i}"))["id"] for i in range(6)]
+    writer = MessageWriter(client.node.services.engine, "lanes-test", 30, lanes=3)
+    await writer.start()
+    try:
+        futures = [
+            (
+                conversations[i % 6],
+                writer.submit(conversations[i % 6], users[i % 2].id, str(i), None),
+            )
+            for i in range(120)
+        ]
+        results = [(c, (await f)[0]) for c, f in futures]
+    finally:
+        await writer.stop()
+    for conversation in conversations:
+        seqs = [m["seq"] for c, m in results if c == conversation]
+        assert seqs == list(range(1, 21))
+
+
 async def test_client_msg_id_is_idempotent(client: Client) -> None:
     a, b = await client.user(), await client.user()
     conv = await client.conversation(a, b)

@@ -3,7 +3,8 @@
 A message is checked, then handed to the writer, which commits queued sends in
 one transaction (group commit): per conversation it takes the next `seq` under the
 conversation row's lock, inserts the messages and records their push work. Only
-after the commit are the sockets told and the push work started.
+after the commit are the sockets told and the push work started. On PostgreSQL the
+writer runs a few such transactions side by side, each for its own conversations.
 
 On PostgreSQL a batch is one statement on the writer's own connection (one round
 trip, no pool checkout, no ORM or Core compilation per row); anything unusual in it
@@ -129,7 +130,51 @@ class _Conflict(Exception):
 
 
 class MessageWriter:
-    """Commits sends in batches: one transaction for whatever queued while the last ran."""
+    """Commits sends in batches, in lanes: a conversation always goes to the same lane, so
+    its messages commit in the order sent, while the lanes' transactions (each on its own
+    connection) run side by side. One lane on SQLite, which writes one at a time anyway."""
+
+    def __init__(
+        self, engine: AsyncEngine, node_id: str, push_lease_seconds: float, lanes: int = 2
+    ) -> None:
+        if engine.dialect.name != "postgresql":
+            lanes = 1
+        self._lanes = [_Lane(engine, node_id, push_lease_seconds) for _ in range(lanes)]
+
+    async def start(self) -> None:
+        for lane in self._lanes:
+            await lane.start()
+
+    async def stop(self) -> None:
+        for lane in self._lanes:
+            await lane.stop()
+
+    def submit(
+        self,
+        conversation_id: str,
+        sender_id: int,
+        content: str,
+        client_msg_id: str | None,
+        allowed: asyncio.Future[None] | None = None,
+    ) -> asyncio.Future[tuple[dict[str, Any], bool]]:
+        """Queue a send; the future gives (message, True) if new, (the original, False)
+        if a repeat, once committed. A conversation's sends are committed in the order
+        submitted. When given, `allowed` must resolve first: if it fails, the send is not
+        written and the future gets its error."""
+        future = asyncio.get_running_loop().create_future()
+        send = _Send(conversation_id, sender_id, content, client_msg_id, future, allowed)
+        self._lanes[hash(conversation_id) % len(self._lanes)].add(send)
+        return future
+
+    async def write(
+        self, conversation_id: str, sender_id: int, content: str, client_msg_id: str | None
+    ) -> tuple[dict[str, Any], bool]:
+        """Persist a message; (message, True) if new, (the original, False) if a repeat."""
+        return await self.submit(conversation_id, sender_id, content, client_msg_id)
+
+
+class _Lane:
+    """One writer: a transaction for whatever queued while the last one ran."""
 
     def __init__(self, engine: AsyncEngine, node_id: str, push_lease_seconds: float) -> None:
         self._engine = engine
@@ -160,36 +205,20 @@ class MessageWriter:
         self._queue.clear()
         await self._release()
 
-    def submit(
-        self,
-        conversation_id: str,
-        sender_id: int,
-        content: str,
-        client_msg_id: str | None,
-        allowed: asyncio.Future[None] | None = None,
-    ) -> asyncio.Future[tuple[dict[str, Any], bool]]:
-        """Queue a send; the future gives (message, True) if new, (the original, False)
-        if a repeat, once committed. Sends are committed in the order submitted. When
-        given, `allowed` must resolve first: if it fails, the send is not written and the
-        future gets its error."""
-        future = asyncio.get_running_loop().create_future()
-        self._queue.append(
-            _Send(conversation_id, sender_id, content, client_msg_id, future, allowed)
-        )
+    def add(self, send: _Send) -> None:
+        self._queue.append(send)
         self._wake.set()
-        return future
-
-    async def write(
-        self, conversation_id: str, sender_id: int, content: str, client_msg_id: str | None
-    ) -> tuple[dict[str, Any], bool]:
-        """Persist a message; (message, True) if new, (the original, False) if a repeat."""
-        return await self.submit(conversation_id, sender_id, content, client_msg_id)
 
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self._queue:
+                # The flood checks are answered in the order they were asked, many at a
+                # time: once the oldest is answered, so are those asked with it.
+                oldest = self._queue[0].allowed
+                if oldest is not None and not oldest.done():
+                    await asyncio.wait((oldest,))
                 batch = self._next_batch()
                 try:
                     await self._write_batch(batch)
@@ -200,17 +229,16 @@ class MessageWriter:
                             send.future.set_exception(exc)
 
     def _next_batch(self) -> list[_Send]:
-        """The oldest sends, up to the first whose flood check is still unanswered (unless
-        it is the very first): those wait for the next batch rather than hold this one."""
+        """The oldest sends whose flood check is answered (the oldest's is), in order."""
         queue = self._queue
         end, limit = 1, min(len(queue), MAX_BATCH)
         while end < limit and (queue[end].allowed is None or queue[end].allowed.done()):
             end += 1
-        batch, self._queue = self._queue[:end], self._queue[end:]
+        batch, self._queue = queue[:end], queue[end:]
         return batch
 
     async def _write_batch(self, batch: list[_Send]) -> None:
-        batch = await self._admit(batch)
+        batch = self._admit(batch)
         if not batch:
             return
         # A repeat inside one batch waits for its first copy.
@@ -261,14 +289,12 @@ class MessageWriter:
             if not send.future.done():
                 send.future.set_result(results[id(send)])
 
-    async def _admit(self, batch: list[_Send]) -> list[_Send]:
+    def _admit(self, batch: list[_Send]) -> list[_Send]:
         """The sends that may be written; the others are answered with the error."""
         admitted = []
         for send in batch:
             allowed = send.allowed
             if allowed is not None:
-                if not allowed.done():  # (only ever the first of a batch)
-                    await asyncio.wait((allowed,))
                 error = (
                     RuntimeError("the flood check was cancelled")
                     if allowed.cancelled()
