@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.messenger.models import Message, PushJob
 from app.messenger.send import MessageWriter
@@ -65,6 +66,26 @@ async def test_each_conversation_commits_in_the_order_sent(client: Client) -> No
     for conversation in conversations:
         seqs = [m["seq"] for c, m in results if c == conversation]
         assert seqs == list(range(1, 21))
+
+
+async def test_the_writer_returns_its_connection_as_it_found_it(pg_client: Client) -> None:
+    """The writer plans its statement once on a connection of its own; the pool gets that
+    connection back with PostgreSQL's default planning."""
+    a, b = await pg_client.user(), await pg_client.user()
+    conv = await pg_client.conversation(a, b)
+    engine = create_async_engine(
+        pg_client.node.services.settings.effective_database_url, pool_size=1
+    )
+    writer = MessageWriter(engine, "reset-test", 30, lanes=1)
+    try:
+        await writer.start()
+        _, created = await writer.write(conv["id"], a.id, "hello", None)
+        assert created
+        await writer.stop()
+        async with engine.connect() as conn:  # the only connection: the writer's
+            assert await conn.scalar(text("SHOW plan_cache_mode")) == "auto"
+    finally:
+        await engine.dispose()
 
 
 async def test_client_msg_id_is_idempotent(client: Client) -> None:
