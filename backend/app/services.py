@@ -85,6 +85,7 @@ def build_services(settings: Settings) -> Services:
         fanout = LocalFanout(hub)
         limiter = LocalRateLimiter()
     participants = ParticipantCache(engine)
+    push = PushService(settings, engine, presence)
     services = Services(
         settings=settings,
         engine=engine,
@@ -96,9 +97,13 @@ def build_services(settings: Settings) -> Services:
         limiter=limiter,
         participants=participants,
         writer=MessageWriter(
-            engine, settings.node_id, settings.push_lease_seconds, settings.writer_lanes
+            engine,
+            settings.node_id,
+            settings.push_lease_seconds,
+            settings.writer_lanes,
+            on_commit=push.job_committed,
         ),
-        push=PushService(settings, engine, presence),
+        push=push,
         cleanup=CleanupLoop(engine, settings),
     )
     if redis is not None:

@@ -11,10 +11,13 @@ import httpx2
 import orjson
 import uvicorn
 import websockets
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 
 from app.config import Settings
 from app.main import create_app
+from app.messenger.models import PushJob
 
 SECRET = "test-secret-key-that-is-long-enough-0123456789"
 
@@ -190,3 +193,10 @@ class Socket:
 
     async def close(self) -> None:
         await self.ws.close()
+
+
+async def push_job_of(engine: AsyncEngine, message_id: str) -> PushJob | None:
+    """The pending push job that holds the message, if any."""
+    async with engine.connect() as conn:
+        jobs = (await conn.execute(select(PushJob))).all()
+    return next((job for job in jobs if message_id in job.message_ids), None)

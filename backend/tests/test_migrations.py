@@ -3,13 +3,16 @@ databases, and the models agree with them."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import column, insert, inspect, select, table
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.db import Base
+from app.db import Base, UTCDateTime
+from app.messenger.models import PushJob
 from app.migrations import SchemaOutOfDate, check_schema_current, downgrade, upgrade
 from tests.conftest import create_pg_database, drop_pg_database
 
@@ -22,6 +25,20 @@ TABLES = {
     "device_tokens",
     "push_attempts",
 }
+
+
+def columns(*names: str) -> list:
+    return [column(n) for n in names]
+
+
+# push_jobs as 0001 made it: a row per message.
+PushJob0001 = table(
+    "push_jobs",
+    column("message_id"),
+    column("created_at", UTCDateTime()),
+    column("claimed_by"),
+    column("lease_until", UTCDateTime()),
+)
 
 
 def _tables(conn) -> set[str]:  # type: ignore[no-untyped-def]
@@ -63,5 +80,66 @@ async def test_upgrade_downgrade_and_models_agree(empty_url: str) -> None:
             await conn.run_sync(upgrade)
         async with engine.connect() as conn:
             assert await conn.run_sync(_tables) == TABLES
+    finally:
+        await engine.dispose()
+
+
+async def test_pending_push_work_survives_the_change_to_jobs_per_commit(empty_url: str) -> None:
+    """0002 turns each message's job into a job per commit, and back, keeping leases."""
+    engine = create_async_engine(empty_url)
+    lease = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    old_job = {"message_id": "m-1", "created_at": lease, "claimed_by": "n1", "lease_until": lease}
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(upgrade, "0001")
+            now = {"created_at": lease}
+            await conn.execute(
+                insert(
+                    table(
+                        "users",
+                        *columns("id", "username", "display_name", "password_hash", "created_at"),
+                    )
+                ),
+                {"id": 1, "username": "ann", "display_name": "Ann", "password_hash": "x", **now},
+            )
+            await conn.execute(
+                insert(
+                    table(
+                        "conversations",
+                        *columns("id", "type", "created_by", "created_at", "last_seq"),
+                    )
+                ),
+                {"id": "c-1", "type": "direct", "created_by": 1, "last_seq": 1, **now},
+            )
+            await conn.execute(
+                insert(
+                    table(
+                        "messages",
+                        *columns(
+                            "id", "conversation_id", "seq", "sender_id", "content", "created_at"
+                        ),
+                    )
+                ),
+                {
+                    "id": "m-1",
+                    "conversation_id": "c-1",
+                    "seq": 1,
+                    "sender_id": 1,
+                    "content": "hi",
+                    **now,
+                },
+            )
+            await conn.execute(insert(PushJob0001), old_job)
+        async with engine.begin() as conn:
+            await conn.run_sync(upgrade)
+        async with engine.connect() as conn:
+            [job] = (await conn.execute(select(PushJob))).all()
+        assert job.message_ids == ["m-1"]
+        assert (job.claimed_by, job.lease_until, job.created_at) == ("n1", lease, lease)
+        async with engine.begin() as conn:
+            await conn.run_sync(downgrade, "0001")
+        async with engine.connect() as conn:
+            rows = [dict(r._mapping) for r in await conn.execute(select(PushJob0001))]
+        assert rows == [old_job]
     finally:
         await engine.dispose()

@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import select
 
 from app.db import utcnow
-from app.messenger.models import PushAttempt, PushJob
+from app.messenger.models import PushAttempt
 from app.messenger.send import MessageWriter
 from tests.fakes import Mode
-from tests.helpers import Client, Node, Socket, User, make_settings, start_node
+from tests.helpers import Client, Node, Socket, User, make_settings, push_job_of, start_node
 from tests.push_world import PushWorld, start_push_world
 
 D = "/api/v1/messenger/devices"
@@ -64,10 +64,7 @@ async def eventually(check: Callable[[], object], within: float = 10.0) -> None:
 
 
 async def job_exists(node: Node, message_id: str) -> bool:
-    async with node.services.engine.connect() as conn:
-        return (
-            await conn.scalar(select(PushJob.message_id).where(PushJob.message_id == message_id))
-        ) is not None
+    return await push_job_of(node.services.engine, message_id) is not None
 
 
 async def attempts_for(node: Node, message_id: str) -> list:

@@ -8,9 +8,9 @@ import asyncio
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.messenger.models import Message, PushJob
+from app.messenger.models import Message
 from app.messenger.send import MessageWriter
-from tests.helpers import Client, Socket, make_settings, start_node
+from tests.helpers import Client, Socket, make_settings, push_job_of, start_node
 
 
 async def test_concurrent_sends_get_seq_without_gaps(client: Client) -> None:
@@ -128,10 +128,11 @@ async def test_push_work_is_recorded_with_the_message(client: Client) -> None:
         await writer.stop()
     assert created and not created_again and repeat == message
     async with engine.connect() as conn:
-        job = (await conn.execute(select(PushJob).where(PushJob.message_id == message["id"]))).one()
         count = await conn.scalar(
             select(func.count()).select_from(Message).where(Message.id == message["id"])
         )
     assert count == 1
+    job = await push_job_of(engine, message["id"])
+    assert job is not None and job.message_ids == [message["id"]]
     assert job.claimed_by == "writer-test"
     assert job.lease_until > message["created_at"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import (
+    JSON,
     Boolean,
     ForeignKey,
     Index,
@@ -66,17 +67,18 @@ class Message(Base):
 
 
 class PushJob(Base):
-    """Push work still to do for one message, written in the message's own transaction.
+    """Push work still to do for the messages of one commit, written in that commit.
 
-    The node that wrote it holds a lease; a job whose lease ran out (its node died)
-    is taken up by whichever node claims it first.
+    One row per commit, not per message: the send path's batches stay one insert, and
+    the job goes once each of its messages has an outcome on every device. The node
+    that wrote it holds a lease; a job whose lease ran out (its node died) is taken up
+    by whichever node claims it first.
     """
 
     __tablename__ = "push_jobs"
 
-    message_id: Mapped[str] = mapped_column(
-        ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True
-    )
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    message_ids: Mapped[list[str]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     claimed_by: Mapped[str | None] = mapped_column(String(64))
     lease_until: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

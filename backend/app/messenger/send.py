@@ -18,6 +18,7 @@ import asyncio
 import logging
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,9 @@ _messages = Message.__table__
 _push_jobs = PushJob.__table__
 _participants = Participant.__table__
 MAX_BATCH = 500
+
+# Told of each commit: its push job's id and the ids of the messages in it.
+OnCommit = Callable[[str, list[str]], None]
 
 # The whole batch in one statement (PostgreSQL). Conversation rows are locked in id
 # order, so two nodes' batches never deadlock; each send's seq follows its place in
@@ -88,8 +92,8 @@ read_up_to AS (
     WHERE p.conversation_id = i.conversation_id AND p.user_id = i.sender_id
 ),
 jobs AS (
-    INSERT INTO push_jobs (message_id, created_at, claimed_by, lease_until)
-    SELECT id, $6, $7, $8 FROM inserted
+    INSERT INTO push_jobs (id, message_ids, created_at, claimed_by, lease_until)
+    SELECT $9, json_agg(id), $6, $7, $8 FROM inserted
 )
 SELECT id, seq FROM inserted
 """
@@ -135,11 +139,16 @@ class MessageWriter:
     connection) run side by side. One lane on SQLite, which writes one at a time anyway."""
 
     def __init__(
-        self, engine: AsyncEngine, node_id: str, push_lease_seconds: float, lanes: int = 2
+        self,
+        engine: AsyncEngine,
+        node_id: str,
+        push_lease_seconds: float,
+        lanes: int = 2,
+        on_commit: OnCommit | None = None,
     ) -> None:
         if engine.dialect.name != "postgresql":
             lanes = 1
-        self._lanes = [_Lane(engine, node_id, push_lease_seconds) for _ in range(lanes)]
+        self._lanes = [_Lane(engine, node_id, push_lease_seconds, on_commit) for _ in range(lanes)]
 
     async def start(self) -> None:
         for lane in self._lanes:
@@ -176,7 +185,14 @@ class MessageWriter:
 class _Lane:
     """One writer: a transaction for whatever queued while the last one ran."""
 
-    def __init__(self, engine: AsyncEngine, node_id: str, push_lease_seconds: float) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        node_id: str,
+        push_lease_seconds: float,
+        on_commit: OnCommit | None,
+    ) -> None:
+        self._on_commit = on_commit
         self._engine = engine
         self._node_id = node_id
         self._lease = timedelta(seconds=push_lease_seconds)
@@ -256,7 +272,8 @@ class _Lane:
 
         # (A future whose waiter went away is done already: it is skipped, not an error.)
         results: dict[int, tuple[dict[str, Any], bool]] = {}
-        created = await self._insert_fast(unique) if self._postgres else None
+        job = str(uuid.uuid4())
+        created = await self._insert_fast(unique, job) if self._postgres else None
         if created is not None:
             for send, message in zip(unique, created, strict=True):
                 results[id(send)] = (message, True)
@@ -264,7 +281,7 @@ class _Lane:
             pending = unique
             while pending:
                 try:
-                    created = await self._insert_all(pending)
+                    created = await self._insert_all(pending, job)
                 except _Conflict:
                     # Some were sent before: answer those with the original, retry the rest.
                     originals = await self._find_originals(pending)
@@ -283,6 +300,8 @@ class _Lane:
                     results[id(send)] = (message, True)
                 break
 
+        if created and self._on_commit is not None:
+            self._on_commit(job, [m["id"] for m in created])
         for send, original in repeats:
             results[id(send)] = (results[id(original)][0], False)
         for send in batch:
@@ -307,7 +326,7 @@ class _Lane:
             admitted.append(send)
         return admitted
 
-    async def _insert_fast(self, sends: list[_Send]) -> list[dict[str, Any]] | None:
+    async def _insert_fast(self, sends: list[_Send], job: str) -> list[dict[str, Any]] | None:
         """The batch in one statement; None when it has to be written the careful way."""
         now = utcnow()
         ids = [str(uuid.uuid4()) for _ in sends]
@@ -323,6 +342,7 @@ class _Lane:
                 now,
                 self._node_id,
                 now + self._lease,
+                job,
             )
         except asyncpg.IntegrityConstraintViolationError:
             return None  # nothing was written: a repeat, or a conversation gone
@@ -368,7 +388,7 @@ class _Lane:
         except Exception as exc:  # it is gone either way
             log.debug("message writer: closing its connection failed: %r", exc)
 
-    async def _insert_all(self, sends: list[_Send]) -> list[dict[str, Any]]:
+    async def _insert_all(self, sends: list[_Send], job: str) -> list[dict[str, Any]]:
         now = utcnow()
         counts = Counter(s.conversation_id for s in sends)
         rows: list[dict[str, Any]] = []
@@ -420,16 +440,13 @@ class _Lane:
             )
             lease_until = now + self._lease
             await conn.execute(
-                _push_jobs.insert(),
-                [
-                    {
-                        "message_id": row["id"],
-                        "created_at": now,
-                        "claimed_by": self._node_id,
-                        "lease_until": lease_until,
-                    }
-                    for row in rows
-                ],
+                _push_jobs.insert().values(
+                    id=job,
+                    message_ids=[row["id"] for row in rows],
+                    created_at=now,
+                    claimed_by=self._node_id,
+                    lease_until=lease_until,
+                )
             )
         return rows
 

@@ -1,9 +1,9 @@
 """The push service: takes committed messages, decides, delivers, records.
 
-Every message's push work is a `push_jobs` row written in the message's own
-transaction and leased to the node that wrote it. This node works its jobs in
-the background (the WebSocket handler never waits on it), renews their leases
-while they run, and deletes a job once each of its devices has an outcome. A job
+The push work of each commit is a `push_jobs` row written in that transaction
+and leased to the node that wrote it. This node works its jobs in the background
+(the WebSocket handler never waits on it), renews their leases while they run,
+and deletes a job once every device of every message in it has an outcome. A job
 whose lease ran out (its node died) is claimed by whichever node asks first.
 """
 
@@ -38,6 +38,7 @@ _participants = Participant.__table__
 _devices = DeviceToken.__table__
 _attempts = PushAttempt.__table__
 BATCH = 500
+RECOVER_JOBS = 50  # jobs claimed per round (each holds up to one commit's messages)
 PLAN_DELAY = 0.01  # seconds a committed message may wait to be planned with others
 RECORD_DELAY = 0.05  # seconds an outcome may wait to be written with others
 
@@ -64,7 +65,10 @@ class PushService:
         self._limit = asyncio.Semaphore(settings.push_concurrency)
         self._queue: list[tuple[dict[str, Any], Collection[int], bool]] = []
         self._wake = asyncio.Event()
-        # Jobs this node is working: message id -> devices still without an outcome.
+        # Jobs this node holds: job id -> its messages still without outcomes, and back.
+        self._jobs: dict[str, set[str]] = {}
+        self._job_of: dict[str, str] = {}
+        # Messages being pushed: message id -> devices still without an outcome.
         self._in_flight: dict[str, int] = {}
         self._outcomes: list[tuple[PlannedPush, Delivery]] = []
         self._finished: list[str] = []
@@ -102,6 +106,13 @@ class PushService:
                 with contextlib.suppress(Exception):
                     await provider.close()
 
+    def job_committed(self, job_id: str, message_ids: list[str]) -> None:
+        """A commit of this node wrote a job (the writer says so before the messages
+        reach message_committed)."""
+        self._jobs[job_id] = set(message_ids)
+        for message_id in message_ids:
+            self._job_of[message_id] = job_id
+
     def message_committed(self, message: dict[str, Any], participants: Collection[int]) -> None:
         """Queue a message this node just committed (its job is leased to this node)."""
         self._queue.append((message, participants, False))
@@ -111,28 +122,29 @@ class PushService:
         """Claim jobs whose lease ran out and queue them; how many were claimed."""
         now = utcnow()
         expired = (
-            select(_jobs.c.message_id)
+            select(_jobs.c.id)
             .where(_jobs.c.lease_until < now)
             .order_by(_jobs.c.created_at)
-            .limit(BATCH)
+            .limit(RECOVER_JOBS)
             .with_for_update(skip_locked=True)
         )
         async with self._engine.begin() as conn:
-            claimed = list(
-                (
-                    await conn.execute(
-                        update(_jobs)
-                        .where(_jobs.c.message_id.in_(expired), _jobs.c.lease_until < now)
-                        .values(claimed_by=self._settings.node_id, lease_until=self._lease_end())
-                        .returning(_jobs.c.message_id)
-                    )
-                ).scalars()
-            )
+            claimed = (
+                await conn.execute(
+                    update(_jobs)
+                    .where(_jobs.c.id.in_(expired), _jobs.c.lease_until < now)
+                    .values(claimed_by=self._settings.node_id, lease_until=self._lease_end())
+                    .returning(_jobs.c.id, _jobs.c.message_ids)
+                )
+            ).all()
             if not claimed:
                 return 0
+            for job_id, message_ids in claimed:
+                self.job_committed(job_id, message_ids)
+            wanted = [m for _, message_ids in claimed for m in message_ids]
             messages = [
                 message_dict(r)
-                for r in await conn.execute(select(_messages).where(_messages.c.id.in_(claimed)))
+                for r in await conn.execute(select(_messages).where(_messages.c.id.in_(wanted)))
             ]
             members: dict[str, set[int]] = {}
             for r in await conn.execute(
@@ -144,9 +156,14 @@ class PushService:
         for m in messages:
             self._queue.append((m, members.get(m["conversation_id"], set()), True))
         self._wake.set()
-        metrics.push_jobs_recovered.inc(len(messages))
-        log.info("push jobs recovered count=%d node=%s", len(messages), self._settings.node_id)
-        return len(messages)
+        metrics.push_jobs_recovered.inc(len(claimed))
+        log.info(
+            "push jobs recovered jobs=%d messages=%d node=%s",
+            len(claimed),
+            len(messages),
+            self._settings.node_id,
+        )
+        return len(claimed)
 
     def _lease_end(self) -> Any:
         return utcnow() + timedelta(seconds=self._settings.push_lease_seconds)
@@ -291,15 +308,30 @@ class PushService:
                         .values(is_active=False)
                     )
                     log.info("devices deactivated (dead token) count=%d", len(dead))
-                if finished:
-                    await conn.execute(
-                        delete(_jobs).where(one_of(_jobs.c.message_id, finished, dialect))
-                    )
+                if done := self._jobs_done(finished):
+                    await conn.execute(delete(_jobs).where(one_of(_jobs.c.id, done, dialect)))
         except Exception:
             # Put them back so the next flush tries again.
             self._outcomes[:0] = outcomes
             self._finished[:0] = finished
             raise
+        self._forget(finished)
+
+    def _jobs_done(self, finished: list[str]) -> list[str]:
+        """The jobs whose messages still open are all among these."""
+        done = set(finished)
+        jobs = {self._job_of[m] for m in finished if m in self._job_of}
+        return [job for job in jobs if self._jobs[job] <= done]
+
+    def _forget(self, finished: list[str]) -> None:
+        """Once recorded: these messages are done, and the jobs they emptied gone."""
+        for message_id in finished:
+            job_id = self._job_of.pop(message_id, None)
+            if job_id is not None and job_id in self._jobs:
+                left = self._jobs[job_id]
+                left.discard(message_id)
+                if not left:
+                    del self._jobs[job_id]
 
     async def _lease_loop(self) -> None:
         """Keep this node's jobs leased, and take up those whose node is gone."""
@@ -307,12 +339,13 @@ class PushService:
         while True:
             try:
                 await self.recover()
-                if self._in_flight:
+                working = {self._job_of[m] for m in self._in_flight if m in self._job_of}
+                if working:
                     async with self._engine.begin() as conn:
                         await conn.execute(
                             update(_jobs)
                             .where(
-                                _jobs.c.message_id.in_(list(self._in_flight)),
+                                _jobs.c.id.in_(working),
                                 _jobs.c.claimed_by == self._settings.node_id,
                             )
                             .values(lease_until=self._lease_end())
