@@ -20,7 +20,7 @@ from app.config import Settings
 from app.errors import EXCEPTION_HANDLERS
 from app.jsonutil import JSONResponse
 from app.messenger import conversations, devices
-from app.messenger.websocket import websocket_endpoint
+from app.messenger.websocket import WebSocketApp
 from app.metrics import metrics_endpoint
 from app.migrations import check_schema_current
 from app.services import build_services
@@ -78,7 +78,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *accounts.routes,
         *conversations.routes,
         *devices.routes,
-        WebSocketRoute("/ws", websocket_endpoint),
+        WebSocketRoute("/ws", WebSocketApp()),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         # The web client last, at the root: /sw.js must be served from there so its

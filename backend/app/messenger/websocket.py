@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import BaseModel, Field, StrictInt, StringConstraints, TypeAdapter, ValidationError
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from app import metrics
@@ -69,7 +70,15 @@ def error_frame(code: str, message: str, ref: Any = None, **extra: Any) -> str:
     return dumps(frame)
 
 
-async def websocket_endpoint(ws: WebSocket) -> None:
+class WebSocketApp:
+    """The /ws route as a plain ASGI app, so that its sockets can keep the server's send
+    callable (see Connection); everything else goes through Starlette's WebSocket."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await serve_socket(WebSocket(scope, receive, send), send)
+
+
+async def serve_socket(ws: WebSocket, send: Send) -> None:
     services = ws.app.state.services
     token = ws.query_params.get("token") or bearer_token(ws.headers.get("authorization"))
     try:
@@ -84,7 +93,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
     # Claimed in presence before the handshake completes: from the moment the client sees
     # the socket open (and catches up from history), other nodes route frames here.
     came_online = await services.presence.socket_opened(user_id)
-    conn = Connection(ws, user_id)
+    conn = Connection(ws, user_id, send)
     services.hub.add(conn)
     metrics.websocket_connections.inc()
     try:
