@@ -16,6 +16,7 @@ from app.auth import create_access_token, hash_password, verify_password
 from app.errors import ApiError
 from app.jsonutil import JSONResponse
 from app.models import MAX_ID, User
+from app.ratelimit import too_many_requests
 from app.web import current_user_id, read_json
 
 log = logging.getLogger(__name__)
@@ -70,12 +71,7 @@ async def login(request: Request) -> Response:
         f"login:{username}:{client}", settings.login_rate_per_minute / 60, settings.login_burst
     )
     if retry_after > 0:
-        raise ApiError(
-            429,
-            "rate_limited",
-            "too many login attempts; try again later",
-            headers={"Retry-After": str(max(1, round(retry_after + 0.5)))},
-        )
+        raise too_many_requests(retry_after, "too many login attempts; try again later")
     async with services.sessionmaker() as session:
         user = await session.scalar(select(User).where(User.username == username))
     if not await verify_password(user.password_hash if user else None, body.password) or not user:

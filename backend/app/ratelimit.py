@@ -13,6 +13,8 @@ from typing import Protocol
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.errors import ApiError
+
 
 class RateLimiter(Protocol):
     async def hit(self, key: str, rate: float, burst: int) -> float:
@@ -23,6 +25,12 @@ class RateLimiter(Protocol):
         """hit() without waiting for the answer, which comes as a future. Hits count in
         the order they are started."""
         ...
+
+
+def too_many_requests(retry_after: float, message: str) -> ApiError:
+    """The 429 for a refused hit, with Retry-After in whole seconds (at least one)."""
+    seconds = max(1, round(retry_after + 0.5))
+    return ApiError(429, "rate_limited", message, headers={"Retry-After": str(seconds)})
 
 
 def _gcra(tat: float, now: float, rate: float, burst: int) -> tuple[float, float]:

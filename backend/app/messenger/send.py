@@ -35,6 +35,7 @@ from app.errors import ApiError
 from app.jsonutil import dumps
 from app.messenger.models import Conversation, Message, Participant, PushJob
 from app.messenger.participants import participants_for
+from app.ratelimit import too_many_requests
 
 if TYPE_CHECKING:
     from app.services import Services
@@ -118,9 +119,10 @@ class _Send:
     content: str
     client_msg_id: str | None
     future: asyncio.Future = field(repr=False)
-    # Resolves when the send may be written; if it fails, the send is not written and its
-    # future gets the error (the flood check, whose answer comes from Redis).
-    allowed: asyncio.Future[None] | None = field(default=None, repr=False)
+    # The flood check's answer (from Redis): 0.0 when the send may be written, else the
+    # seconds to wait; a send refused, or whose check failed, is not written and its
+    # future gets the error.
+    flood_check: asyncio.Future[float] | None = field(default=None, repr=False)
 
     @property
     def key(self) -> tuple[str, int, str] | None:
@@ -164,14 +166,14 @@ class MessageWriter:
         sender_id: int,
         content: str,
         client_msg_id: str | None,
-        allowed: asyncio.Future[None] | None = None,
+        flood_check: asyncio.Future[float] | None = None,
     ) -> asyncio.Future[tuple[dict[str, Any], bool]]:
         """Queue a send; the future gives (message, True) if new, (the original, False)
         if a repeat, once committed. A conversation's sends are committed in the order
-        submitted. When given, `allowed` must resolve first: if it fails, the send is not
-        written and the future gets its error."""
+        submitted. When given, the flood check must answer first: if it refuses the send
+        or fails, the send is not written and the future gets the error."""
         future = asyncio.get_running_loop().create_future()
-        send = _Send(conversation_id, sender_id, content, client_msg_id, future, allowed)
+        send = _Send(conversation_id, sender_id, content, client_msg_id, future, flood_check)
         self._lanes[hash(conversation_id) % len(self._lanes)].add(send)
         return future
 
@@ -232,9 +234,17 @@ class _Lane:
             while self._queue:
                 # The flood checks are answered in the order they were asked, many at a
                 # time: once the oldest is answered, so are those asked with it.
-                oldest = self._queue[0].allowed
+                oldest = self._queue[0].flood_check
                 if oldest is not None and not oldest.done():
-                    await asyncio.wait((oldest,))
+                    # Awaited directly, so the lane runs in the loop round after the answer.
+                    try:
+                        await oldest
+                    except asyncio.CancelledError:
+                        task = asyncio.current_task()
+                        if task is not None and task.cancelling():  # we are stopping
+                            raise
+                    except Exception:
+                        pass  # (_admit reads the answer)
                 batch = self._next_batch()
                 try:
                     await self._write_batch(batch)
@@ -248,7 +258,10 @@ class _Lane:
         """The oldest sends whose flood check is answered (the oldest's is), in order."""
         queue = self._queue
         end, limit = 1, min(len(queue), MAX_BATCH)
-        while end < limit and (queue[end].allowed is None or queue[end].allowed.done()):
+        while end < limit:
+            check = queue[end].flood_check
+            if check is not None and not check.done():
+                break
             end += 1
         batch, self._queue = queue[:end], queue[end:]
         return batch
@@ -312,17 +325,10 @@ class _Lane:
         """The sends that may be written; the others are answered with the error."""
         admitted = []
         for send in batch:
-            allowed = send.allowed
-            if allowed is not None:
-                error = (
-                    RuntimeError("the flood check was cancelled")
-                    if allowed.cancelled()
-                    else allowed.exception()
-                )
-                if error is not None:
-                    if not send.future.done():
-                        send.future.set_exception(error)
-                    continue
+            if send.flood_check is not None and (error := _refusal(send.flood_check)):
+                if not send.future.done():
+                    send.future.set_exception(error)
+                continue
             admitted.append(send)
         return admitted
 
@@ -486,43 +492,23 @@ async def accept_message(
     participants = await participants_for(services.participants, sender_id, conversation_id)
     # The flood check goes to Redis without waiting here: the writer waits for its answer
     # just before writing, so a socket's next frame is read meanwhile.
-    retry_after = services.limiter.start_hit(
+    flood_check = services.limiter.start_hit(
         f"send:{sender_id}", settings.send_rate_per_second, settings.send_burst
     )
     return participants, services.writer.submit(
-        conversation_id, sender_id, content, client_msg_id, allowed=within_rate(retry_after)
+        conversation_id, sender_id, content, client_msg_id, flood_check
     )
 
 
-def within_rate(retry_after: asyncio.Future[float]) -> asyncio.Future[None]:
-    """A future that resolves when the flood check allows the send, or fails with 429."""
-    allowed = asyncio.get_running_loop().create_future()
-
-    def decide(answer: asyncio.Future[float]) -> None:
-        if allowed.done():
-            return
-        if answer.cancelled():
-            allowed.cancel()
-        elif (exc := answer.exception()) is not None:
-            allowed.set_exception(exc)
-        elif (wait := answer.result()) > 0:
-            retry = str(max(1, round(wait + 0.5)))
-            allowed.set_exception(
-                ApiError(
-                    429,
-                    "rate_limited",
-                    "too many messages; slow down",
-                    headers={"Retry-After": retry},
-                )
-            )
-        else:
-            allowed.set_result(None)
-
-    if retry_after.done():
-        decide(retry_after)  # (the in-process limiter answers at once: no loop round)
-    else:
-        retry_after.add_done_callback(decide)
-    return allowed
+def _refusal(flood_check: asyncio.Future[float]) -> BaseException | None:
+    """Why an answered flood check keeps a send from being written, if it does."""
+    if flood_check.cancelled():
+        return RuntimeError("the flood check was cancelled")
+    if (exc := flood_check.exception()) is not None:
+        return exc
+    if (wait := flood_check.result()) > 0:
+        return too_many_requests(wait, "too many messages; slow down")
+    return None
 
 
 async def finish_message(
