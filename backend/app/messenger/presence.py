@@ -302,8 +302,8 @@ class RedisPresence:
         return True
 
     async def online(self, user_ids: Collection[int]) -> set[int]:
-        ids = list(user_ids)
-        here = {u for u in ids if u in self._counts}
+        here = {u for u in user_ids if u in self._counts}
+        ids = [u for u in user_ids if u not in here]  # Redis is asked only about the rest
         if self._down or not ids:
             return here
         try:
