@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from redis.asyncio.client import PubSub
@@ -83,6 +84,13 @@ async def test_a_socket_is_claimed_before_it_opens(cluster: Cluster) -> None:
             return await n1.services.presence.online([bob.id]) == set()
 
         await until(released)
+
+    # A reconnect storm: sockets opened together are claimed together, each before it opens.
+    users = [await api.user() for _ in range(40)]
+    sockets = await asyncio.gather(*(Socket.connect(n2, u) for u in users))
+    assert await n1.services.presence.online([u.id for u in users]) == {u.id for u in users}
+    for socket in sockets:
+        await socket.close()
     await api.close()
 
 

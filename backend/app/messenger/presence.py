@@ -231,6 +231,10 @@ class RedisPresence:
         # Open, close, heartbeat and resync reach Redis one at a time, in the order they
         # happened here: a heartbeat never re-adds a user whose last socket just closed.
         self._lock = asyncio.Lock()
+        # First sockets waiting to be claimed: claimed together, one script call for all
+        # that came while the last call ran (a reconnect storm is not one call per user).
+        self._claims: dict[int, asyncio.Future[bool]] = {}
+        self._claimer: asyncio.Task | None = None
         self._down = True  # until the first sync; then only while Redis is unreachable
         self._outage_logged = False
         self._up_since = 0.0
@@ -267,19 +271,47 @@ class RedisPresence:
         self._counts[user_id] = self._counts.get(user_id, 0) + 1
         if self._counts[user_id] > 1:
             return False
-        if not self._down:
-            async with self._lock:
-                if user_id not in self._counts or user_id in self._registered:
-                    return False  # closed again while we waited, or already claimed
-                if not self._down:
-                    try:
-                        came = await self._call(self._join, [user_id], self._ttl_ms)
-                    except REDIS_UNREACHABLE as exc:
-                        self._fail(exc)
-                    else:
-                        self._registered.add(user_id)
-                        return bool(came)
-        return True  # Redis unreachable: a first socket here is all this node can know
+        if self._down:
+            return True  # Redis unreachable: a first socket here is all this node can know
+        claim = self._claims.get(user_id)
+        if claim is None:
+            claim = self._claims[user_id] = asyncio.get_running_loop().create_future()
+            if self._claimer is None:
+                self._claimer = asyncio.create_task(self._claim_waiting())
+        return await claim
+
+    async def _claim_waiting(self) -> None:
+        """Claim the first sockets that are waiting, all in one go, until none are left."""
+        try:
+            while self._claims:
+                claims, self._claims = self._claims, {}
+                try:
+                    came = await self._claim(list(claims))
+                except Exception as exc:  # the sockets' handlers see it, and close
+                    for claim in claims.values():
+                        if not claim.done():
+                            claim.set_exception(exc)
+                    continue
+                for user_id, claim in claims.items():
+                    if not claim.done():
+                        claim.set_result(user_id in came)
+        finally:
+            self._claimer = None
+
+    async def _claim(self, users: list[int]) -> set[int]:
+        """Claim these users' first sockets in Redis; the users who just came online."""
+        async with self._lock:
+            # Closed again while waiting, or already claimed: nothing to do for those.
+            users = [u for u in users if u in self._counts and u not in self._registered]
+            if not users or self._down:
+                return set(users)  # Redis away: a first socket here is all we can know
+            try:
+                came = set(await self._call(self._join, users, self._ttl_ms))
+            except REDIS_UNREACHABLE as exc:
+                self._fail(exc)
+                return set(users)
+            self._registered.update(users)
+            return came
 
     async def socket_closed(self, user_id: int) -> bool:
         left = self._counts.get(user_id, 0) - 1
