@@ -9,6 +9,7 @@ from pathlib import Path
 
 from sqlalchemy import text
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route, WebSocketRoute
@@ -24,6 +25,7 @@ from app.messenger.websocket import WebSocketApp
 from app.metrics import metrics_endpoint
 from app.migrations import check_schema_current
 from app.services import build_services
+from app.web import RefuseNulInUrl
 
 log = logging.getLogger(__name__)
 FRONTEND = Path(__file__).resolve().parents[2] / "frontend"
@@ -85,6 +87,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # scope can be the whole site.
         Mount("/", StaticFiles(directory=FRONTEND, html=True, check_dir=False)),
     ]
-    app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
+    app = Starlette(
+        routes=routes,
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[Middleware(RefuseNulInUrl)],
+        lifespan=lifespan,
+    )
     app.state.settings = settings or Settings()
     return app

@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.auth import InvalidToken, decode_access_token
-from app.errors import ApiError, describe_validation_error
+from app.errors import ApiError, describe_validation_error, error_body
+from app.jsonutil import JSONResponse
 
 M = TypeVar("M", bound=BaseModel)
+
+# PostgreSQL text cannot hold NUL: refused at the edge, never a 500 (or a failed batch).
+NUL_REFUSED = "text cannot contain the NUL character (\\u0000)"
+
+
+def has_nul(value: Any) -> bool:
+    """Whether a string anywhere in this parsed JSON holds a NUL."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(has_nul(k) or has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(has_nul(v) for v in value)
+    return False
 
 
 def bearer_token(authorization: str | None) -> str | None:
@@ -48,6 +64,8 @@ async def read_json(request: Request, model: type[M]) -> M:
         raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise ApiError(400, "malformed_json", "the body must be a JSON object")
+    if b"\\u0000" in body and has_nul(data):  # (JSON can only spell NUL that way)
+        raise ApiError(422, "invalid_field", NUL_REFUSED)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -68,3 +86,18 @@ def query_int(
         bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
         raise ApiError(422, "invalid_field", f"{name} must be {bound}")
     return value
+
+
+class RefuseNulInUrl:
+    """ASGI middleware: a URL whose path or query holds a NUL gets a 422 before any
+    route builds a query from it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and ("\x00" in scope["path"] or b"%00" in scope["query_string"]):
+            response = JSONResponse(error_body("invalid_field", NUL_REFUSED), 422)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

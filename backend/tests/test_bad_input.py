@@ -206,6 +206,33 @@ CASES = [
         404,
         "device_not_found",
     ),
+    # PostgreSQL cannot store NUL: refused as bad input, never a 500.
+    (
+        "send: NUL in content",
+        "POST",
+        f"{C}/OWN/messages",
+        {"content": "a\x00b"},
+        422,
+        "invalid_field",
+    ),
+    (
+        "create: NUL in title",
+        "POST",
+        C,
+        {"type": "group", "participant_ids": [1], "title": "\x00"},
+        422,
+        "invalid_field",
+    ),
+    ("NUL in a path", "GET", f"{C}/OWN%00/messages", None, 422, "invalid_field"),
+    ("NUL in a query", "GET", "/api/v1/users?query=a%00", None, 422, "invalid_field"),
+    (
+        "devices: NUL in a token",
+        "DELETE",
+        "/api/v1/messenger/devices/abc%00def",
+        None,
+        422,
+        "invalid_field",
+    ),
     ("unknown path", "GET", "/api/v1/nothing-here", None, 404, "not_found"),
     ("wrong method", "DELETE", "/api/v1/me", None, 405, "method_not_allowed"),
 ]

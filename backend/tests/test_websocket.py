@@ -151,6 +151,8 @@ BAD_FRAMES = [
         "invalid_field",
         None,
     ),
+    ("NUL in content", frame(content="a\x00b"), "invalid_field", "ref-1"),
+    ("NUL in client_msg_id", frame(client_msg_id="r\x00"), "invalid_field", "r\x00"),
     ("empty content", frame(content="   "), "empty_content", "ref-1"),
     ("content too long", frame(content="x" * 4001), "message_too_long", "ref-1"),
     (
