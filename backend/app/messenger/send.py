@@ -4,7 +4,8 @@ A message is checked, then handed to the writer, which commits queued sends in
 one transaction (group commit): per conversation it takes the next `seq` under the
 conversation row's lock, inserts the messages and records their push work. Only
 after the commit are the sockets told and the push work started. On PostgreSQL the
-writer runs a few such transactions side by side, each for its own conversations.
+writer can run several such transactions side by side (lanes), each for its own
+conversations.
 
 On PostgreSQL a batch is one statement on the writer's own connection (one round
 trip, no pool checkout, no ORM or Core compilation per row); anything unusual in it
@@ -145,7 +146,7 @@ class MessageWriter:
         engine: AsyncEngine,
         node_id: str,
         push_lease_seconds: float,
-        lanes: int = 2,
+        lanes: int = 1,
         on_commit: OnCommit | None = None,
     ) -> None:
         if engine.dialect.name != "postgresql":
