@@ -78,7 +78,7 @@ def build_services(settings: Settings) -> Services:
             retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
         )
         presence = redis_presence = RedisPresence(redis, hub, settings)
-        fanout = RedisFanout(redis, hub, settings)
+        fanout = redis_fanout = RedisFanout(redis, hub, settings)
         limiter = RedisRateLimiter(redis, settings.redis_prefix)
     else:
         presence = LocalPresence(hub)
@@ -110,4 +110,5 @@ def build_services(settings: Settings) -> Services:
         # Presence changes found by the heartbeat (a dead node's users, what Redis missed
         # while away) are announced the way the WebSocket handler announces its own.
         redis_presence.announce = partial(announce_presence, services)
+        redis_fanout.on_subscribed = redis_presence.check_claims
     return services

@@ -64,8 +64,11 @@ async def test_a_node_serves_its_own_sockets_without_redis_and_recovers(
         return (await api1.http.get("/health")).status_code == 200
 
     async def rejoined() -> bool:
-        online = await n2.services.presence.online([alice.id, bob.id])
-        return online == {alice.id, bob.id} and await cluster.subscribed(n1, n2)
+        # Each node asked about the other's user: that answer comes from Redis.
+        seen_by_n2 = await n2.services.presence.online([alice.id])
+        seen_by_n1 = await n1.services.presence.online([bob.id])
+        subscribed = await cluster.subscribed(n1, n2)
+        return seen_by_n2 == {alice.id} and seen_by_n1 == {bob.id} and subscribed
 
     await until(healthy)
     await until(rejoined)
@@ -110,6 +113,37 @@ async def test_a_node_started_while_redis_is_down_joins_when_it_is_back(
     await until(rejoined)
     await b.send(send_frame(conversation, "hi back"))
     await a.expect("message.new")
+    for socket in (a, b):
+        await socket.close()
+    await api.close()
+
+
+async def test_claims_lost_to_a_redis_restart_come_back_before_the_heartbeat(
+    cluster: Cluster, own_redis: RedisServer
+) -> None:
+    # A heartbeat far longer than the wait below: only the fan-out's new subscription
+    # can have the nodes claim their users again in time.
+    slow = {"presence_heartbeat_seconds": 60, "presence_ttl_seconds": 180}
+    cluster.redis_url = own_redis.url
+    n1, n2 = await cluster.node(**slow), await cluster.node(**slow)
+    api = Client(n1)
+    alice, bob = await api.user(), await api.user()
+    conversation = (await api.conversation(alice, bob))["id"]
+    a, b = await connect(n1, alice), await connect(n2, bob)
+
+    own_redis.stop()
+    await own_redis.start()  # empty, and quick: the nodes' clients retry without a word
+
+    async def claimed_again() -> bool:
+        seen_by_n1 = await n1.services.presence.online([bob.id])
+        seen_by_n2 = await n2.services.presence.online([alice.id])
+        subscribed = await cluster.subscribed(n1, n2)
+        return seen_by_n1 == {bob.id} and seen_by_n2 == {alice.id} and subscribed
+
+    await until(claimed_again, deadline=10.0)
+    await b.send(send_frame(conversation, "after the restart", "r"))
+    new = await a.expect("message.new")
+    assert new["message"]["content"] == "after the restart"
     for socket in (a, b):
         await socket.close()
     await api.close()

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Protocol
 
 from redis.asyncio import Redis
@@ -122,7 +122,8 @@ class RedisFanout:
 
     The price: a node must have claimed a user in presence before it serves their socket
     (presence does that on the first socket), and a node that lost its claims to a Redis
-    restart gets nothing until it has claimed them again (presence resyncs on its own).
+    restart gets nothing until it has claimed them again: each new subscription calls
+    `on_subscribed`, which has presence check its claims at once.
     Frames missed that way, as any frame missed in an outage, come from history: clients
     catch up on reconnect and on a gap in a conversation's seq.
 
@@ -154,6 +155,9 @@ class RedisFanout:
         self._drained = asyncio.Event()  # set while the outbox is empty and nothing in flight
         self._publish_failing = False
         self._tasks: list[asyncio.Task] = []
+        # Set by the app: called on every new subscription (the first, and after any drop,
+        # which may have been a Redis restart that lost this node's claims).
+        self.on_subscribed: Callable[[], None] | None = None
 
     async def start(self) -> None:
         self._tasks = [
@@ -224,6 +228,8 @@ class RedisFanout:
                 if message is not None and message["type"] == "subscribe":
                     break
         self._connected.set()
+        if self.on_subscribed is not None:
+            self.on_subscribed()
         if self._outage_logged:
             self._outage_logged = False
             log.info("fanout: redis back, subscribed node=%s", self._node)

@@ -255,6 +255,11 @@ class RedisPresence:
             self._fail(exc)
         self._task = asyncio.create_task(self._run(), name="presence-heartbeat")
 
+    def check_claims(self) -> None:
+        """Refresh this node's claims now, not at the next heartbeat: Redis may have
+        restarted and lost them (its client retries quietly, so nothing else would tell)."""
+        self._wake.set()
+
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
