@@ -27,6 +27,7 @@ def main() -> None:
         app,
         host=settings.host,
         port=settings.port,
+        ws="websockets-sansio",  # the protocol whose writes framewriter batches
         ws_per_message_deflate=settings.websocket_compression,
         log_level=settings.log_level.lower(),
         access_log=False,

@@ -21,6 +21,7 @@ from app.config import Settings
 from app.errors import EXCEPTION_HANDLERS
 from app.jsonutil import JSONResponse
 from app.messenger import conversations, devices
+from app.messenger.framewriter import ServerSend
 from app.messenger.websocket import WebSocketApp
 from app.metrics import metrics_endpoint
 from app.migrations import check_schema_current
@@ -90,7 +91,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app = Starlette(
         routes=routes,
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[Middleware(RefuseNulInUrl)],
+        middleware=[Middleware(ServerSend), Middleware(RefuseNulInUrl)],
         lifespan=lifespan,
     )
     app.state.settings = settings or Settings()

@@ -64,6 +64,7 @@ async def start_node(settings: Settings, port: int = 0) -> Node:
         port=port,
         log_level="warning",
         lifespan="on",
+        ws="websockets-sansio",  # as `python -m app` runs
         ws_per_message_deflate=False,
     )
     server = uvicorn.Server(config)

@@ -21,6 +21,7 @@ from app.auth import InvalidToken, decode_access_token
 from app.errors import ApiError, describe_validation_error
 from app.jsonutil import dumps
 from app.messenger.conversations import announce_read
+from app.messenger.framewriter import SERVER_SEND, WriteFrames, frame_writer
 from app.messenger.hub import Connection
 from app.messenger.participants import participants_for
 from app.messenger.presence import announce_presence, contacts_of, presence_frame
@@ -71,14 +72,15 @@ def error_frame(code: str, message: str, ref: Any = None, **extra: Any) -> str:
 
 
 class WebSocketApp:
-    """The /ws route as a plain ASGI app, so that its sockets can keep the server's send
-    callable (see Connection); everything else goes through Starlette's WebSocket."""
+    """The /ws route as a plain ASGI app: its sockets write frames through the server's
+    own send (see framewriter); everything else goes through Starlette's WebSocket."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await serve_socket(WebSocket(scope, receive, send), send)
+        ws = WebSocket(scope, receive, send)
+        await serve_socket(ws, frame_writer(scope.get(SERVER_SEND, send)))
 
 
-async def serve_socket(ws: WebSocket, send: Send) -> None:
+async def serve_socket(ws: WebSocket, write_frames: WriteFrames) -> None:
     services = ws.app.state.services
     token = ws.query_params.get("token") or bearer_token(ws.headers.get("authorization"))
     try:
@@ -93,7 +95,7 @@ async def serve_socket(ws: WebSocket, send: Send) -> None:
     # Claimed in presence before the handshake completes: from the moment the client sees
     # the socket open (and catches up from history), other nodes route frames here.
     came_online = await services.presence.socket_opened(user_id)
-    conn = Connection(ws, user_id, send)
+    conn = Connection(ws, user_id, write_frames)
     services.hub.add(conn)
     metrics.websocket_connections.inc()
     try:
