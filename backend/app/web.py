@@ -19,14 +19,20 @@ M = TypeVar("M", bound=BaseModel)
 NUL_REFUSED = "text cannot contain the NUL character (\\u0000)"
 
 
-def has_nul(value: Any) -> bool:
-    """Whether a string anywhere in this parsed JSON holds a NUL."""
+def json_has_nul(raw: str | bytes, data: Any) -> bool:
+    """Whether a string anywhere in this JSON (its text, and what it parsed to) holds a
+    NUL. JSON can only spell NUL as \\u0000, so the text is looked at first."""
+    escaped = "\\u0000" if isinstance(raw, str) else b"\\u0000"
+    return escaped in raw and _has_nul(data)
+
+
+def _has_nul(value: Any) -> bool:
     if isinstance(value, str):
         return "\x00" in value
     if isinstance(value, dict):
-        return any(has_nul(k) or has_nul(v) for k, v in value.items())
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
     if isinstance(value, list):
-        return any(has_nul(v) for v in value)
+        return any(_has_nul(v) for v in value)
     return False
 
 
@@ -64,7 +70,7 @@ async def read_json(request: Request, model: type[M]) -> M:
         raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise ApiError(400, "malformed_json", "the body must be a JSON object")
-    if b"\\u0000" in body and has_nul(data):  # (JSON can only spell NUL that way)
+    if json_has_nul(body, data):
         raise ApiError(422, "invalid_field", NUL_REFUSED)
     try:
         return model.model_validate(data)

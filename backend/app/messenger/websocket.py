@@ -27,7 +27,7 @@ from app.messenger.participants import participants_for
 from app.messenger.presence import announce_presence, contacts_of, presence_frame
 from app.messenger.send import accept_message, finish_message
 from app.models import MAX_ID
-from app.web import NUL_REFUSED, bearer_token, has_nul
+from app.web import NUL_REFUSED, bearer_token, json_has_nul
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +148,7 @@ def parse_frame(event: dict[str, Any], limit: int) -> dict[str, Any]:
                 data.get("client_msg_id"),
             )
         )
-    escaped_nul = "\\u0000" if isinstance(raw, str) else b"\\u0000"
-    if escaped_nul in raw and has_nul(data):  # (JSON can only spell NUL that way)
+    if json_has_nul(raw, data):
         raise FrameError(error_frame("invalid_field", NUL_REFUSED, data.get("client_msg_id")))
     return data
 
