@@ -193,6 +193,19 @@ def summarise(report: dict[str, Any]) -> list[Row]:
         rows += _cpu("two_nodes", c.get("cpu_pct"), " (closed)")
         if r.get("latency"):
             rows.append(_lat("two_nodes", "cross-node latency", r["latency"]["delivery"]))
+        redis = r.get("redis")
+        if redis:
+            rows.append(
+                _row(
+                    "two_nodes",
+                    "Redis commands per message (scripts' calls included)",
+                    redis["per_message"],
+                    f"{_num(redis['per_message'], 2)} "
+                    f"({_num(redis['commands'])} / {_num(redis['messages'])} messages)",
+                )
+            )
+            top = ", ".join(f"{k} {v:.2f}" for k, v in list(redis["by_command"].items())[:6])
+            rows.append(_row("two_nodes", "  of which, per message", redis["by_command"], top))
     return rows
 
 

@@ -3,8 +3,10 @@
 It makes a fresh PostgreSQL database (migrated with Alembic, dropped at the end), a
 Redis key prefix of its own, and the fake push providers (in this process); for each
 scenario it starts the node(s) under test as `python -m app` processes and a load
-generator process (`python -m bench.loadgen`) with real WebSocket clients. It prints
-a table and writes the same figures to bench/results/<timestamp>.json.
+generator process (`python -m bench.loadgen`) with real WebSocket clients. `two_nodes`
+runs on a private `redis-server`, so that its INFO commandstats count that scenario's
+commands alone. It prints a table and writes the same figures to
+bench/results/<timestamp>.json.
 """
 
 from __future__ import annotations
@@ -191,6 +193,72 @@ class Node:
             self.spy = None
 
 
+class RedisServer:
+    """A private `redis-server`, no persistence: its command counts are one scenario's."""
+
+    def __init__(self, logs: Path) -> None:
+        self.port = free_port()
+        self.log = logs / f"redis-{self.port}.log"
+        self.proc: asyncio.subprocess.Process | None = None
+        self.client = aioredis.from_url(self.url)  # the driver's one connection to it
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        with open(self.log, "ab") as log:  # noqa: ASYNC230  (a local log file)
+            self.proc = await asyncio.create_subprocess_exec(
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                preexec_fn=_die_with_parent,
+            )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.returncode is not None:
+                raise RuntimeError(f"redis-server exited:\n{tail(self.log)}")
+            with contextlib.suppress(aioredis.ConnectionError):
+                await self.client.ping()
+                return
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start:\n{tail(self.log)}")
+
+    async def reset_stats(self) -> None:
+        await self.client.config_resetstat()
+
+    async def commands(self) -> dict[str, int]:
+        """Calls per command since the last reset (those scripts run included), less the
+        driver's own."""
+        stats = await self.client.info("commandstats")
+        own = {"info", "config|resetstat"}
+        return {
+            name.removeprefix("cmdstat_"): s["calls"]
+            for name, s in stats.items()
+            if name.removeprefix("cmdstat_") not in own
+        }
+
+    async def stop(self) -> None:
+        await self.client.aclose()
+        proc = self.proc
+        if proc is not None and proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 5)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
 class LoadGen:
     """One `python -m bench.loadgen` process: a spec in, JSON event lines out."""
 
@@ -271,6 +339,7 @@ class Bench:
         self.fakes: Fakes | None = None
         self.nodes: list[Node] = []
         self.loadgens: list[LoadGen] = []
+        self.redis_servers: list[RedisServer] = []
         self.pool: asyncpg.Pool | None = None
         self._password_hash = PasswordHasher.from_parameters(profiles.CHEAPEST).hash(PASSWORD)
         self._names = 0
@@ -320,12 +389,12 @@ class Bench:
         finally:
             await client.aclose()
 
-    def node_env(self) -> dict[str, str]:
+    def node_env(self, redis_url: str = REDIS_URL) -> dict[str, str]:
         assert self.fakes is not None
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_"))}
         settings = {
             "database_url": self.db_url,
-            "redis_url": REDIS_URL if self.redis else "",
+            "redis_url": redis_url if self.redis else "",
             "redis_prefix": self.redis_prefix,
             "secret_key": SECRET,
             "host": "127.0.0.1",
@@ -339,12 +408,12 @@ class Bench:
             env[key.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
         return env
 
-    async def start_nodes(self, *names: str) -> list[Node]:
+    async def start_nodes(self, *names: str, redis_url: str = REDIS_URL) -> list[Node]:
         assert self.http is not None
         nodes = [
             Node(
                 name,
-                self.node_env(),
+                self.node_env(redis_url),
                 self.logs,
                 self.profile_dir / f"{self.scenario}-{name}.txt" if self.profile_dir else None,
             )
@@ -360,8 +429,11 @@ class Bench:
             await lg.stop()
         for node in self.nodes:
             await node.stop()
+        for server in self.redis_servers:
+            await server.stop()
         self.loadgens.clear()
         self.nodes.clear()
+        self.redis_servers.clear()
 
     def interrupt(self) -> None:
         """Ctrl-C or SIGTERM: end the processes now (what waits on them fails at once), run
@@ -384,6 +456,12 @@ class Bench:
             return await lg.result(timeout)
         finally:
             await lg.stop()
+
+    async def start_redis(self) -> RedisServer:
+        server = RedisServer(self.logs)
+        self.redis_servers.append(server)
+        await server.start()
+        return server
 
     async def start_loadgen(self, spec: dict[str, Any]) -> LoadGen:
         lg = LoadGen(self.logs, spec["scenario"])
@@ -637,7 +715,9 @@ class Bench:
 
     async def two_nodes(self) -> dict[str, Any]:
         p = self.plan
-        a, b = await self.start_nodes("a", "b")
+        assert self.pool is not None
+        redis = await self.start_redis()
+        a, b = await self.start_nodes("a", "b", redis_url=redis.url)
         users = await self.pairs(a, "two")
         for i, user in enumerate(users):
             user["node"] = i % 2  # each conversation has one user on each node
@@ -648,7 +728,13 @@ class Bench:
             "latency": {"count": p.two_nodes_latency, "warmup": 20, "max_seconds": 60},
             "closed": {"window": p.window, "warmup": 1.0, "seconds": p.two_nodes_seconds},
         }
-        return await self.load(spec, 120)
+        before = await self.pool.fetchval("SELECT count(*) FROM messages")
+        await redis.reset_stats()
+        result = await self.load(spec, 120)
+        commands = await redis.commands()
+        messages = await self.pool.fetchval("SELECT count(*) FROM messages") - before
+        result["redis"] = redis_per_message(commands, messages)
+        return result
 
     async def run(self, names: list[str]) -> dict[str, Any]:
         results: dict[str, Any] = {}
@@ -678,6 +764,24 @@ class Bench:
                     flush=True,
                 )
         return results
+
+
+def redis_per_message(commands: dict[str, int], messages: int) -> dict[str, Any]:
+    """Redis commands per message persisted, over the whole load: connects, warm-up, the
+    latency probes, the closed loop and the disconnects."""
+    total = sum(commands.values())
+    return {
+        "messages": messages,
+        "commands": total,
+        "per_message": round(total / messages, 2) if messages else None,
+        "by_command": {
+            name: round(calls / messages, 3)
+            for name, calls in sorted(commands.items(), key=lambda kv: -kv[1])
+        }
+        if messages
+        else {},
+        "calls": commands,
+    }
 
 
 def machine() -> dict[str, Any]:
