@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 import time
+from typing import Any
 
 import pytest
+from aioapns.connection import APNsBaseClientProtocol, APNsTLSClientProtocol
 
 from app.config import ConfigError, Settings
-from app.messenger.push import apns
+from app.messenger.push import apns, apns_compat
 from app.messenger.push.apns import APNsConfig, APNsProvider, apns_id
 from app.messenger.push.base import Outcome
 from tests.fakes import Mode, free_port, provider_maker, sample_device, sample_notification
@@ -27,6 +30,13 @@ async def apns_fake():
 @pytest.fixture(autouse=True)
 def _fresh_fake(apns_fake: FakeAPNs) -> None:
     apns_fake.reset()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's aioapns (patched or not) is checked anew, and says so anew."""
+    monkeypatch.setattr(apns_compat, "_verdicts", {})
+    monkeypatch.setattr(apns_compat, "_said", set())
 
 
 @pytest.fixture(scope="module")
@@ -176,11 +186,14 @@ async def test_hanging_service_times_out_and_the_connection_recovers(
     apns_fake.script(hung, Mode.HANG)
 
     result = await provider.send(sample_device("apns", hung), sample_notification())
-    assert result.outcome is Outcome.RETRY
+    assert (result.outcome, result.error) == (Outcome.RETRY, "timeout")
 
     # The next send is not stuck behind the abandoned one.
     result = await provider.send(sample_device("apns", fine), sample_notification())
     assert result.outcome is Outcome.DELIVERED
+    assert apns_fake.connections_made == 2  # the hung connection was dropped
+    # and the new connection signs with the same provider JWT
+    assert len({r.headers["authorization"] for r in apns_fake.received}) == 1
 
 
 async def test_wrong_topic_is_failed_not_dead(make_provider) -> None:
@@ -197,6 +210,92 @@ async def test_untrusted_certificate_is_retry(make_provider) -> None:
     result = await provider.send(sample_device("apns", device_token()), sample_notification())
 
     assert result.outcome is Outcome.RETRY
+
+
+def compat_notes(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == apns_compat.__name__]
+
+
+async def test_without_the_shared_jwt_internals_each_connection_signs_its_own(
+    make_provider, apns_fake, monkeypatch, caplog
+) -> None:
+    original = APNsBaseClientProtocol.__init__
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)  # no auth_provider parameter to be seen
+
+    monkeypatch.setattr(APNsBaseClientProtocol, "__init__", __init__)
+    provider = await make_provider(timeout_seconds=0.5)
+    hung, fine = device_token(), device_token()
+    apns_fake.script(hung, Mode.HANG)
+
+    # A timeout drops the connection, so the next send comes on a new one.
+    result = await provider.send(sample_device("apns", hung), sample_notification())
+    assert result.outcome is Outcome.RETRY
+    result = await provider.send(sample_device("apns", fine), sample_notification())
+    assert result.outcome is Outcome.DELIVERED
+
+    assert apns_fake.connections_made == 2
+    assert len({r.headers["authorization"] for r in apns_fake.received}) == 2
+    [note] = compat_notes(caplog)
+    assert note.startswith(apns_compat.OWN_TOKENS) and "auth_provider" in note
+
+
+async def test_without_the_endpoint_internals_apns_endpoint_is_refused(
+    make_provider, monkeypatch
+) -> None:
+    monkeypatch.delattr(APNsTLSClientProtocol, "APNS_PORT")
+
+    # Never Apple's host in place of the configured one: no start at all.
+    with pytest.raises(ConfigError, match=r"APNS_ENDPOINT cannot be honoured.*APNS_PORT"):
+        await make_provider()
+    # Apple's own host needs no endpoint internals (nothing is sent here).
+    await make_provider(endpoint="")
+
+
+class RequestTable:
+    """Pending requests as another aioapns might keep them: not a mapping."""
+
+    def __init__(self) -> None:
+        self._futures: dict[str, asyncio.Future] = {}
+
+    def __setitem__(self, notification_id: str, future: asyncio.Future) -> None:
+        self._futures[notification_id] = future
+
+    def pop(self, notification_id: str, default: Any = None) -> Any:
+        return self._futures.pop(notification_id, default)
+
+    def values(self) -> Any:
+        return self._futures.values()
+
+
+async def test_without_the_abandon_internals_a_timeout_is_retry_on_the_same_connection(
+    make_provider, apns_fake, monkeypatch, caplog
+) -> None:
+    original = APNsBaseClientProtocol.__init__
+
+    @functools.wraps(original)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        self.requests = RequestTable()
+
+    monkeypatch.setattr(APNsBaseClientProtocol, "__init__", __init__)
+    provider = await make_provider(timeout_seconds=0.5)
+    hung = [device_token(), device_token()]
+    fine = device_token()
+    for token in hung:
+        apns_fake.script(token, Mode.HANG)
+
+    for token in hung:
+        result = await provider.send(sample_device("apns", token), sample_notification())
+        assert (result.outcome, result.error) == (Outcome.RETRY, "timeout")
+    result = await provider.send(sample_device("apns", fine), sample_notification())
+    assert result.outcome is Outcome.DELIVERED
+
+    assert apns_fake.connections_made == 1  # kept, hung streams and all
+    assert len({r.headers["authorization"] for r in apns_fake.received}) == 1
+    [note] = compat_notes(caplog)  # said once, not per timeout
+    assert note.startswith(apns_compat.KEPT_ON_TIMEOUT) and "requests" in note
 
 
 def _settings(**values) -> Settings:

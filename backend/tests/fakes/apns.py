@@ -84,6 +84,7 @@ class FakeAPNs:
         self._key = ec.generate_private_key(ec.SECP256R1())
         self.modes = Script()
         self.received: list[Received] = []
+        self.connections_made = 0  # since the last reset()
         self.port = 0
         self.ca_file = Path()
         self._dir: tempfile.TemporaryDirectory[str] | None = None
@@ -115,6 +116,7 @@ class FakeAPNs:
     def reset(self) -> None:
         self.received.clear()
         self.modes.reset()
+        self.connections_made = 0
 
     async def start(self) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="fake-apns-")
@@ -240,6 +242,7 @@ class _H2Server(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.fake._connections.add(self)
+        self.fake.connections_made += 1
         self.conn.initiate_connection()
         self.conn.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: 1000})
         self.transport.write(self.conn.data_to_send())

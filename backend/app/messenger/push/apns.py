@@ -2,7 +2,8 @@
 
 aioapns keeps a small pool of HTTP/2 connections and signs the provider JWT itself.
 It has no send timeout (we add one) and reports APNs' answers as results, raising only
-for transport trouble.
+for transport trouble. What it offers no public way for (one JWT for all connections,
+APNS_ENDPOINT, dropping a timed-out request) is in apns_compat.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from typing import Any
 from aioapns import APNs, NotificationRequest, PushType
 from aioapns import exceptions as apns_errors
 from aioapns.common import NotificationResult
-from aioapns.connection import APNsTLSClientProtocol, JWTAuthorizationHeaderProvider
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from app.config import ConfigError
+from app.messenger.push import apns_compat
 from app.messenger.push.base import LOG_LEVEL, Device, Notification, Outcome, Result
 
 log = logging.getLogger(__name__)
@@ -79,11 +80,17 @@ class APNsProvider:
             max_connection_attempts=2,
             err_func=_no_log,  # we log every outcome ourselves, without the token
         )
-        pool = self._client.pool
-        auth = JWTAuthorizationHeaderProvider(
-            key=self._key, key_id=self._config.key_id, team_id=self._config.team_id
-        )
-        pool.protocol_class = _protocol_class(pool.protocol_class, auth, self._endpoint)
+        try:
+            apns_compat.prepare_pool(
+                self._client.pool,
+                key=self._key,
+                key_id=self._config.key_id,
+                team_id=self._config.team_id,
+                endpoint=self._endpoint,
+            )
+        except ConfigError:
+            await self.close()
+            raise
 
     async def close(self) -> None:
         if self._client is not None:
@@ -91,7 +98,8 @@ class APNsProvider:
             self._client = None
 
     async def send(self, device: Device, notification: Notification) -> Result:
-        if self._client is None:
+        client = self._client
+        if client is None:
             raise RuntimeError("APNsProvider.send() before start()")
         request = NotificationRequest(
             device_token=device.token,
@@ -104,9 +112,9 @@ class APNsProvider:
         )
         try:
             async with asyncio.timeout(self._config.timeout_seconds):
-                response = await self._client.send_notification(request)
+                response = await client.send_notification(request)
         except TimeoutError:
-            self._abandon(request.notification_id)
+            apns_compat.abandon(client.pool, request.notification_id)
             result = Result(Outcome.RETRY, error="timeout")
         except (
             apns_errors.MaxAttemptsExceeded,
@@ -132,41 +140,6 @@ class APNsProvider:
             result.error,
         )
         return result
-
-    def _abandon(self, notification_id: str) -> None:
-        """Drop a request that timed out, and the connection it hangs on.
-
-        aioapns keeps the cancelled future and its stream slot: a late answer would
-        hit the cancelled future and break the connection for every other request,
-        and the slots would run out. A connection that left a request unanswered
-        this long is not healthy: close it (aioapns re-sends its other requests).
-        """
-        assert self._client is not None
-        for connection in list(self._client.pool.connections):
-            if connection.requests.pop(notification_id, None) is not None:
-                # Other timed-out requests' futures too: connection_lost would trip on them.
-                for key in [k for k, f in connection.requests.items() if f.done()]:
-                    del connection.requests[key]
-                # abort, not close: a hung peer may never finish the TLS shutdown.
-                if connection.transport is not None:
-                    connection.transport.abort()
-
-
-def _protocol_class(
-    base: type[APNsTLSClientProtocol],
-    auth: JWTAuthorizationHeaderProvider,
-    endpoint: tuple[str, int] | None,
-) -> type[APNsTLSClientProtocol]:
-    class Protocol(base):  # type: ignore[valid-type,misc]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            # One provider JWT for all connections (aioapns makes one per connection):
-            # APNs answers TooManyProviderTokenUpdates to tokens renewed too often.
-            self.auth_provider = auth
-
-    if endpoint is not None:  # APNS_ENDPOINT: "host" header and TLS name follow it
-        Protocol.APNS_SERVER, Protocol.APNS_PORT = endpoint
-    return Protocol
 
 
 def from_settings(settings: Any) -> APNsProvider | None:
