@@ -31,6 +31,7 @@ test: install
 lint: install
 	$(BIN)/ruff check backend bench
 	$(BIN)/ruff format --check backend bench
+	$(BACKEND) ../$(BIN)/mypy
 
 format: install
 	$(BIN)/ruff check --fix backend bench

@@ -8,16 +8,18 @@ from typing import Annotated
 from pydantic import BaseModel, Field, StringConstraints
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from app.auth import create_access_token, hash_password, verify_password
+from app.config import Settings
 from app.errors import ApiError
 from app.jsonutil import JSONResponse
 from app.models import MAX_ID, User
-from app.ratelimit import too_many_requests
-from app.web import current_user_id, read_json
+from app.ratelimit import RateLimiter, too_many_requests
+from app.web import RequestReader
 
 log = logging.getLogger(__name__)
 
@@ -42,94 +44,109 @@ class LoginBody(BaseModel):
     password: str = Field(max_length=256)
 
 
-async def register(request: Request) -> Response:
-    body = await read_json(request, RegisterBody)
-    services = request.app.state.services
-    username = body.username.lower()
-    user = User(
-        username=username,
-        display_name=body.display_name or body.username,
-        password_hash=await hash_password(body.password),
-    )
-    async with services.sessionmaker() as session:
-        session.add(user)
-        try:
-            await session.commit()
-        except IntegrityError:
-            raise ApiError(409, "username_taken", "that username is taken") from None
-    log.info("user registered user=%s", user.id)
-    return JSONResponse(user.public(), 201)
+class AccountRoutes:
+    """/api/v1/auth, /api/v1/me and /api/v1/users."""
 
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        reader: RequestReader,
+        limiter: RateLimiter,
+        settings: Settings,
+    ) -> None:
+        self._sessions = sessions
+        self._reader = reader
+        self._limiter = limiter
+        self._settings = settings
 
-async def login(request: Request) -> Response:
-    body = await read_json(request, LoginBody)
-    services = request.app.state.services
-    settings = services.settings
-    username = body.username.strip().lower()
-    client = request.client.host if request.client else "-"
-    retry_after = await services.limiter.hit(
-        f"login:{username}:{client}", settings.login_rate_per_minute / 60, settings.login_burst
-    )
-    if retry_after > 0:
-        raise too_many_requests(retry_after, "too many login attempts; try again later")
-    async with services.sessionmaker() as session:
-        user = await session.scalar(select(User).where(User.username == username))
-    if not await verify_password(user.password_hash if user else None, body.password) or not user:
-        log.info("login failed client=%s", client)
-        raise ApiError(401, "invalid_credentials", "wrong username or password")
-    token = create_access_token(user.id, settings.signing_key, settings.access_token_ttl_seconds)
-    log.info("login user=%s client=%s", user.id, client)
-    return JSONResponse({"access_token": token, "token_type": "bearer", "user": user.public()})
+    @property
+    def routes(self) -> list[Route]:
+        return [
+            Route("/api/v1/auth/register", self.register, methods=["POST"]),
+            Route("/api/v1/auth/login", self.login, methods=["POST"]),
+            Route("/api/v1/me", self.me, methods=["GET"]),
+            Route("/api/v1/users", self.search_users, methods=["GET"]),
+            Route("/api/v1/users/{user_id:int}", self.get_user, methods=["GET"]),
+        ]
 
-
-async def me(request: Request) -> Response:
-    user_id = current_user_id(request)
-    async with request.app.state.services.sessionmaker() as session:
-        user = await session.get(User, user_id)
-    if user is None:
-        raise ApiError(401, "invalid_token", "the account no longer exists")
-    return JSONResponse(user.public())
-
-
-async def search_users(request: Request) -> Response:
-    """Users whose username or display name starts with the query (at most 20)."""
-    current_user_id(request)
-    query = request.query_params.get("query", "").strip().lower()
-    if not query:
-        return JSONResponse({"users": []})
-    if len(query) > 64:
-        raise ApiError(422, "invalid_field", "query is over 64 characters")
-    escaped = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-    stmt = (
-        select(User)
-        .where(
-            User.username.like(escaped, escape="\\")
-            | func.lower(User.display_name).like(escaped, escape="\\")
+    async def register(self, request: Request) -> Response:
+        body = await self._reader.json(request, RegisterBody)
+        username = body.username.lower()
+        user = User(
+            username=username,
+            display_name=body.display_name or body.username,
+            password_hash=await hash_password(body.password),
         )
-        .order_by(User.username)
-        .limit(20)
-    )
-    async with request.app.state.services.sessionmaker() as session:
-        users = (await session.scalars(stmt)).all()
-    return JSONResponse({"users": [u.public() for u in users]})
+        async with self._sessions() as session:
+            session.add(user)
+            try:
+                await session.commit()
+            except IntegrityError:
+                raise ApiError(409, "username_taken", "that username is taken") from None
+        log.info("user registered user=%s", user.id)
+        return JSONResponse(user.public(), 201)
 
+    async def login(self, request: Request) -> Response:
+        body = await self._reader.json(request, LoginBody)
+        settings = self._settings
+        username = body.username.strip().lower()
+        client = request.client.host if request.client else "-"
+        retry_after = await self._limiter.hit(
+            f"login:{username}:{client}", settings.login_rate_per_minute / 60, settings.login_burst
+        )
+        if retry_after > 0:
+            raise too_many_requests(retry_after, "too many login attempts; try again later")
+        async with self._sessions() as session:
+            user = await session.scalar(select(User).where(User.username == username))
+        if (
+            not await verify_password(user.password_hash if user else None, body.password)
+            or not user
+        ):
+            log.info("login failed client=%s", client)
+            raise ApiError(401, "invalid_credentials", "wrong username or password")
+        token = create_access_token(
+            user.id, settings.signing_key, settings.access_token_ttl_seconds
+        )
+        log.info("login user=%s client=%s", user.id, client)
+        return JSONResponse({"access_token": token, "token_type": "bearer", "user": user.public()})
 
-async def get_user(request: Request) -> Response:
-    current_user_id(request)
-    user_id = request.path_params["user_id"]
-    user = None
-    if user_id <= MAX_ID:
-        async with request.app.state.services.sessionmaker() as session:
+    async def me(self, request: Request) -> Response:
+        user_id = self._reader.user_id(request)
+        async with self._sessions() as session:
             user = await session.get(User, user_id)
-    if user is None:
-        raise ApiError(404, "user_not_found", "no such user")
-    return JSONResponse(user.public())
+        if user is None:
+            raise ApiError(401, "invalid_token", "the account no longer exists")
+        return JSONResponse(user.public())
 
+    async def search_users(self, request: Request) -> Response:
+        """Users whose username or display name starts with the query (at most 20)."""
+        self._reader.user_id(request)
+        query = request.query_params.get("query", "").strip().lower()
+        if not query:
+            return JSONResponse({"users": []})
+        if len(query) > 64:
+            raise ApiError(422, "invalid_field", "query is over 64 characters")
+        escaped = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        stmt = (
+            select(User)
+            .where(
+                User.username.like(escaped, escape="\\")
+                | func.lower(User.display_name).like(escaped, escape="\\")
+            )
+            .order_by(User.username)
+            .limit(20)
+        )
+        async with self._sessions() as session:
+            users = (await session.scalars(stmt)).all()
+        return JSONResponse({"users": [u.public() for u in users]})
 
-routes = [
-    Route("/api/v1/auth/register", register, methods=["POST"]),
-    Route("/api/v1/auth/login", login, methods=["POST"]),
-    Route("/api/v1/me", me, methods=["GET"]),
-    Route("/api/v1/users", search_users, methods=["GET"]),
-    Route("/api/v1/users/{user_id:int}", get_user, methods=["GET"]),
-]
+    async def get_user(self, request: Request) -> Response:
+        self._reader.user_id(request)
+        user_id = request.path_params["user_id"]
+        user = None
+        if user_id <= MAX_ID:
+            async with self._sessions() as session:
+                user = await session.get(User, user_id)
+        if user is None:
+            raise ApiError(404, "user_not_found", "no such user")
+        return JSONResponse(user.public())

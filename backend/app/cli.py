@@ -88,7 +88,7 @@ async def send_test_push(settings: Settings, username: str) -> int:
                 print(f"{device.id} {device.provider}: provider is off")
                 failed += 1
                 continue
-            result = await deliver(provider, device, notification, policy)
+            result = await deliver(provider, device, notification, policy, asyncio.Semaphore(1))
             print(f"{device.id} {device.provider}: {result.outcome} {result.error or ''}".rstrip())
             failed += result.outcome != "delivered"
         return 1 if failed else 0

@@ -60,8 +60,12 @@ class Settings(BaseSettings):
     redis_prefix: str = "msg:"
     redis_timeout_seconds: float = 2.0
 
-    # Push delivery.
-    push_concurrency: int = 200
+    # Push delivery. Each provider has its own in-flight limit: its own setting, else
+    # push_concurrency (see push_concurrency_for).
+    push_concurrency: int = Field(default=200, ge=1)
+    push_concurrency_fcm: int | None = Field(default=None, ge=1)
+    push_concurrency_apns: int | None = Field(default=None, ge=1)
+    push_concurrency_web_push: int | None = Field(default=None, ge=1)
     push_timeout_seconds: float = 10.0
     push_max_attempts: int = 5
     push_backoff_base_seconds: float = 1.0
@@ -103,6 +107,15 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.effective_database_url.startswith("sqlite")
+
+    def push_concurrency_for(self, provider: str) -> int:
+        """The provider's in-flight limit on this node ("fcm", "apns" or "web_push")."""
+        own = {
+            "fcm": self.push_concurrency_fcm,
+            "apns": self.push_concurrency_apns,
+            "web_push": self.push_concurrency_web_push,
+        }.get(provider)
+        return self.push_concurrency if own is None else own
 
     @property
     def public_base_url(self) -> str:

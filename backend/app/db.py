@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
-from sqlalchemy import ARRAY, ColumnElement, DateTime, MetaData, any_, bindparam, event
+from sqlalchemy import ARRAY, ColumnElement, DateTime, MetaData, Table, any_, bindparam, event
 from sqlalchemy.exc import DisconnectionError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
 
@@ -23,9 +28,11 @@ NAMING = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
+    # Every model is mapped to a plain Table (Core statements are built on it).
+    __table__: ClassVar[Table]
 
 
-class UTCDateTime(TypeDecorator):
+class UTCDateTime(TypeDecorator[datetime]):
     """A timezone-aware UTC datetime on every database (SQLite stores no zone)."""
 
     impl = DateTime(timezone=True)
@@ -49,7 +56,9 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def one_of(column: ColumnElement, values: Collection[Any], dialect: str) -> ColumnElement[bool]:
+def one_of(
+    column: ColumnElement[Any], values: Collection[Any], dialect: str
+) -> ColumnElement[bool]:
     """`column IN values`; on PostgreSQL one array parameter (`= ANY(...)`) instead, so the
     statement is the same whatever the count: prepared once, no bind per value."""
     if dialect == "postgresql":
@@ -85,5 +94,5 @@ def make_engine(url: str) -> AsyncEngine:
     return engine
 
 
-def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker:
+def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)

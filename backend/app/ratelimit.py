@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from app.errors import ApiError
+from app.messenger.redis_keys import load_lua
 
 
 class RateLimiter(Protocol):
@@ -68,33 +69,7 @@ class LocalRateLimiter:
         return retry_after
 
 
-# Many hits in one call. KEYS are the buckets, each once; ARGV[1] is now, ARGV[2] the hits,
-# "<key index> <rate> <burst>;" each (one argument: what a call costs the node is mostly
-# per argument). Hits are taken in order, so two on one bucket count as two.
-_GCRA_LUA = """
-local now = tonumber(ARGV[1])
-local tats, changed, answers = {}, {}, {}
-for i, rate, burst in string.gmatch(ARGV[2], '(%d+) ([^ ]+) ([^;]+);') do
-  i = tonumber(i)
-  local interval = 1.0 / tonumber(rate)
-  local tat = tats[i] or tonumber(redis.call('GET', KEYS[i]) or now)
-  if tat < now then tat = now end
-  local allow_at = tat + interval - tonumber(burst) * interval
-  if now < allow_at then
-    answers[#answers + 1] = tostring(allow_at - now)
-  else
-    tat = tat + interval
-    changed[i] = true
-    answers[#answers + 1] = '0'
-  end
-  tats[i] = tat
-end
-for i in pairs(changed) do
-  local tat = tats[i]
-  redis.call('SET', KEYS[i], tostring(tat), 'PX', math.ceil((tat - now) * 1000) + 1000)
-end
-return answers
-"""
+_GCRA_LUA = load_lua("ratelimit.lua", "app")
 MAX_HITS = 500  # hits per script call
 
 
@@ -113,7 +88,7 @@ class RedisRateLimiter:
         self._script = redis.register_script(_GCRA_LUA)
         self._fallback = LocalRateLimiter()
         self._waiting: list[tuple[str, float, int, asyncio.Future[float]]] = []
-        self._caller: asyncio.Task | None = None
+        self._caller: asyncio.Task[None] | None = None
 
     async def hit(self, key: str, rate: float, burst: int) -> float:
         return await self.start_hit(key, rate, burst)

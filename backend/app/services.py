@@ -1,25 +1,33 @@
-"""Everything a request handler needs, built once when the app starts."""
+"""The composition root: every long-lived part of a node, built once and wired here.
+
+Nothing else knows this object: each part is given what it uses when built, and the
+routes are built from it (main.create_app). Building does no I/O; start() does.
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from functools import partial
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.db import make_engine, make_sessionmaker
 from app.messenger.cleanup import CleanupLoop
+from app.messenger.contacts import Contacts
 from app.messenger.fanout import Fanout, LocalFanout
+from app.messenger.fanout_redis import RedisFanout
 from app.messenger.hub import Hub
 from app.messenger.participants import ParticipantCache
-from app.messenger.presence import LocalPresence, Presence, announce_presence
+from app.messenger.presence import LocalPresence, Presence
+from app.messenger.presence_redis import RedisPresence
 from app.messenger.push.service import PushService
-from app.messenger.send import MessageWriter
+from app.messenger.reads import ReadMarks
+from app.messenger.send import Sender
+from app.messenger.writer import MessageWriter
 from app.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 
 log = logging.getLogger(__name__)
@@ -29,14 +37,17 @@ log = logging.getLogger(__name__)
 class Services:
     settings: Settings
     engine: AsyncEngine
-    sessionmaker: async_sessionmaker
+    sessionmaker: async_sessionmaker[AsyncSession]
     redis: Redis | None
     hub: Hub
     presence: Presence
     fanout: Fanout
+    contacts: Contacts
     limiter: RateLimiter
     participants: ParticipantCache
     writer: MessageWriter
+    sender: Sender
+    reads: ReadMarks
     push: PushService
     cleanup: CleanupLoop
 
@@ -65,10 +76,9 @@ def build_services(settings: Settings) -> Services:
     presence: Presence
     fanout: Fanout
     limiter: RateLimiter
+    redis_presence: RedisPresence | None = None
+    redis_fanout: RedisFanout | None = None
     if settings.redis_url:
-        from app.messenger.fanout import RedisFanout
-        from app.messenger.presence import RedisPresence
-
         # Fail fast when Redis is away (one quick retry covers a connection that Redis
         # restarted): callers fall back to this node instead of waiting out ten retries.
         redis = Redis.from_url(
@@ -77,16 +87,29 @@ def build_services(settings: Settings) -> Services:
             socket_connect_timeout=settings.redis_timeout_seconds,
             retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
         )
-        presence = redis_presence = RedisPresence(redis, hub, settings)
+        presence = redis_presence = RedisPresence(redis, settings)
         fanout = redis_fanout = RedisFanout(redis, hub, settings)
         limiter = RedisRateLimiter(redis, settings.redis_prefix)
     else:
-        presence = LocalPresence(hub)
+        presence = LocalPresence()
         fanout = LocalFanout(hub)
         limiter = LocalRateLimiter()
+    contacts = Contacts(engine, fanout)
     participants = ParticipantCache(engine)
     push = PushService(settings, engine, presence)
-    services = Services(
+    writer = MessageWriter(
+        engine,
+        settings.node_id,
+        settings.push_lease_seconds,
+        settings.writer_lanes,
+        on_commit=push.job_committed,
+    )
+    if redis_presence is not None and redis_fanout is not None:
+        # Presence changes found by the heartbeat (a dead node's users, what Redis missed
+        # while away) are announced the way the WebSocket handler announces its own.
+        redis_presence.announce = contacts.announce
+        redis_fanout.on_subscribed = redis_presence.check_claims
+    return Services(
         settings=settings,
         engine=engine,
         sessionmaker=make_sessionmaker(engine),
@@ -94,21 +117,12 @@ def build_services(settings: Settings) -> Services:
         hub=hub,
         presence=presence,
         fanout=fanout,
+        contacts=contacts,
         limiter=limiter,
         participants=participants,
-        writer=MessageWriter(
-            engine,
-            settings.node_id,
-            settings.push_lease_seconds,
-            settings.writer_lanes,
-            on_commit=push.job_committed,
-        ),
+        writer=writer,
+        sender=Sender(settings, participants, limiter, writer, fanout),
+        reads=ReadMarks(engine, fanout),
         push=push,
         cleanup=CleanupLoop(engine, settings),
     )
-    if redis is not None:
-        # Presence changes found by the heartbeat (a dead node's users, what Redis missed
-        # while away) are announced the way the WebSocket handler announces its own.
-        redis_presence.announce = partial(announce_presence, services)
-        redis_fanout.on_subscribed = redis_presence.check_claims
-    return services

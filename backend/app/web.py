@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.auth import InvalidToken, decode_access_token
+from app.config import Settings
 from app.errors import ApiError, describe_validation_error, error_body
 from app.jsonutil import JSONResponse
 
@@ -19,11 +20,12 @@ M = TypeVar("M", bound=BaseModel)
 NUL_REFUSED = "text cannot contain the NUL character (\\u0000)"
 
 
-def json_has_nul(raw: str | bytes, data: Any) -> bool:
+def json_has_nul(raw: str | bytes | bytearray, data: Any) -> bool:
     """Whether a string anywhere in this JSON (its text, and what it parsed to) holds a
     NUL. JSON can only spell NUL as \\u0000, so the text is looked at first."""
-    escaped = "\\u0000" if isinstance(raw, str) else b"\\u0000"
-    return escaped in raw and _has_nul(data)
+    if isinstance(raw, str):
+        return "\\u0000" in raw and _has_nul(data)
+    return b"\\u0000" in raw and _has_nul(data)
 
 
 def _has_nul(value: Any) -> bool:
@@ -43,39 +45,46 @@ def bearer_token(authorization: str | None) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def current_user_id(request: Request) -> int:
-    token = bearer_token(request.headers.get("authorization"))
-    if token is None:
-        raise ApiError(401, "unauthorized", "missing bearer token")
-    try:
-        return decode_access_token(token, request.app.state.services.settings.signing_key)
-    except InvalidToken:
-        raise ApiError(401, "invalid_token", "the access token is invalid or expired") from None
+class RequestReader:
+    """Who is calling and what they sent: every route reads a request through this."""
 
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._limit = settings.max_body_bytes
 
-async def read_json(request: Request, model: type[M]) -> M:
-    """Parse and validate the body; errors are 413, 400 or 422, never a 500."""
-    limit = request.app.state.services.settings.max_body_bytes
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, "payload_too_large", f"the body is over {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
+    def user_id(self, request: Request) -> int:
+        """The caller's user id, from the bearer token; 401 without a valid one."""
+        token = bearer_token(request.headers.get("authorization"))
+        if token is None:
+            raise ApiError(401, "unauthorized", "missing bearer token")
+        try:
+            return decode_access_token(token, self._settings.signing_key)
+        except InvalidToken:
+            raise ApiError(401, "invalid_token", "the access token is invalid or expired") from None
+
+    async def json(self, request: Request, model: type[M]) -> M:
+        """Parse and validate the body; errors are 413, 400 or 422, never a 500."""
+        limit = self._limit
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
             raise ApiError(413, "payload_too_large", f"the body is over {limit} bytes")
-    try:
-        data = orjson.loads(body) if body else None
-    except orjson.JSONDecodeError:
-        raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "malformed_json", "the body must be a JSON object")
-    if json_has_nul(body, data):
-        raise ApiError(422, "invalid_field", NUL_REFUSED)
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise ApiError(422, "invalid_field", describe_validation_error(exc)) from None
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise ApiError(413, "payload_too_large", f"the body is over {limit} bytes")
+        try:
+            data = orjson.loads(body) if body else None
+        except orjson.JSONDecodeError:
+            raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "malformed_json", "the body must be a JSON object")
+        if json_has_nul(body, data):
+            raise ApiError(422, "invalid_field", NUL_REFUSED)
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            raise ApiError(422, "invalid_field", describe_validation_error(exc)) from None
 
 
 def query_int(

@@ -7,13 +7,11 @@ test can kill -9 them.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
 import signal
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ import httpx2
 from redis.asyncio import Redis
 
 from tests.fakes import free_port
-from tests.helpers import SECRET, Node, Socket, User, make_settings, start_node
+from tests.helpers import SECRET, Node, Socket, User, eventually, make_settings, start_node
 
 BACKEND = Path(__file__).resolve().parents[1]
 
@@ -49,14 +47,15 @@ class RedisServer:
             ],
             stdout=subprocess.DEVNULL,
         )
+
+        async def answers() -> bool:
+            try:
+                return await client.ping()
+            except Exception:  # not listening yet
+                return False
+
         async with self.client() as client:
-            for _ in range(200):
-                try:
-                    await client.ping()
-                    return
-                except Exception:
-                    await asyncio.sleep(0.05)
-        raise RuntimeError(f"redis-server did not start on {self.port}")
+            await eventually(answers, what=f"redis-server on {self.port} to answer", every=0.05)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -116,17 +115,18 @@ class Cluster:
         process = subprocess.Popen(command, cwd=BACKEND, env=environ)  # noqa: ASYNC220
         node = ProcessNode(f"http://127.0.0.1:{port}", process)
         self.processes.append(node)
+
+        async def healthy() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"node exited with {process.returncode}")
+            try:
+                return (await http.get("/health")).status_code == 200
+            except httpx2.TransportError:
+                return False
+
         async with httpx2.AsyncClient(base_url=node.url, timeout=2) as http:
-            for _ in range(300):
-                if process.poll() is not None:
-                    raise RuntimeError(f"node exited with {process.returncode}")
-                try:
-                    if (await http.get("/health")).status_code == 200:
-                        return node
-                except httpx2.TransportError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise RuntimeError("node did not start")
+            await eventually(healthy, within=30.0, what="the node process to start", every=0.1)
+        return node
 
     def redis(self) -> Redis:
         return Redis.from_url(self.redis_url, decode_responses=True)
@@ -154,15 +154,6 @@ async def connect(node: Any, user: User) -> Socket:
     await socket.send({"type": "ping"})
     await socket.expect("pong")
     return socket
-
-
-async def until(check: Callable[[], Awaitable[bool]], deadline: float = 15.0) -> None:
-    """Wait for something that happens in the background; fail after a generous deadline."""
-    loop = asyncio.get_running_loop()
-    give_up = loop.time() + deadline
-    while not await check():
-        assert loop.time() < give_up, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 def send_frame(conversation_id: str, content: str, client_msg_id: str | None = None) -> dict:

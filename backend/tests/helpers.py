@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +22,27 @@ from app.main import create_app
 from app.messenger.models import PushJob
 
 SECRET = "test-secret-key-that-is-long-enough-0123456789"
+
+
+async def eventually(
+    check: Callable[[], Any], within: float = 10.0, what: str = "condition", every: float = 0.02
+) -> Any:
+    """Poll `check` (sync or async) until it returns something truthy; that value.
+
+    The one way a test waits for something that happens in the background: fails with
+    `what` and the last value seen once `within` seconds have passed.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what} (last: {result!r})")
+        await asyncio.sleep(every)
 
 
 def make_settings(database_url: str, **overrides: Any) -> Settings:
@@ -50,6 +73,10 @@ class Node:
     def services(self) -> Any:
         return self.app.state.services
 
+    def handlers(self) -> set[asyncio.Task]:
+        """The ASGI handlers running now: one per open socket and per request in flight."""
+        return set(self.server.server_state.tasks)
+
     async def stop(self) -> None:
         self.server.should_exit = True
         await asyncio.wait_for(self.task, 15)
@@ -69,15 +96,14 @@ async def start_node(settings: Settings, port: int = 0) -> Node:
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
-    for _ in range(1000):
-        if server.started:
-            break
+
+    def started() -> bool:
         if task.done():
             task.result()  # raises what stopped it
             raise RuntimeError("server exited before starting")
-        await asyncio.sleep(0.01)
-    else:
-        raise RuntimeError("server did not start")
+        return server.started
+
+    await eventually(started, what="the server to start", every=0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
     return Node(app, server, task, f"http://127.0.0.1:{port}")
 
@@ -156,13 +182,20 @@ class Client:
 class Socket:
     """A real WebSocket client that sorts what arrives by frame type."""
 
-    def __init__(self, ws: websockets.ClientConnection) -> None:
+    def __init__(
+        self, ws: websockets.ClientConnection, handlers: set[asyncio.Task] | None = None
+    ) -> None:
         self.ws = ws
+        # The node's handlers that started while this socket connected (in-process nodes
+        # only): its own, when nothing else connected to that node at the same time.
+        self.handlers = handlers
 
     @classmethod
-    async def connect(cls, node: Node, user: User) -> Socket:
+    async def connect(cls, node: Any, user: User) -> Socket:
+        before = node.handlers() if isinstance(node, Node) else None
         ws = await websockets.connect(f"{node.ws_url}?token={user.token}", max_size=2**24)
-        return cls(ws)
+        handlers = node.handlers() - before if before is not None else None
+        return cls(ws, handlers)
 
     async def send(self, frame: dict | str | bytes) -> None:
         await self.ws.send(
@@ -181,19 +214,47 @@ class Socket:
             if frame.get("type") == type_ and all(frame.get(k) == v for k, v in match.items()):
                 return frame
 
-    async def nothing(self, type_: str, wait: float = 0.3) -> None:
-        """Assert no frame of this type arrives within `wait` seconds."""
+    async def first(
+        self,
+        type_: str,
+        unwanted: str,
+        timeout: float = 5.0,  # noqa: ASYNC109
+        **match: Any,
+    ) -> dict:
+        """The next frame of this type (and matching fields), asserting that no frame of
+        the type `unwanted` came before it (with unwanted == type_: none that does not match).
+        """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        while (left := deadline - loop.time()) > 0:
-            try:
-                frame = await self.recv(left)
-            except TimeoutError:
-                return
-            assert frame.get("type") != type_, frame
+        deadline = loop.time() + timeout
+        while True:
+            frame = await self.recv(max(0.01, deadline - loop.time()))
+            if frame.get("type") == type_ and all(frame.get(k) == v for k, v in match.items()):
+                return frame
+            assert frame.get("type") != unwanted, frame
+
+    async def nothing(self, type_: str) -> None:
+        """Assert that no frame of this type comes before the answer to a ping sent now.
+
+        The node answers a ping after every frame it queued for this socket before: those
+        it serves from memory, and those it has already taken from Redis. A frame that
+        would come from another node is ruled out by a marker on that frame's path instead:
+        a later frame published by that same node (see `first`).
+        """
+        await self.send({"type": "ping"})
+        await self.first("pong", unwanted=type_)
 
     async def close(self) -> None:
         await self.ws.close()
+
+    async def hang_up(self) -> None:
+        """Close, and wait until the node is done with the socket: its handler has returned,
+        so whatever the close makes the node send (presence) is sent or queued for Redis."""
+        assert self.handlers, "hang_up needs a socket to an in-process node"
+        await self.ws.close()
+        await eventually(
+            lambda: all(task.done() for task in self.handlers or ()),
+            what="the node to finish with the closed socket",
+        )
 
 
 async def push_job_of(engine: AsyncEngine, message_id: str) -> PushJob | None:

@@ -32,7 +32,12 @@ class PushWorld:
 
     def accepted(self, provider: str, token: str) -> list[Any]:
         """What the fake accepted (2xx) for this token."""
-        fake = {"web_push": self.webpush, "fcm": self.fcm, "apns": self.apns}[provider]
+        fakes: dict[str, FakePushService | FakeFCM | FakeAPNs] = {
+            "web_push": self.webpush,
+            "fcm": self.fcm,
+            "apns": self.apns,
+        }
+        fake = fakes[provider]
         return [r for r in fake.received_for(token) if 200 <= r.status < 300]
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import timedelta
 
@@ -13,7 +12,7 @@ from app.db import utcnow
 from app.messenger.cleanup import LOCK_KEY, CleanupLoop, run_cleanup
 from app.messenger.models import DeviceToken, PushAttempt
 from tests.conftest import PG_HOST, PG_PORT, PG_USER
-from tests.helpers import Client, make_settings
+from tests.helpers import Client, eventually, make_settings
 
 D = "/api/v1/messenger/devices/register"
 
@@ -111,16 +110,14 @@ async def test_loop_runs_on_its_interval(pg_client: Client, postgresql_url: str)
         )
     loop = CleanupLoop(engine, make_settings(postgresql_url, cleanup_interval_seconds=0.05))
     await loop.start()
+
+    async def gone() -> bool:
+        async with engine.connect() as conn:
+            return (
+                await conn.scalar(select(DeviceToken.id).where(DeviceToken.id == inactive)) is None
+            )
+
     try:
-        for _ in range(100):
-            async with engine.connect() as conn:
-                gone = (
-                    await conn.scalar(select(DeviceToken.id).where(DeviceToken.id == inactive))
-                    is None
-                )
-            if gone:
-                break
-            await asyncio.sleep(0.02)
-        assert gone
+        await eventually(gone, what="the loop to remove the inactive device")
     finally:
         await loop.stop()

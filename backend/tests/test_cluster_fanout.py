@@ -7,8 +7,8 @@ import json
 
 from redis.asyncio.client import PubSub
 
-from tests.cluster import Cluster, connect, send_frame, until
-from tests.helpers import Client, Socket
+from tests.cluster import Cluster, connect, send_frame
+from tests.helpers import Client, Socket, User, eventually
 
 pytest_plugins = ["tests.cluster_fixtures"]
 
@@ -31,10 +31,14 @@ async def test_frames_reach_every_socket_on_every_node(cluster: Cluster) -> None
     for socket in (a3, b2, b3, c3):
         frame = await socket.expect("message.new")
         assert frame["message"]["id"] == ack["message"]["id"]
-    for socket in everyone:
-        await socket.nothing("message.new")
+    # Once: the sender's next message, published after any second copy, comes next.
+    await a1.send(send_frame(group, "again", "m2"))
+    for socket in (a3, b2, b3, c3):
+        frame = await socket.expect("message.new")
+        assert frame["message"]["content"] == "again"
 
-    # A REST send from yet another node reaches every socket, the sender's included.
+    # A REST send from yet another node reaches every socket, the sender's included; the
+    # sending socket got no copy of its own messages before it, from memory or from Redis.
     r = await Client(n2).send(alice, group, "from rest")
     assert r.status_code == 201
     for socket in everyone:
@@ -45,12 +49,14 @@ async def test_frames_reach_every_socket_on_every_node(cluster: Cluster) -> None
     await b2.send({"type": "typing", "conversation_id": group})
     for socket in (a1, a3, c3):
         await socket.expect("typing", conversation_id=group, user_id=bob.id)
-    await b3.nothing("typing")
 
-    # read: every participant's sockets.
-    await c3.send({"type": "read", "conversation_id": group, "seq": 2})
-    for socket in everyone:
-        await socket.expect("read", conversation_id=group, user_id=carol.id, seq=2)
+    # read: every participant's sockets. The typist's read, from the same socket, reaches
+    # his own sockets after the typing frame would have.
+    await b2.send({"type": "read", "conversation_id": group, "seq": 2})
+    for socket in (b2, b3):
+        await socket.first("read", unwanted="typing", user_id=bob.id, seq=2)
+    for socket in (a1, a3, c3):
+        await socket.expect("read", conversation_id=group, user_id=bob.id, seq=2)
 
     # presence: a contact coming online on one node reaches the user's sockets on others.
     d2 = await connect(n2, dave)
@@ -83,7 +89,7 @@ async def test_a_socket_is_claimed_before_it_opens(cluster: Cluster) -> None:
         async def released() -> bool:
             return await n1.services.presence.online([bob.id]) == set()
 
-        await until(released)
+        await eventually(released, within=15.0, what="bob's claim to be released")
 
     # A reconnect storm: sockets opened together are claimed together, each before it opens.
     users = [await api.user() for _ in range(40)]
@@ -94,12 +100,32 @@ async def test_a_socket_is_claimed_before_it_opens(cluster: Cluster) -> None:
     await api.close()
 
 
-async def published(pubsub: PubSub, quiet: float = 0.3) -> dict[str, list[str]]:
-    """What was published on the watched channels until they stay quiet: channel -> data."""
+async def published(
+    pubsub: PubSub, conversation_id: str, *markers: tuple[Socket, User, set[str]]
+) -> dict[str, list[str]]:
+    """What the watched channels carried (channel -> data) before the markers: a typing
+    frame each marker socket (of that user) sends now, which its node publishes after all
+    it published before, to the channels given."""
+    for socket, _, _ in markers:
+        await socket.send({"type": "typing", "conversation_id": conversation_id})
+    awaited = {(user.id, channel) for _, user, channels in markers for channel in channels}
     seen: dict[str, list[str]] = {}
-    while (message := await pubsub.get_message(timeout=quiet)) is not None:
-        if message["type"] == "message":
-            seen.setdefault(message["channel"], []).append(message["data"])
+    async with asyncio.timeout(10):
+        while awaited:
+            message = await pubsub.get_message(timeout=1.0)
+            if message is None or message["type"] != "message":
+                continue
+            channel, parts = message["channel"], message["data"].split("\n")
+            rest = []
+            for users, frame in zip(parts[::2], parts[1::2], strict=True):
+                body = json.loads(frame)
+                marker = (body.get("user_id"), channel)
+                if body["type"] == "typing" and marker in awaited:
+                    awaited.discard(marker)
+                else:
+                    rest.append(f"{users}\n{frame}")
+            if rest:
+                seen.setdefault(channel, []).append("\n".join(rest))
     return seen
 
 
@@ -109,15 +135,16 @@ async def test_a_frame_goes_only_to_the_nodes_holding_its_users(cluster: Cluster
     alice, bob, carol = [await api.user() for _ in range(3)]
     group = (await api.conversation(alice, bob, carol, title="trio"))["id"]
     async with cluster.redis() as r, r.pubsub() as watch:
-        await watch.subscribe(*(cluster.channel(n) for n in (n1, n2, n3)))
+        n1_, n2_, n3_ = (cluster.channel(n) for n in (n1, n2, n3))
+        await watch.subscribe(n1_, n2_, n3_)
         a1 = await connect(n1, alice)
         b2 = await connect(n2, bob)
-        await published(watch)  # presence frames
+        await published(watch, group, (a1, alice, {n2_}), (b2, bob, {n1_}))  # presence
 
         # Carol has no socket anywhere, alice's is on the sending node: only n2 hears.
         await a1.send(send_frame(group, "one"))
         frame = await b2.expect("message.new")
-        seen = await published(watch)
+        seen = await published(watch, group, (a1, alice, {n2_}))
         assert list(seen) == [cluster.channel(n2)]
         [data] = seen[cluster.channel(n2)]
         users, _, payload = data.partition("\n")
@@ -127,12 +154,12 @@ async def test_a_frame_goes_only_to_the_nodes_holding_its_users(cluster: Cluster
         # Bob on a second node, and carol there too: n3 gets one frame for both of them.
         b3 = await connect(n3, bob)
         c3 = await connect(n3, carol)
-        await published(watch)
+        await published(watch, group, (c3, carol, {n1_, n2_}))  # carol's presence
         await a1.send(send_frame(group, "two"))
         for socket in (b2, b3, c3):
             frame = await socket.expect("message.new")
             assert frame["message"]["content"] == "two"
-        seen = await published(watch)
+        seen = await published(watch, group, (a1, alice, {n2_, n3_}))
         assert sorted(seen) == sorted([cluster.channel(n2), cluster.channel(n3)])
         [data] = seen[cluster.channel(n3)]
         assert sorted(data.partition("\n")[0].split(",")) == sorted([str(bob.id), str(carol.id)])
@@ -144,11 +171,10 @@ async def test_a_frame_goes_only_to_the_nodes_holding_its_users(cluster: Cluster
             node = n2.services.settings.node_id
             return await r.zscore(f"{cluster.prefix}u:{bob.id}", node) is None
 
-        await until(n2_let_go)
-        await published(watch)
+        await eventually(n2_let_go, within=15.0, what="n2 to withdraw its claim on bob")
         await a1.send(send_frame(group, "three"))
         await b3.expect("message.new")
-        seen = await published(watch)
+        seen = await published(watch, group, (a1, alice, {n3_}))
         assert list(seen) == [cluster.channel(n3)]
 
         for socket in (a1, b3, c3):

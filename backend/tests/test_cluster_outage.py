@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from tests.cluster import Cluster, RedisServer, connect, send_frame, until
-from tests.helpers import Client
+from tests.cluster import Cluster, RedisServer, connect, send_frame
+from tests.helpers import Client, eventually
 
 pytest_plugins = ["tests.cluster_fixtures"]
 
@@ -70,8 +70,8 @@ async def test_a_node_serves_its_own_sockets_without_redis_and_recovers(
         subscribed = await cluster.subscribed(n1, n2)
         return seen_by_n2 == {alice.id} and seen_by_n1 == {bob.id} and subscribed
 
-    await until(healthy)
-    await until(rejoined)
+    await eventually(healthy, within=15.0, what="n1 to report healthy")
+    await eventually(rejoined, within=15.0, what="both nodes to rejoin the cluster")
     await phone.send(send_frame(conversation, "after", "after"))
     after = await remote.expect("message.new")
     assert after["message"]["content"] == "after"
@@ -110,7 +110,7 @@ async def test_a_node_started_while_redis_is_down_joins_when_it_is_back(
         online = await n1.services.presence.online([alice.id])
         return online == {alice.id} and await cluster.subscribed(n1, n2)
 
-    await until(rejoined)
+    await eventually(rejoined, within=15.0, what="n2 to join the cluster")
     await b.send(send_frame(conversation, "hi back"))
     await a.expect("message.new")
     for socket in (a, b):
@@ -140,7 +140,7 @@ async def test_claims_lost_to_a_redis_restart_come_back_before_the_heartbeat(
         subscribed = await cluster.subscribed(n1, n2)
         return seen_by_n1 == {bob.id} and seen_by_n2 == {alice.id} and subscribed
 
-    await until(claimed_again, deadline=10.0)
+    await eventually(claimed_again, what="the nodes to claim their users again")
     await b.send(send_frame(conversation, "after the restart", "r"))
     new = await a.expect("message.new")
     assert new["message"]["content"] == "after the restart"

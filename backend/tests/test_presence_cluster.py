@@ -8,18 +8,32 @@ from datetime import timedelta
 
 from app.db import utcnow
 from tests.cluster import Cluster, connect, send_frame
-from tests.helpers import Client
+from tests.helpers import Client, Node, Socket, User
 
 pytest_plugins = ["tests.cluster_fixtures"]
 
 FAST = {"presence_heartbeat_seconds": 0.5, "presence_ttl_seconds": 3}
 
 
+async def no_presence_before_a_message(
+    watcher: Socket, node: Node, sender: User, conversation_id: str
+) -> None:
+    """The sender sends a message through `node`, which publishes it after every frame it
+    published before: it reaches the watcher with no presence frame ahead of it."""
+    api = Client(node)
+    try:
+        r = await api.send(sender, conversation_id, "marker")
+        assert r.status_code == 201, r.text
+    finally:
+        await api.close()
+    await watcher.first("message.new", unwanted="presence")
+
+
 async def test_online_while_any_device_on_any_node(cluster: Cluster) -> None:
     n1, n2, n3 = [await cluster.node() for _ in range(3)]
     api = Client(n1)
     alice, bob = await api.user(), await api.user()
-    await api.conversation(alice, bob)
+    conversation = (await api.conversation(alice, bob))["id"]
     watcher = await connect(n2, bob)
     presence = n2.services.presence
 
@@ -27,19 +41,24 @@ async def test_online_while_any_device_on_any_node(cluster: Cluster) -> None:
     await watcher.expect("presence", user_id=alice.id, online=True)
     assert await presence.online([alice.id, bob.id]) == {alice.id, bob.id}
 
-    # A second device on another node, flapping: no presence frames, still online.
+    # A second device on another node, flapping: no presence frames, still online. Once
+    # each node is done with its closed sockets, a frame it publishes next comes after any
+    # presence frame it would have published.
     laptop = await connect(n3, alice)
-    await laptop.close()
+    await laptop.hang_up()
     laptop = await connect(n3, alice)
-    await phone.close()
-    await watcher.nothing("presence", wait=0.5)
+    await phone.hang_up()
+    await laptop.send({"type": "typing", "conversation_id": conversation})
+    await watcher.first("typing", unwanted="presence", user_id=alice.id)
+    await no_presence_before_a_message(watcher, n1, alice, conversation)
     assert await presence.online([alice.id]) == {alice.id}
     assert await n1.services.presence.online([alice.id]) == {alice.id}
 
     # The last socket closes: offline, once, and the last time seen is kept.
-    await laptop.close()
+    await laptop.hang_up()
     await watcher.expect("presence", user_id=alice.id, online=False)
-    await watcher.nothing("presence", wait=0.5)
+    for node in (n1, n3):
+        await no_presence_before_a_message(watcher, node, alice, conversation)
     assert await presence.online([alice.id]) == set()
     seen = (await presence.last_seen([alice.id, bob.id]))[alice.id]
     assert utcnow() - timedelta(minutes=1) < seen <= utcnow()
@@ -51,16 +70,21 @@ async def test_devices_opening_together_on_two_nodes_announce_once(cluster: Clus
     n1, n2, n3 = [await cluster.node() for _ in range(3)]
     api = Client(n1)
     alice, bob = await api.user(), await api.user()
-    await api.conversation(alice, bob)
+    conversation = (await api.conversation(alice, bob))["id"]
     watcher = await connect(n3, bob)
 
+    # Each node announced before it answered the ping in connect(): a typing frame from
+    # each device comes after any second announcement.
     devices = await asyncio.gather(connect(n1, alice), connect(n2, alice))
     await watcher.expect("presence", user_id=alice.id, online=True)
-    await watcher.nothing("presence", wait=0.5)
+    for device in devices:
+        await device.send({"type": "typing", "conversation_id": conversation})
+        await watcher.first("typing", unwanted="presence", user_id=alice.id)
 
-    await asyncio.gather(*(d.close() for d in devices))
+    await asyncio.gather(*(d.hang_up() for d in devices))
     await watcher.expect("presence", user_id=alice.id, online=False)
-    await watcher.nothing("presence", wait=0.5)
+    for node in (n1, n2):
+        await no_presence_before_a_message(watcher, node, alice, conversation)
     await watcher.close()
     await api.close()
 

@@ -3,20 +3,41 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import update
 
 from app.db import utcnow
-from app.messenger.hub import Hub
 from app.messenger.models import Participant, PushAttempt
 from app.messenger.presence import LocalPresence
-from app.messenger.push.decision import plan_pushes, preview
+from app.messenger.push.decision import (
+    PlannedPush,
+    offline_recipients,
+    plan_for_offline,
+    preview,
+)
 from tests.helpers import Client
 
 D = "/api/v1/messenger/devices/register"
+BASE_URL = "https://chat.example"
 
 
-async def test_plan_pushes(client: Client) -> None:
+async def plan(
+    client: Client,
+    presence: LocalPresence,
+    message: dict[str, Any],
+    participants: dict[str, frozenset[int]],
+    skip_done: bool = False,
+) -> list[PlannedPush]:
+    """The decision as the push service makes it: presence first, then the database."""
+    offline = await offline_recipients(presence, [message], participants)
+    async with client.node.services.engine.connect() as conn:
+        return await plan_for_offline(
+            conn, [message], participants, offline, BASE_URL, skip_done=skip_done
+        )
+
+
+async def test_offline_recipients_and_their_devices(client: Client) -> None:
     sender, online, muted, plain = [await client.user() for _ in range(4)]
     conv = await client.conversation(sender, online, muted, plain, title="Ops")
     devices = {}
@@ -44,11 +65,15 @@ async def test_plan_pushes(client: Client) -> None:
             .where(Participant.conversation_id == conv["id"], Participant.user_id == muted.id)
             .values(mute_until=utcnow() + timedelta(minutes=5))
         )
-    presence = LocalPresence(Hub())
+    presence = LocalPresence()
     await presence.socket_opened(online.id)
     participants = {conv["id"]: frozenset(conv["participant_ids"])}
-    async with engine.connect() as conn:
-        plans = await plan_pushes(conn, presence, [message], participants, "https://chat.example")
+    # Neither the sender nor a user with a socket is a recipient; muting is decided later.
+    assert await offline_recipients(presence, [message], participants) == {
+        (conv["id"], muted.id),
+        (conv["id"], plain.id),
+    }
+    plans = await plan(client, presence, message, participants)
 
     assert {(p.device.user_id, p.device.provider) for p in plans} == {
         (plain.id, "apns"),
@@ -57,7 +82,7 @@ async def test_plan_pushes(client: Client) -> None:
     assert {p.device.id for p in plans} == {devices[plain.id], second.json()["device_token_id"]}
     note = plans[0].notification
     assert note.title == f"{sender.display_name} • Ops"
-    assert note.url == f"https://chat.example/?conversation={conv['id']}"
+    assert note.url == f"{BASE_URL}/?conversation={conv['id']}"
     assert note.data == {
         "type": "message.new",
         "conversation_id": conv["id"],
@@ -79,18 +104,13 @@ async def test_plan_pushes(client: Client) -> None:
                 created_at=utcnow(),
             )
         )
-    async with engine.connect() as conn:
-        redo = await plan_pushes(
-            conn, presence, [message], participants, "https://chat.example", skip_done=True
-        )
+    redo = await plan(client, presence, message, participants, skip_done=True)
     assert {p.device.id for p in redo} == {second.json()["device_token_id"]}
 
     # Once the user is online, nobody is left to push.
     await presence.socket_opened(plain.id)
-    async with engine.connect() as conn:
-        assert (
-            await plan_pushes(conn, presence, [message], participants, "https://chat.example") == []
-        )
+    assert await offline_recipients(presence, [message], participants) == {(conv["id"], muted.id)}
+    assert await plan(client, presence, message, participants) == []
 
 
 def test_preview_is_one_line_and_short() -> None:

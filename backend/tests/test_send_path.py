@@ -9,7 +9,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.messenger.models import Message
-from app.messenger.send import MessageWriter
+from app.messenger.writer import MessageWriter
 from tests.helpers import Client, Socket, make_settings, push_job_of, start_node
 
 
@@ -50,13 +50,14 @@ async def test_each_conversation_commits_in_the_order_sent(client: Client) -> No
     """The writer's lanes run side by side; a conversation's sends keep their order."""
     users = [await client.user() for _ in range(2)]
     conversations = [(await client.conversation(*users, title=f"g{i}"))["id"] for i in range(6)]
+    members = frozenset(u.id for u in users)
     writer = MessageWriter(client.node.services.engine, "lanes-test", 30, lanes=3)
     await writer.start()
     try:
         futures = [
             (
                 conversations[i % 6],
-                writer.submit(conversations[i % 6], users[i % 2].id, str(i), None),
+                writer.submit(conversations[i % 6], users[i % 2].id, str(i), None, members),
             )
             for i in range(120)
         ]
@@ -79,7 +80,7 @@ async def test_the_writer_returns_its_connection_as_it_found_it(pg_client: Clien
     writer = MessageWriter(engine, "reset-test", 30, lanes=1)
     try:
         await writer.start()
-        _, created = await writer.write(conv["id"], a.id, "hello", None)
+        _, created = await writer.submit(conv["id"], a.id, "hello", None, frozenset({a.id, b.id}))
         assert created
         await writer.stop()
         async with engine.connect() as conn:  # the only connection: the writer's
@@ -122,8 +123,9 @@ async def test_push_work_is_recorded_with_the_message(client: Client) -> None:
     writer = MessageWriter(engine, node_id="writer-test", push_lease_seconds=30)
     await writer.start()
     try:
-        message, created = await writer.write(conv["id"], a.id, "hello", "cm-1")
-        repeat, created_again = await writer.write(conv["id"], a.id, "hello", "cm-1")
+        members = frozenset({a.id, b.id})
+        message, created = await writer.submit(conv["id"], a.id, "hello", "cm-1", members)
+        repeat, created_again = await writer.submit(conv["id"], a.id, "hello", "cm-1", members)
     finally:
         await writer.stop()
     assert created and not created_again and repeat == message

@@ -20,8 +20,7 @@ from app.jsonutil import dumps
 from app.messenger import framewriter
 from app.messenger.framewriter import frame_writer
 from app.messenger.hub import CLOSE_TOO_SLOW, SEND_QUEUE_LIMIT, WRITE_ROUND
-from tests.cluster import until
-from tests.helpers import Client, Node, Socket, make_settings, start_node
+from tests.helpers import Client, Node, Socket, eventually, make_settings, start_node
 
 SANSIO_MODULE = "uvicorn.protocols.websockets.websockets_sansio_impl"
 
@@ -97,7 +96,7 @@ async def test_a_socket_whose_peer_stops_reading_is_closed_when_too_far_behind(
     for i in range(delivered):
         hub.deliver([user.id], numbered(i, pad=32_000))
         if i % 50 == 0:
-            await asyncio.sleep(0.01)  # the writer runs into the full buffers meanwhile
+            await asyncio.sleep(0.01)  # lets the writer run into the full buffers meanwhile
     # The queue filled long before everything was delivered: the socket is closing.
     received = []
     with pytest.raises(websockets.ConnectionClosed) as closed:
@@ -112,7 +111,7 @@ async def test_a_socket_whose_peer_stops_reading_is_closed_when_too_far_behind(
     async def gone() -> bool:
         return not hub.is_connected(user.id)
 
-    await until(gone)
+    await eventually(gone, within=15.0, what="the socket to be gone from the hub")
 
 
 async def test_other_servers_get_one_asgi_message_per_frame() -> None:

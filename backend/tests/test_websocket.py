@@ -107,7 +107,7 @@ async def test_typing_read_and_presence(client: Client) -> None:
 
         # A second socket of b coming and going says nothing; the last one leaving does.
         sb2 = await Socket.connect(client.node, b)
-        await sb2.close()
+        await sb2.hang_up()
         await sa.nothing("presence")
         await sb.close()
         assert (await sa.expect("presence", user_id=b.id))["online"] is False

@@ -6,8 +6,9 @@ import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, Field, StrictBool, StrictInt, StringConstraints
-from sqlalchemy import String, and_, func, select, update
+from sqlalchemy import ColumnElement, String, and_, func, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -15,12 +16,16 @@ from starlette.routing import Route
 from app.db import utcnow
 from app.errors import ApiError
 from app.jsonutil import JSONResponse, dumps
+from app.messenger.contacts import presence_frame
+from app.messenger.fanout import Fanout
+from app.messenger.message_store import FIELDS, message_dict, page_of_messages
 from app.messenger.models import Conversation, Message, Participant
-from app.messenger.participants import participants_for
-from app.messenger.presence import presence_frame
-from app.messenger.send import message_dict, send_message
+from app.messenger.participants import ParticipantCache
+from app.messenger.presence import Presence
+from app.messenger.reads import ReadMarks
+from app.messenger.send import Sender
 from app.models import MAX_ID, User
-from app.web import current_user_id, query_int, read_json
+from app.web import RequestReader, query_int
 
 _conversations = Conversation.__table__
 _participants = Participant.__table__
@@ -52,12 +57,6 @@ class ReadBody(BaseModel):
     seq: StrictInt = Field(ge=0, le=MAX_ID)
 
 
-async def require_participant(request: Request, conversation_id: str) -> frozenset[int]:
-    """The conversation's participants, if the caller is one (404 / 403 otherwise)."""
-    user_id = current_user_id(request)
-    return await participants_for(request.app.state.services.participants, user_id, conversation_id)
-
-
 def _list_query(user_id: int, conversation_id: str | None = None) -> Any:
     """Every conversation of the user with its last message and unread count, one query."""
     me = _participants.alias("me")
@@ -75,12 +74,7 @@ def _list_query(user_id: int, conversation_id: str | None = None) -> Any:
             _conversations,
             member_ids.label("member_ids"),
             unread_count.label("unread_count"),
-            last.c.id.label("m_id"),
-            last.c.seq.label("m_seq"),
-            last.c.sender_id.label("m_sender_id"),
-            last.c.content.label("m_content"),
-            last.c.client_msg_id.label("m_client_msg_id"),
-            last.c.created_at.label("m_created_at"),
+            *(last.c[name].label(f"m_{name}") for name in FIELDS),
         )
         .join(me, and_(me.c.conversation_id == _conversations.c.id, me.c.user_id == user_id))
         .outerjoin(
@@ -98,17 +92,7 @@ def _list_query(user_id: int, conversation_id: str | None = None) -> Any:
 
 
 def _conversation_dict(row: Any) -> dict[str, Any]:
-    last_message = None
-    if row.m_id is not None:
-        last_message = {
-            "id": row.m_id,
-            "conversation_id": row.id,
-            "seq": row.m_seq,
-            "sender_id": row.m_sender_id,
-            "content": row.m_content,
-            "client_msg_id": row.m_client_msg_id,
-            "created_at": row.m_created_at,
-        }
+    last_message = message_dict(row, prefix="m_") if row.m_id is not None else None
     return {
         "id": row.id,
         "type": row.type,
@@ -120,214 +104,186 @@ def _conversation_dict(row: Any) -> dict[str, Any]:
     }
 
 
-async def list_conversations(request: Request) -> Response:
-    user_id = current_user_id(request)
-    async with request.app.state.services.engine.connect() as conn:
-        rows = await conn.execute(_list_query(user_id))
-        return JSONResponse({"conversations": [_conversation_dict(r) for r in rows]})
+class ConversationRoutes:
+    """/api/v1/messenger/conversations and what is under it."""
 
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        reader: RequestReader,
+        participants: ParticipantCache,
+        sender: Sender,
+        reads: ReadMarks,
+        fanout: Fanout,
+        presence: Presence,
+    ) -> None:
+        self._engine = engine
+        self._reader = reader
+        self._participants = participants
+        self._sender = sender
+        self._reads = reads
+        self._fanout = fanout
+        self._presence = presence
 
-async def create_conversation(request: Request) -> Response:
-    user_id = current_user_id(request)
-    body = await read_json(request, CreateConversationBody)
-    services = request.app.state.services
-    members = {user_id, *body.participant_ids}
-    if body.type == "direct" and len(members) != 2:
-        raise ApiError(
-            422, "invalid_field", "a direct conversation has exactly one other participant"
-        )
-    if body.type == "group" and not 2 <= len(members) <= MAX_GROUP_SIZE:
-        raise ApiError(422, "invalid_field", f"a group has 2 to {MAX_GROUP_SIZE} participants")
-    direct_key = ":".join(str(u) for u in sorted(members)) if body.type == "direct" else None
+    @property
+    def routes(self) -> list[Route]:
+        base = "/api/v1/messenger/conversations"
+        return [
+            Route(base, self.list_conversations, methods=["GET"]),
+            Route(base, self.create_conversation, methods=["POST"]),
+            Route(base + "/{conversation_id}/messages", self.list_messages, methods=["GET"]),
+            Route(base + "/{conversation_id}/messages", self.post_message, methods=["POST"]),
+            Route(base + "/{conversation_id}/settings", self.get_settings, methods=["GET"]),
+            Route(base + "/{conversation_id}/settings", self.put_settings, methods=["PUT"]),
+            Route(base + "/{conversation_id}/read", self.post_read, methods=["POST"]),
+        ]
 
-    async with services.engine.begin() as conn:
-        known = set(
-            (await conn.execute(select(_users.c.id).where(_users.c.id.in_(members)))).scalars()
-        )
-        unknown = sorted(members - known)
-        if unknown:
-            raise ApiError(422, "unknown_user", f"no such user: {', '.join(map(str, unknown))}")
-    if direct_key is not None:
-        existing = await _find_direct(services, direct_key)
-        if existing is not None:
-            return await _answer_conversation(services, user_id, existing, 200)
+    async def _member(self, request: Request) -> tuple[int, str, frozenset[int]]:
+        """(caller, conversation, its participants), if the caller is one (404 / 403)."""
+        user_id = self._reader.user_id(request)
+        conversation_id = request.path_params["conversation_id"]
+        participants = await self._participants.of_member(user_id, conversation_id)
+        return user_id, conversation_id, participants
 
-    conversation_id = str(uuid.uuid4())
-    now = utcnow()
-    try:
-        async with services.engine.begin() as conn:
-            await conn.execute(
-                _conversations.insert().values(
-                    id=conversation_id,
-                    type=body.type,
-                    title=body.title or None if body.type == "group" else None,
-                    created_by=user_id,
-                    created_at=now,
-                    last_seq=0,
-                    direct_key=direct_key,
+    async def list_conversations(self, request: Request) -> Response:
+        user_id = self._reader.user_id(request)
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(_list_query(user_id))
+            return JSONResponse({"conversations": [_conversation_dict(r) for r in rows]})
+
+    async def create_conversation(self, request: Request) -> Response:
+        user_id = self._reader.user_id(request)
+        body = await self._reader.json(request, CreateConversationBody)
+        members = {user_id, *body.participant_ids}
+        if body.type == "direct" and len(members) != 2:
+            raise ApiError(
+                422, "invalid_field", "a direct conversation has exactly one other participant"
+            )
+        if body.type == "group" and not 2 <= len(members) <= MAX_GROUP_SIZE:
+            raise ApiError(422, "invalid_field", f"a group has 2 to {MAX_GROUP_SIZE} participants")
+        direct_key = ":".join(str(u) for u in sorted(members)) if body.type == "direct" else None
+
+        async with self._engine.begin() as conn:
+            known = set(
+                (await conn.execute(select(_users.c.id).where(_users.c.id.in_(members)))).scalars()
+            )
+            unknown = sorted(members - known)
+            if unknown:
+                raise ApiError(422, "unknown_user", f"no such user: {', '.join(map(str, unknown))}")
+        if direct_key is not None:
+            existing = await self._find_direct(direct_key)
+            if existing is not None:
+                return await self._answer_conversation(user_id, existing, 200)
+
+        conversation_id = str(uuid.uuid4())
+        now = utcnow()
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(
+                    _conversations.insert().values(
+                        id=conversation_id,
+                        type=body.type,
+                        title=body.title or None if body.type == "group" else None,
+                        created_by=user_id,
+                        created_at=now,
+                        last_seq=0,
+                        direct_key=direct_key,
+                    )
                 )
-            )
-            await conn.execute(
-                _participants.insert(),
-                [
-                    {"conversation_id": conversation_id, "user_id": u, "joined_at": now}
-                    for u in members
-                ],
-            )
-    except IntegrityError:
-        # Someone created the same direct conversation at the same moment.
-        existing = await _find_direct(services, direct_key) if direct_key else None
-        if existing is None:
-            raise
-        return await _answer_conversation(services, user_id, existing, 200)
-    conversation = await _answer_conversation(services, user_id, conversation_id, 201)
-    frame = dumps({"type": "conversation.new", "conversation_id": conversation_id})
-    await services.fanout.publish(members - {user_id}, frame)
-    # New contacts learn each other's presence: the creator everyone's, the rest the
-    # creator's (not every pair: a large group would be a flood of frames).
-    online = await services.presence.online(members)
-    for member in online - {user_id}:
-        await services.fanout.publish([user_id], presence_frame(member, online=True))
-    if user_id in online:
-        await services.fanout.publish(members - {user_id}, presence_frame(user_id, online=True))
-    return conversation
+                await conn.execute(
+                    _participants.insert(),
+                    [
+                        {"conversation_id": conversation_id, "user_id": u, "joined_at": now}
+                        for u in members
+                    ],
+                )
+        except IntegrityError:
+            # Someone created the same direct conversation at the same moment.
+            existing = await self._find_direct(direct_key) if direct_key else None
+            if existing is None:
+                raise
+            return await self._answer_conversation(user_id, existing, 200)
+        conversation = await self._answer_conversation(user_id, conversation_id, 201)
+        frame = dumps({"type": "conversation.new", "conversation_id": conversation_id})
+        await self._fanout.publish(members - {user_id}, frame)
+        # New contacts learn each other's presence: the creator everyone's, the rest the
+        # creator's (not every pair: a large group would be a flood of frames).
+        online = await self._presence.online(members)
+        for member in online - {user_id}:
+            await self._fanout.publish([user_id], presence_frame(member, online=True))
+        if user_id in online:
+            await self._fanout.publish(members - {user_id}, presence_frame(user_id, online=True))
+        return conversation
 
+    async def _find_direct(self, direct_key: str) -> str | None:
+        async with self._engine.connect() as conn:
+            found: str | None = await conn.scalar(
+                select(_conversations.c.id).where(_conversations.c.direct_key == direct_key)
+            )
+            return found
 
-async def _find_direct(services: Any, direct_key: str) -> str | None:
-    async with services.engine.connect() as conn:
-        return await conn.scalar(
-            select(_conversations.c.id).where(_conversations.c.direct_key == direct_key)
+    async def _answer_conversation(
+        self, user_id: int, conversation_id: str, status: int
+    ) -> Response:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(_list_query(user_id, conversation_id))).one()
+        return JSONResponse(_conversation_dict(row), status)
+
+    async def list_messages(self, request: Request) -> Response:
+        _, conversation_id, _ = await self._member(request)
+        after_seq = query_int(request, "after_seq", minimum=0)
+        before_seq = query_int(request, "before_seq", minimum=0)
+        limit = query_int(request, "limit", minimum=1, maximum=200) or 50
+        messages = await page_of_messages(
+            self._engine, conversation_id, after_seq, before_seq, limit
         )
+        return JSONResponse({"messages": messages})
+
+    async def post_message(self, request: Request) -> Response:
+        user_id = self._reader.user_id(request)
+        conversation_id = request.path_params["conversation_id"]
+        body = await self._reader.json(request, SendBody)
+        message, created = await self._sender.send(
+            user_id, conversation_id, body.content, body.client_msg_id
+        )
+        return JSONResponse(message, 201 if created else 200)
+
+    async def get_settings(self, request: Request) -> Response:
+        user_id, conversation_id, _ = await self._member(request)
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(select(_participants).where(_me(conversation_id, user_id)))
+            ).one()
+        return JSONResponse(_settings_dict(row))
+
+    async def put_settings(self, request: Request) -> Response:
+        user_id, conversation_id, _ = await self._member(request)
+        body = await self._reader.json(request, SettingsBody)
+        values = body.model_dump(exclude_unset=True)
+        if values.get("muted") is None:
+            values.pop("muted", None)
+        if values.get("push_enabled") is None:
+            values.pop("push_enabled", None)
+        where = _me(conversation_id, user_id)
+        async with self._engine.begin() as conn:
+            if values:
+                await conn.execute(update(_participants).where(where).values(**values))
+            row = (await conn.execute(select(_participants).where(where))).one()
+        return JSONResponse(_settings_dict(row))
+
+    async def post_read(self, request: Request) -> Response:
+        user_id, conversation_id, participants = await self._member(request)
+        body = await self._reader.json(request, ReadBody)
+        await self._reads.mark(user_id, conversation_id, body.seq, participants)
+        return JSONResponse({"conversation_id": conversation_id, "seq": body.seq})
 
 
-async def _answer_conversation(
-    services: Any, user_id: int, conversation_id: str, status: int
-) -> Response:
-    async with services.engine.connect() as conn:
-        row = (await conn.execute(_list_query(user_id, conversation_id))).one()
-    return JSONResponse(_conversation_dict(row), status)
-
-
-async def list_messages(request: Request) -> Response:
-    conversation_id = request.path_params["conversation_id"]
-    await require_participant(request, conversation_id)
-    after_seq = query_int(request, "after_seq", minimum=0)
-    before_seq = query_int(request, "before_seq", minimum=0)
-    limit = query_int(request, "limit", minimum=1, maximum=200) or 50
-    stmt = select(_messages).where(_messages.c.conversation_id == conversation_id)
-    if after_seq is not None:
-        stmt = stmt.where(_messages.c.seq > after_seq)
-    if before_seq is not None:
-        stmt = stmt.where(_messages.c.seq < before_seq)
-    # With only before_seq (or nothing), the newest page; otherwise the oldest after after_seq.
-    newest_first = after_seq is None
-    stmt = stmt.order_by(_messages.c.seq.desc() if newest_first else _messages.c.seq).limit(limit)
-    async with request.app.state.services.engine.connect() as conn:
-        messages = [message_dict(r) for r in await conn.execute(stmt)]
-    if newest_first:
-        messages.reverse()
-    return JSONResponse({"messages": messages})
-
-
-async def post_message(request: Request) -> Response:
-    conversation_id = request.path_params["conversation_id"]
-    user_id = current_user_id(request)
-    body = await read_json(request, SendBody)
-    message, created = await send_message(
-        request.app.state.services, user_id, conversation_id, body.content, body.client_msg_id
+def _me(conversation_id: str, user_id: int) -> ColumnElement[bool]:
+    """The caller's own participant row."""
+    return (_participants.c.conversation_id == conversation_id) & (
+        _participants.c.user_id == user_id
     )
-    return JSONResponse(message, 201 if created else 200)
 
 
 def _settings_dict(row: Any) -> dict[str, Any]:
     return {"muted": row.muted, "mute_until": row.mute_until, "push_enabled": row.push_enabled}
-
-
-async def get_settings(request: Request) -> Response:
-    conversation_id = request.path_params["conversation_id"]
-    await require_participant(request, conversation_id)
-    user_id = current_user_id(request)
-    async with request.app.state.services.engine.connect() as conn:
-        row = (
-            await conn.execute(
-                select(_participants).where(
-                    _participants.c.conversation_id == conversation_id,
-                    _participants.c.user_id == user_id,
-                )
-            )
-        ).one()
-    return JSONResponse(_settings_dict(row))
-
-
-async def put_settings(request: Request) -> Response:
-    conversation_id = request.path_params["conversation_id"]
-    await require_participant(request, conversation_id)
-    user_id = current_user_id(request)
-    body = await read_json(request, SettingsBody)
-    values = body.model_dump(exclude_unset=True)
-    if values.get("muted") is None:
-        values.pop("muted", None)
-    if values.get("push_enabled") is None:
-        values.pop("push_enabled", None)
-    where = (_participants.c.conversation_id == conversation_id) & (
-        _participants.c.user_id == user_id
-    )
-    async with request.app.state.services.engine.begin() as conn:
-        if values:
-            await conn.execute(update(_participants).where(where).values(**values))
-        row = (await conn.execute(select(_participants).where(where))).one()
-    return JSONResponse(_settings_dict(row))
-
-
-async def mark_read(services: Any, user_id: int, conversation_id: str, seq: int) -> bool:
-    """Move the user's read mark forward to `seq`; True if it moved."""
-    last_seq = (
-        select(_conversations.c.last_seq)
-        .where(_conversations.c.id == conversation_id)
-        .scalar_subquery()
-    )
-    async with services.engine.begin() as conn:
-        result = await conn.execute(
-            update(_participants)
-            .where(
-                _participants.c.conversation_id == conversation_id,
-                _participants.c.user_id == user_id,
-                _participants.c.last_read_seq < seq,
-                last_seq >= seq,
-            )
-            .values(last_read_seq=seq)
-        )
-    return result.rowcount > 0
-
-
-async def post_read(request: Request) -> Response:
-    conversation_id = request.path_params["conversation_id"]
-    participants = await require_participant(request, conversation_id)
-    user_id = current_user_id(request)
-    body = await read_json(request, ReadBody)
-    await announce_read(
-        request.app.state.services, user_id, conversation_id, body.seq, participants
-    )
-    return JSONResponse({"conversation_id": conversation_id, "seq": body.seq})
-
-
-async def announce_read(
-    services: Any, user_id: int, conversation_id: str, seq: int, participants: frozenset[int]
-) -> None:
-    if await mark_read(services, user_id, conversation_id, seq):
-        frame = dumps(
-            {"type": "read", "conversation_id": conversation_id, "user_id": user_id, "seq": seq}
-        )
-        await services.fanout.publish(participants, frame)
-
-
-BASE = "/api/v1/messenger/conversations"
-routes = [
-    Route(BASE, list_conversations, methods=["GET"]),
-    Route(BASE, create_conversation, methods=["POST"]),
-    Route(BASE + "/{conversation_id}/messages", list_messages, methods=["GET"]),
-    Route(BASE + "/{conversation_id}/messages", post_message, methods=["POST"]),
-    Route(BASE + "/{conversation_id}/settings", get_settings, methods=["GET"]),
-    Route(BASE + "/{conversation_id}/settings", put_settings, methods=["PUT"]),
-    Route(BASE + "/{conversation_id}/read", post_read, methods=["POST"]),
-]

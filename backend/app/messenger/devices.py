@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import BaseModel, StringConstraints
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -22,7 +23,9 @@ from app.db import utcnow
 from app.errors import ApiError
 from app.jsonutil import JSONResponse
 from app.messenger.models import DeviceToken
-from app.web import current_user_id, read_json
+from app.messenger.push.service import PushService
+from app.messenger.push.webpush import WebPushProvider
+from app.web import RequestReader
 
 log = logging.getLogger(__name__)
 _devices = DeviceToken.__table__
@@ -98,58 +101,127 @@ def normalise_token(provider: str, token: str, allow_http: bool) -> str:
     return token
 
 
-async def register_device(request: Request) -> Response:
-    user_id = current_user_id(request)
-    body = await read_json(request, RegisterBody)
-    if body.provider not in PROVIDERS_FOR[body.platform]:
-        raise ApiError(
-            422,
-            "invalid_field",
-            f"provider {body.provider} does not serve platform {body.platform}",
-        )
-    settings = request.app.state.services.settings
-    token = normalise_token(body.provider, body.device_token, settings.web_push_allow_http)
-    key = device_key(token)
-    now = utcnow()
-    values = {
-        "user_id": user_id,
-        "token": token,
-        "platform": body.platform,
-        "provider": body.provider,
-        "device_name": body.device_name,
-        "is_active": True,
-        "last_used_at": now,
-    }
-    engine = request.app.state.services.engine
-    for _ in range(2):
-        try:
-            async with engine.begin() as conn:
-                row = (
-                    await conn.execute(
-                        select(_devices.c.id, _devices.c.user_id).where(_devices.c.token_key == key)
-                    )
-                ).first()
-                if row is not None:
-                    # Known token: refresh it, and move it to the caller if another user had it.
-                    await conn.execute(
-                        update(_devices).where(_devices.c.id == row.id).values(**values)
-                    )
-                    if row.user_id != user_id:
-                        log.info(
-                            "device moved device=%s from=%s to=%s", row.id, row.user_id, user_id
+class DeviceRoutes:
+    """/api/v1/messenger/devices and the VAPID public key."""
+
+    def __init__(
+        self, engine: AsyncEngine, reader: RequestReader, push: PushService, allow_http: bool
+    ) -> None:
+        self._engine = engine
+        self._reader = reader
+        self._push = push
+        self._allow_http = allow_http  # WEB_PUSH_ALLOW_HTTP: plain-http endpoints (staging)
+
+    @property
+    def routes(self) -> list[Route]:
+        return [
+            Route("/api/v1/messenger/devices/register", self.register_device, methods=["POST"]),
+            Route("/api/v1/messenger/devices", self.list_devices, methods=["GET"]),
+            Route(
+                "/api/v1/messenger/devices/{device_token:path}",
+                self.unregister_device,
+                methods=["DELETE"],
+            ),
+            Route(
+                "/api/v1/messenger/push/vapid-public-key", self.vapid_public_key, methods=["GET"]
+            ),
+        ]
+
+    async def register_device(self, request: Request) -> Response:
+        user_id = self._reader.user_id(request)
+        body = await self._reader.json(request, RegisterBody)
+        if body.provider not in PROVIDERS_FOR[body.platform]:
+            raise ApiError(
+                422,
+                "invalid_field",
+                f"provider {body.provider} does not serve platform {body.platform}",
+            )
+        token = normalise_token(body.provider, body.device_token, self._allow_http)
+        key = device_key(token)
+        now = utcnow()
+        values = {
+            "user_id": user_id,
+            "token": token,
+            "platform": body.platform,
+            "provider": body.provider,
+            "device_name": body.device_name,
+            "is_active": True,
+            "last_used_at": now,
+        }
+        engine = self._engine
+        for _ in range(2):
+            try:
+                async with engine.begin() as conn:
+                    row = (
+                        await conn.execute(
+                            select(_devices.c.id, _devices.c.user_id).where(
+                                _devices.c.token_key == key
+                            )
                         )
-                    return _registered(row.id, user_id, body.platform, 200)
-                device_id = str(uuid.uuid4())
-                await conn.execute(
-                    _devices.insert().values(id=device_id, token_key=key, created_at=now, **values)
-                )
-        except IntegrityError:
-            continue  # registered concurrently: go round and refresh it
-        log.info(
-            "device registered device=%s user=%s provider=%s", device_id, user_id, body.provider
-        )
-        return _registered(device_id, user_id, body.platform, 201)
-    raise ApiError(409, "conflict", "the device was registered concurrently; try again")
+                    ).first()
+                    if row is not None:
+                        # Known token: refresh it, and move it to the caller if another user had it.
+                        await conn.execute(
+                            update(_devices).where(_devices.c.id == row.id).values(**values)
+                        )
+                        if row.user_id != user_id:
+                            log.info(
+                                "device moved device=%s from=%s to=%s", row.id, row.user_id, user_id
+                            )
+                        return _registered(row.id, user_id, body.platform, 200)
+                    device_id = str(uuid.uuid4())
+                    await conn.execute(
+                        _devices.insert().values(
+                            id=device_id, token_key=key, created_at=now, **values
+                        )
+                    )
+            except IntegrityError:
+                continue  # registered concurrently: go round and refresh it
+            log.info(
+                "device registered device=%s user=%s provider=%s", device_id, user_id, body.provider
+            )
+            return _registered(device_id, user_id, body.platform, 201)
+        raise ApiError(409, "conflict", "the device was registered concurrently; try again")
+
+    async def unregister_device(self, request: Request) -> Response:
+        user_id = self._reader.user_id(request)
+        key = device_key(request.path_params["device_token"])
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                delete(_devices).where(_devices.c.token_key == key, _devices.c.user_id == user_id)
+            )
+        if result.rowcount == 0:
+            raise ApiError(404, "device_not_found", "you have no device with that token")
+        log.info("device unregistered user=%s", user_id)
+        return JSONResponse({"success": True, "message": "device unregistered"})
+
+    async def list_devices(self, request: Request) -> Response:
+        user_id = self._reader.user_id(request)
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                select(_devices)
+                .where(_devices.c.user_id == user_id)
+                .order_by(_devices.c.created_at)
+            )
+            devices = [
+                {
+                    "id": r.id,
+                    "platform": r.platform,
+                    "provider": r.provider,
+                    "device_name": r.device_name,
+                    "is_active": r.is_active,
+                    "registered_at": r.created_at,
+                    "last_used_at": r.last_used_at,
+                }
+                for r in rows
+            ]
+        return JSONResponse({"devices": devices})
+
+    async def vapid_public_key(self, request: Request) -> Response:
+        provider = self._push.providers.get("web_push")
+        if not isinstance(provider, WebPushProvider):
+            raise ApiError(404, "web_push_off", "Web Push is not configured on this server")
+        return JSONResponse({"public_key": provider.public_key})
 
 
 def _registered(device_id: str, user_id: int, platform: str, status: int) -> Response:
@@ -162,52 +234,3 @@ def _registered(device_id: str, user_id: int, platform: str, status: int) -> Res
         },
         status,
     )
-
-
-async def unregister_device(request: Request) -> Response:
-    user_id = current_user_id(request)
-    key = device_key(request.path_params["device_token"])
-    async with request.app.state.services.engine.begin() as conn:
-        result = await conn.execute(
-            delete(_devices).where(_devices.c.token_key == key, _devices.c.user_id == user_id)
-        )
-    if result.rowcount == 0:
-        raise ApiError(404, "device_not_found", "you have no device with that token")
-    log.info("device unregistered user=%s", user_id)
-    return JSONResponse({"success": True, "message": "device unregistered"})
-
-
-async def list_devices(request: Request) -> Response:
-    user_id = current_user_id(request)
-    async with request.app.state.services.engine.connect() as conn:
-        rows = await conn.execute(
-            select(_devices).where(_devices.c.user_id == user_id).order_by(_devices.c.created_at)
-        )
-        devices = [
-            {
-                "id": r.id,
-                "platform": r.platform,
-                "provider": r.provider,
-                "device_name": r.device_name,
-                "is_active": r.is_active,
-                "registered_at": r.created_at,
-                "last_used_at": r.last_used_at,
-            }
-            for r in rows
-        ]
-    return JSONResponse({"devices": devices})
-
-
-async def vapid_public_key(request: Request) -> Response:
-    provider = request.app.state.services.push.providers.get("web_push")
-    if provider is None:
-        raise ApiError(404, "web_push_off", "Web Push is not configured on this server")
-    return JSONResponse({"public_key": provider.public_key})
-
-
-routes = [
-    Route("/api/v1/messenger/devices/register", register_device, methods=["POST"]),
-    Route("/api/v1/messenger/devices", list_devices, methods=["GET"]),
-    Route("/api/v1/messenger/devices/{device_token:path}", unregister_device, methods=["DELETE"]),
-    Route("/api/v1/messenger/push/vapid-public-key", vapid_public_key, methods=["GET"]),
-]

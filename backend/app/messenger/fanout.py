@@ -1,28 +1,16 @@
 """Getting a frame to every socket of some users, wherever those sockets are.
 
-Sockets on this node are always served straight from memory; the Redis variant
-also hands the frame to the other nodes that hold sockets of those users.
+The interface, and its single-node version. Sockets on this node are always served
+straight from memory; the version for many nodes, fanout_redis, also hands the frame
+to the other nodes that hold sockets of those users.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from typing import Protocol
 
-from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-
-from app.config import Settings
 from app.messenger.hub import Hub
-from app.messenger.presence import REDIS_UNREACHABLE
-
-log = logging.getLogger(__name__)
 
 
 class Fanout(Protocol):
@@ -38,6 +26,8 @@ class Fanout(Protocol):
 
 
 class LocalFanout:
+    """One node: every socket is here."""
+
     def __init__(self, hub: Hub) -> None:
         self._hub = hub
 
@@ -51,249 +41,3 @@ class LocalFanout:
         self, user_ids: Collection[int], frame: str, exclude: str | None = None
     ) -> None:
         self._hub.deliver(user_ids, frame, exclude)
-
-
-# ARGV: prefix, this node, and the frames, "<users>\n<frame>\n<users>\n<frame>..." with each
-# frame's users comma-separated (one argument: what a call costs the node is mostly per
-# argument; frames are compact JSON, so never hold a raw newline). For each frame it finds
-# the other nodes with a claim on any of its users (presence's P u:<user> sets, expired
-# claims too: a node that has no socket of the user drops the frame) and publishes to each
-# such node, once per call, the same format, holding only that node's users and frames.
-_ROUTE = """
-local p, me, data = ARGV[1], ARGV[2], ARGV[3]
-local claims, out, order = {}, {}, {}
-local pos, size = 1, #data
-while pos <= size do
-  local users_end = string.find(data, '\\n', pos, true)
-  local frame_end = string.find(data, '\\n', users_end + 1, true) or size + 1
-  local users = string.sub(data, pos, users_end - 1)
-  local frame = string.sub(data, users_end + 1, frame_end - 1)
-  pos = frame_end + 1
-  local per = {}
-  for uid in string.gmatch(users, '[^,]+') do
-    local nodes = claims[uid]
-    if nodes == nil then
-      nodes = redis.call('ZRANGE', p .. 'u:' .. uid, 0, -1)
-      claims[uid] = nodes
-    end
-    for _, node in ipairs(nodes) do
-      if node ~= me then
-        local theirs = per[node]
-        if theirs == nil then
-          theirs = {}
-          per[node] = theirs
-          if out[node] == nil then
-            out[node] = {}
-            order[#order + 1] = node
-          end
-          local parts = out[node]
-          parts[#parts + 1] = theirs
-          parts[#parts + 1] = frame
-        end
-        theirs[#theirs + 1] = uid
-      end
-    end
-  end
-end
-for _, node in ipairs(order) do
-  local parts = out[node]
-  for k = 1, #parts, 2 do parts[k] = table.concat(parts[k], ',') end
-  redis.call('PUBLISH', p .. 'node:' .. node, table.concat(parts, '\\n'))
-end
-return #order
-"""
-
-PUBLISH_BATCH = 500  # frames per script call
-OUTBOX_LIMIT = 50_000  # frames waiting for Redis; beyond this they are dropped (clients resync)
-KEEPALIVE = 5.0  # ping an idle subscription this often; three missed answers is a dead link
-CONNECT_WAIT = 4.0  # start() waits this long at most for the subscription
-RECONNECT_MIN, RECONNECT_MAX = 0.1, 2.0
-
-
-class RedisFanout:
-    """Many nodes: each node subscribes to one channel of its own, P node:<node>, and a
-    frame goes to the nodes that hold sockets of its users, as presence records them.
-
-    Why per node and not per user or conversation: a node receives only frames for the
-    sockets it holds, and only from other nodes, so it never reads back what it sent; a
-    frame costs one message per node that needs it, however large the group; and the
-    subscription never changes as users come and go. The routing is one Lua script per
-    batch of frames, so Redis is asked once however many frames a busy moment produced.
-
-    The price: a node must have claimed a user in presence before it serves their socket
-    (presence does that on the first socket), and a node that lost its claims to a Redis
-    restart gets nothing until it has claimed them again: each new subscription calls
-    `on_subscribed`, which has presence check its claims at once.
-    Frames missed that way, as any frame missed in an outage, come from history: clients
-    catch up on reconnect and on a gap in a conversation's seq.
-
-    One task publishes in order, so frames from this node reach the others in the order
-    they were sent, and the send path never waits on Redis.
-    """
-
-    def __init__(self, redis: Redis, hub: Hub, settings: Settings) -> None:
-        self._redis = redis
-        self._hub = hub
-        self._node = settings.node_id
-        self._prefix = settings.redis_prefix
-        self._channel = f"{settings.redis_prefix}node:{settings.node_id}"
-        self._route = redis.register_script(_ROUTE)
-        # Its own client: the subscription blocks on reads, so no socket timeout, and no
-        # retries either: on any error the listener starts over with a fresh subscription.
-        self._subscriber = Redis.from_url(
-            settings.redis_url,
-            socket_timeout=None,
-            socket_connect_timeout=settings.redis_timeout_seconds,
-            retry=Retry(NoBackoff(), 0),
-        )
-        self._pubsub: PubSub | None = None
-        self._up = False
-        self._connected = asyncio.Event()
-        self._outage_logged = False
-        self._outbox: deque[tuple[Collection[int], str]] = deque()
-        self._outbox_ready = asyncio.Event()
-        self._drained = asyncio.Event()  # set while the outbox is empty and nothing in flight
-        self._publish_failing = False
-        self._tasks: list[asyncio.Task] = []
-        # Set by the app: called on every new subscription (the first, and after any drop,
-        # which may have been a Redis restart that lost this node's claims).
-        self.on_subscribed: Callable[[], None] | None = None
-
-    async def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._listen(), name="fanout-listen"),
-            asyncio.create_task(self._publish_loop(), name="fanout-publish"),
-        ]
-        # Serve once subscribed (or once it is clear Redis is away: the listener retries).
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._connected.wait(), CONNECT_WAIT)
-
-    async def stop(self) -> None:
-        # Frames queued by sockets closing at shutdown (offline presence) still go out.
-        if self._up:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._drained.wait(), CONNECT_WAIT / 2)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._disconnect()
-        await self._subscriber.aclose()
-
-    async def publish(
-        self, user_ids: Collection[int], frame: str, exclude: str | None = None
-    ) -> None:
-        self._hub.deliver(user_ids, frame, exclude)
-        if not self._up or not user_ids:
-            return  # Redis away: other nodes' clients catch up from history
-        if len(self._outbox) >= OUTBOX_LIMIT:
-            self._publish_failed("outbox full")
-            return
-        self._outbox.append((tuple(user_ids), frame))
-        self._drained.clear()
-        self._outbox_ready.set()
-
-    async def _listen(self) -> None:
-        delay = RECONNECT_MIN
-        while True:
-            try:
-                pubsub = await self._connect()
-                delay = RECONNECT_MIN
-                await self._read(pubsub)
-            except asyncio.CancelledError:
-                raise
-            except REDIS_UNREACHABLE as exc:
-                if not self._outage_logged:
-                    self._outage_logged = True
-                    log.warning(
-                        "fanout: redis unreachable, serving this node's sockets only "
-                        "node=%s error=%s",
-                        self._node,
-                        exc.__class__.__name__,
-                    )
-            except Exception:
-                log.exception("fanout: listener failed node=%s", self._node)
-            self._connected.set()  # start() stops waiting either way
-            await self._disconnect()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RECONNECT_MAX)
-
-    async def _connect(self) -> PubSub:
-        pubsub = self._pubsub = self._subscriber.pubsub()
-        await pubsub.subscribe(self._channel)
-        self._up = True  # connected: publishing goes on while we wait for the confirmation
-        # Once Redis confirms, whatever is published to the channel reaches us.
-        async with asyncio.timeout(CONNECT_WAIT):
-            while True:
-                message = await pubsub.get_message(timeout=1.0)
-                if message is not None and message["type"] == "subscribe":
-                    break
-        self._connected.set()
-        if self.on_subscribed is not None:
-            self.on_subscribed()
-        if self._outage_logged:
-            self._outage_logged = False
-            log.info("fanout: redis back, subscribed node=%s", self._node)
-        return pubsub
-
-    async def _read(self, pubsub: PubSub) -> None:
-        loop = asyncio.get_running_loop()
-        deliver = self._hub.deliver
-        last_heard = last_ping = loop.time()
-        while True:
-            message = await pubsub.get_message(timeout=1.0)
-            now = loop.time()
-            if message is None:
-                if now - last_heard > 3 * KEEPALIVE:
-                    raise ConnectionError("redis stopped answering pings")
-                if now - last_ping >= KEEPALIVE:
-                    await pubsub.ping()
-                    last_ping = now
-                continue
-            last_heard = now
-            if message["type"] != "message":
-                continue
-            parts = message["data"].decode().split("\n")
-            for k in range(0, len(parts) - 1, 2):
-                deliver([int(u) for u in parts[k].split(",")], parts[k + 1])
-
-    async def _disconnect(self) -> None:
-        self._up = False
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
-
-    async def _publish_loop(self) -> None:
-        while True:
-            self._drained.set()
-            await self._outbox_ready.wait()
-            self._outbox_ready.clear()
-            while self._outbox:
-                n = min(len(self._outbox), PUBLISH_BATCH)
-                outbox = self._outbox
-                frames = []
-                for _ in range(n):
-                    user_ids, frame = outbox.popleft()
-                    frames.append(",".join(map(str, user_ids)))
-                    frames.append(frame)
-                argv = [self._prefix, self._node, "\n".join(frames)]
-                try:
-                    await self._route(args=argv)
-                except REDIS_UNREACHABLE as exc:
-                    self._publish_failed(exc.__class__.__name__)
-                    continue
-                except Exception:
-                    log.exception("fanout: publish failed node=%s frames=%d", self._node, n)
-                    continue
-                if self._publish_failing:
-                    self._publish_failing = False
-                    log.info("fanout: publishing again node=%s", self._node)
-
-    def _publish_failed(self, reason: str) -> None:
-        """Frames for other nodes are dropped (their clients catch up from history); said
-        once per streak of failures, not once per frame."""
-        if not self._publish_failing:
-            self._publish_failing = True
-            log.warning(
-                "fanout: frames to other nodes dropped node=%s reason=%s", self._node, reason
-            )

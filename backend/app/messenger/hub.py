@@ -49,7 +49,7 @@ class Connection:
         self._write_frames = write_frames
         self.user_id = user_id
         self._frames: list[str] = []  # queued, not yet handed to the server
-        self._writer: asyncio.Task | None = None
+        self._writer: asyncio.Task[None] | None = None
         self._open = False
         self._closed = False
 
@@ -133,12 +133,3 @@ class Hub:
 
     def is_connected(self, user_id: int) -> bool:
         return user_id in self._by_user
-
-    def users(self) -> list[int]:
-        return list(self._by_user)
-
-    def connection_count(self) -> int:
-        return sum(len(c) for c in self._by_user.values())
-
-    def connections(self) -> list[Connection]:
-        return [c for conns in self._by_user.values() for c in conns.values()]

@@ -39,14 +39,11 @@ class ParticipantCache:
             self._cache.popitem(last=False)
         return members
 
-
-async def participants_for(
-    cache: ParticipantCache, user_id: int, conversation_id: str
-) -> frozenset[int]:
-    """The conversation's participants if the user is one; 404 or 403 otherwise."""
-    participants = await cache.get(conversation_id)
-    if participants is None:
-        raise ApiError(404, "conversation_not_found", "no such conversation")
-    if user_id not in participants:
-        raise ApiError(403, "not_a_participant", "you are not in this conversation")
-    return participants
+    async def of_member(self, user_id: int, conversation_id: str) -> frozenset[int]:
+        """The conversation's participants if the user is one; 404 or 403 otherwise."""
+        participants = await self.get(conversation_id)
+        if participants is None:
+            raise ApiError(404, "conversation_not_found", "no such conversation")
+        if user_id not in participants:
+            raise ApiError(403, "not_a_participant", "you are not in this conversation")
+        return participants

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -18,14 +19,17 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from app import metrics
 from app.auth import InvalidToken, decode_access_token
+from app.config import Settings
 from app.errors import ApiError, describe_validation_error
 from app.jsonutil import dumps
-from app.messenger.conversations import announce_read
+from app.messenger.contacts import Contacts, presence_frame
+from app.messenger.fanout import Fanout
 from app.messenger.framewriter import SERVER_SEND, WriteFrames, frame_writer
-from app.messenger.hub import Connection
-from app.messenger.participants import participants_for
-from app.messenger.presence import announce_presence, contacts_of, presence_frame
-from app.messenger.send import accept_message, finish_message
+from app.messenger.hub import Connection, Hub
+from app.messenger.participants import ParticipantCache
+from app.messenger.presence import Presence
+from app.messenger.reads import ReadMarks
+from app.messenger.send import Accepted, Sender
 from app.models import MAX_ID
 from app.web import NUL_REFUSED, bearer_token, json_has_nul
 
@@ -71,51 +75,134 @@ def error_frame(code: str, message: str, ref: Any = None, **extra: Any) -> str:
     return dumps(frame)
 
 
-class WebSocketApp:
-    """The /ws route as a plain ASGI app: its sockets write frames through the server's
-    own send (see framewriter); everything else goes through Starlette's WebSocket."""
+class SocketEndpoint:
+    """The /ws route as a plain ASGI app: authenticate, register the socket, then read
+    frames. Its sockets write frames through the server's own send (see framewriter);
+    everything else goes through Starlette's WebSocket."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        hub: Hub,
+        presence: Presence,
+        contacts: Contacts,
+        sender: Sender,
+        participants: ParticipantCache,
+        reads: ReadMarks,
+        fanout: Fanout,
+    ) -> None:
+        self._settings = settings
+        self._hub = hub
+        self._presence = presence
+        self._contacts = contacts
+        self._sender = sender
+        self._participants = participants
+        self._reads = reads
+        self._fanout = fanout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ws = WebSocket(scope, receive, send)
-        await serve_socket(ws, frame_writer(scope.get(SERVER_SEND, send)))
+        await self.serve(ws, frame_writer(scope.get(SERVER_SEND, send)))
 
+    async def serve(self, ws: WebSocket, write_frames: WriteFrames) -> None:
+        token = ws.query_params.get("token") or bearer_token(ws.headers.get("authorization"))
+        try:
+            if not token:
+                raise InvalidToken("missing")
+            user_id = decode_access_token(token, self._settings.signing_key)
+        except InvalidToken:
+            await ws.accept()
+            await ws.close(CLOSE_UNAUTHORIZED, "invalid or missing token")
+            return
 
-async def serve_socket(ws: WebSocket, write_frames: WriteFrames) -> None:
-    services = ws.app.state.services
-    token = ws.query_params.get("token") or bearer_token(ws.headers.get("authorization"))
-    try:
-        if not token:
-            raise InvalidToken("missing")
-        user_id = decode_access_token(token, services.settings.signing_key)
-    except InvalidToken:
-        await ws.accept()
-        await ws.close(CLOSE_UNAUTHORIZED, "invalid or missing token")
-        return
+        # Claimed in presence before the handshake completes: from the moment the client
+        # sees the socket open (and catches up from history), other nodes route frames here.
+        came_online = await self._presence.socket_opened(user_id)
+        conn = Connection(ws, user_id, write_frames)
+        self._hub.add(conn)
+        metrics.websocket_connections.inc()
+        try:
+            await ws.accept()
+            conn.open()  # frames that came meanwhile were queued
+            contacts = await self._contacts.of(user_id)
+            if came_online:
+                await self._contacts.announce(user_id, online=True, contacts=contacts)
+            # The new socket learns who is already here; later changes come as they happen.
+            for contact in await self._presence.online(contacts):
+                conn.send(presence_frame(contact, online=True))
+            log.debug("socket open user=%s conn=%s", user_id, conn.id)
+            await self._read_frames(conn)
+        finally:
+            self._hub.remove(conn)
+            if await self._presence.socket_closed(user_id):
+                await self._contacts.announce(user_id, online=False)
+            await conn.finish()
+            metrics.websocket_connections.dec()
+            log.debug("socket closed user=%s conn=%s", user_id, conn.id)
 
-    # Claimed in presence before the handshake completes: from the moment the client sees
-    # the socket open (and catches up from history), other nodes route frames here.
-    came_online = await services.presence.socket_opened(user_id)
-    conn = Connection(ws, user_id, write_frames)
-    services.hub.add(conn)
-    metrics.websocket_connections.inc()
-    try:
-        await ws.accept()
-        conn.open()  # frames that came meanwhile were queued
-        contacts = await contacts_of(services, user_id)
-        if came_online:
-            await announce_presence(services, user_id, online=True, contacts=contacts)
-        # The new socket learns who is already here; later changes come as they happen.
-        for contact in await services.presence.online(contacts):
-            conn.send(presence_frame(contact, online=True))
-        log.debug("socket open user=%s conn=%s", user_id, conn.id)
-        await read_frames(services, conn)
-    finally:
-        services.hub.remove(conn)
-        if await services.presence.socket_closed(user_id):
-            await announce_presence(services, user_id, online=False)
-        await conn.finish()
-        metrics.websocket_connections.dec()
-        log.debug("socket closed user=%s conn=%s", user_id, conn.id)
+    async def _read_frames(self, conn: Connection) -> None:
+        limit = self._settings.max_frame_bytes
+        sends = SendPipeline(self._sender, conn)
+        try:
+            while True:
+                event = await conn.ws.receive()
+                if event["type"] == "websocket.disconnect":
+                    return
+                data: dict[str, Any] = {}
+                try:
+                    data = parse_frame(event, limit)
+                    frame = Frame.validate_python(data)
+                    if isinstance(frame, SendFrame):
+                        await sends.accept(frame)
+                        continue
+                    await sends.drain()
+                    await self._handle(conn, frame)
+                except FrameError as exc:
+                    await sends.drain()
+                    conn.send(exc.frame)
+                except ValidationError as exc:
+                    await sends.drain()
+                    conn.send(
+                        error_frame(
+                            "invalid_field",
+                            describe_validation_error(exc),
+                            data.get("client_msg_id"),
+                        )
+                    )
+                except ApiError as exc:
+                    await sends.drain()
+                    conn.send(api_error_frame(exc, data.get("client_msg_id")))
+                except WebSocketDisconnect:
+                    return
+                except Exception:
+                    log.exception("frame failed user=%s conn=%s", conn.user_id, conn.id)
+                    await sends.drain()
+                    conn.send(
+                        error_frame(
+                            "internal_error",
+                            "the frame could not be handled",
+                            data.get("client_msg_id"),
+                        )
+                    )
+        finally:
+            # What was accepted is still committed, delivered and answered.
+            await sends.drain()
+
+    async def _handle(self, conn: Connection, frame: BaseModel) -> None:
+        """Every frame but a send (SendPipeline answers those)."""
+        if isinstance(frame, TypingFrame):
+            participants = await self._participants.of_member(conn.user_id, frame.conversation_id)
+            typing = {
+                "type": "typing",
+                "conversation_id": frame.conversation_id,
+                "user_id": conn.user_id,
+            }
+            await self._fanout.publish(participants - {conn.user_id}, dumps(typing))
+        elif isinstance(frame, ReadFrame):
+            participants = await self._participants.of_member(conn.user_id, frame.conversation_id)
+            await self._reads.mark(conn.user_id, frame.conversation_id, frame.seq, participants)
+        elif isinstance(frame, PingFrame):
+            conn.send(PONG)
 
 
 class FrameError(Exception):
@@ -125,7 +212,7 @@ class FrameError(Exception):
         self.frame = frame
 
 
-def parse_frame(event: dict[str, Any], limit: int) -> dict[str, Any]:
+def parse_frame(event: Mapping[str, Any], limit: int) -> dict[str, Any]:
     """The frame's JSON object, of a known type; FrameError if it is not one."""
     raw = event.get("text")
     if raw is None:
@@ -170,25 +257,21 @@ class SendPipeline:
     order the frames came.
     """
 
-    __slots__ = ("_conn", "_pending", "_services", "_task")
+    __slots__ = ("_conn", "_pending", "_sender", "_task")
 
-    def __init__(self, services: Any, conn: Connection) -> None:
-        self._services = services
+    def __init__(self, sender: Sender, conn: Connection) -> None:
+        self._sender = sender
         self._conn = conn
-        self._pending: deque[tuple[str, frozenset[int], asyncio.Future]] | None = None
-        self._task: asyncio.Task | None = None
+        self._pending: deque[tuple[str, Accepted]] | None = None
+        self._task: asyncio.Task[None] | None = None
 
     async def accept(self, frame: SendFrame) -> None:
-        participants, committed = await accept_message(
-            self._services,
-            self._conn.user_id,
-            frame.conversation_id,
-            frame.content,
-            frame.client_msg_id,
+        accepted = await self._sender.accept(
+            self._conn.user_id, frame.conversation_id, frame.content, frame.client_msg_id
         )
         if self._pending is None:
             self._pending = deque()
-        self._pending.append((frame.client_msg_id, participants, committed))
+        self._pending.append((frame.client_msg_id, accepted))
         if self._task is None:
             self._task = asyncio.create_task(self._answer())
 
@@ -202,11 +285,9 @@ class SendPipeline:
         assert pending is not None
         try:
             while pending:
-                client_msg_id, participants, committed = pending[0]
+                client_msg_id, accepted = pending[0]
                 try:
-                    message, _ = await finish_message(
-                        self._services, participants, committed, exclude_connection=conn.id
-                    )
+                    message, _ = await self._sender.finish(accepted, exclude_connection=conn.id)
                 except ApiError as exc:
                     conn.send(api_error_frame(exc, client_msg_id))
                 except Exception:
@@ -227,71 +308,3 @@ class SendPipeline:
                     pending.popleft()
         finally:
             self._task = None
-
-
-async def read_frames(services: Any, conn: Connection) -> None:
-    limit = services.settings.max_frame_bytes
-    sends = SendPipeline(services, conn)
-    try:
-        while True:
-            event = await conn.ws.receive()
-            if event["type"] == "websocket.disconnect":
-                return
-            data: dict[str, Any] = {}
-            try:
-                data = parse_frame(event, limit)
-                frame = Frame.validate_python(data)
-                if isinstance(frame, SendFrame):
-                    await sends.accept(frame)
-                    continue
-                await sends.drain()
-                await handle_frame(services, conn, frame)
-            except FrameError as exc:
-                await sends.drain()
-                conn.send(exc.frame)
-            except ValidationError as exc:
-                await sends.drain()
-                conn.send(
-                    error_frame(
-                        "invalid_field", describe_validation_error(exc), data.get("client_msg_id")
-                    )
-                )
-            except ApiError as exc:
-                await sends.drain()
-                conn.send(api_error_frame(exc, data.get("client_msg_id")))
-            except WebSocketDisconnect:
-                return
-            except Exception:
-                log.exception("frame failed user=%s conn=%s", conn.user_id, conn.id)
-                await sends.drain()
-                conn.send(
-                    error_frame(
-                        "internal_error",
-                        "the frame could not be handled",
-                        data.get("client_msg_id"),
-                    )
-                )
-    finally:
-        # What was accepted is still committed, delivered and answered.
-        await sends.drain()
-
-
-async def handle_frame(services: Any, conn: Connection, frame: BaseModel) -> None:
-    """Every frame but a send (SendPipeline answers those)."""
-    if isinstance(frame, TypingFrame):
-        participants = await participants_for(
-            services.participants, conn.user_id, frame.conversation_id
-        )
-        typing = {
-            "type": "typing",
-            "conversation_id": frame.conversation_id,
-            "user_id": conn.user_id,
-        }
-        await services.fanout.publish(participants - {conn.user_id}, dumps(typing))
-    elif isinstance(frame, ReadFrame):
-        participants = await participants_for(
-            services.participants, conn.user_id, frame.conversation_id
-        )
-        await announce_read(services, conn.user_id, frame.conversation_id, frame.seq, participants)
-    elif isinstance(frame, PingFrame):
-        conn.send(PONG)

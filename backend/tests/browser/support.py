@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 from playwright.async_api import BrowserContext, Page, expect
 
@@ -125,23 +122,6 @@ async def open_conversation(page: Page, conversation_id: str) -> None:
     await page.locator(f'#conversation-list li[data-conversation-id="{conversation_id}"]').click()
     await expect(page.locator("#chat-pane")).to_be_visible()
     await expect(page.locator("#messages li.history-status")).not_to_have_text("Loading messages…")
-
-
-async def eventually(
-    check: Callable[[], Any], within: float = 15.0, what: str = "condition"
-) -> Any:
-    """Polls `check` (sync or async) until it returns something truthy, for `within` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return result
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what} (last: {result!r})")
-        await asyncio.sleep(0.1)
 
 
 async def devices(api: Client, user: User) -> list[dict]:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from playwright.async_api import expect
 
-from tests.browser.support import NewContext, devices, eventually, shoot, sign_in
-from tests.helpers import Client, Node
+from tests.browser.support import NewContext, devices, shoot, sign_in
+from tests.helpers import Client, Node, eventually
 from tests.push_world import PushWorld
 
 PASSWORD = "correct horse battery"
@@ -84,7 +84,9 @@ async def test_log_out_unsubscribes_and_deletes_the_device(
     page = await sign_in(ctx, web_node.url, user)
 
     # Notifications are already allowed: the client registers this browser by itself.
-    registered = await eventually(lambda: devices(api, user), what="the device to be registered")
+    registered = await eventually(
+        lambda: devices(api, user), within=15.0, what="the device to be registered"
+    )
     assert [(d["provider"], d["platform"]) for d in registered] == [("web_push", "web")]
     assert await page.evaluate("localStorage.getItem('messenger.pushDeviceToken')")
 

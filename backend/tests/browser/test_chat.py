@@ -8,8 +8,8 @@ from urllib.parse import parse_qs, urlparse
 
 from playwright.async_api import Locator, Page, expect
 
-from tests.browser.support import PHONE, NewContext, eventually, open_conversation, shoot, sign_in
-from tests.helpers import Client, Node
+from tests.browser.support import PHONE, NewContext, open_conversation, shoot, sign_in
+from tests.helpers import Client, Node, eventually
 
 XSS = "<img src=x onerror=window.__xss=1>"
 
@@ -192,7 +192,9 @@ async def test_conversation_list_shows_last_message_and_unread_count(
         counts = {c["id"]: c["unread_count"] for c in r.json()["conversations"]}
         return counts[with_dave["id"]] == 0 and counts
 
-    counts = await eventually(unread_on_server, what="the server to count the chat as read")
+    counts = await eventually(
+        unread_on_server, within=15.0, what="the server to count the chat as read"
+    )
     assert counts[with_erin["id"]] == 1
     assert counts[group["id"]] == 1
 
@@ -228,8 +230,15 @@ async def test_message_text_is_shown_as_text_not_html(
 
     assert await page.locator("#messages img").count() == 0
     assert await page.locator("#conversation-list img").count() == 0
-    # Give a wrongly created image the time to fail loading and run its handler.
-    await page.wait_for_timeout(300)
+    # A wrongly created image would have failed loading, and run its handler, before an
+    # image with the same src created now does.
+    await page.evaluate(
+        """() => new Promise((done) => {
+            const probe = new Image();
+            probe.onerror = probe.onload = done;
+            probe.src = 'x';
+        })"""
+    )
     assert await page.evaluate("typeof window.__xss") == "undefined"
     assert [m["content"] for m in await api.messages(frank, cid)] == [
         XSS,

@@ -7,8 +7,8 @@ from typing import Any
 
 from playwright.async_api import BrowserContext, CDPSession, Page, Worker, expect
 
-from tests.browser.support import NewContext, devices, eventually, sign_in
-from tests.helpers import Client, Node, Socket, User
+from tests.browser.support import NewContext, devices, sign_in
+from tests.helpers import Client, Node, Socket, User, eventually
 from tests.push_world import PushWorld
 
 
@@ -50,7 +50,9 @@ class PushDriver:
             ]
             return live[-1] if live else None
 
-        registration_id = await eventually(ours, what="the service worker registration")
+        registration_id = await eventually(
+            ours, within=15.0, what="the service worker registration"
+        )
         return cls(page, cdp, registration_id, events)
 
     async def deliver(self, payload: dict) -> list[str]:
@@ -69,7 +71,9 @@ class PushDriver:
         def names() -> list[str]:
             return [e["eventName"] for e in self.events[start:]]
 
-        await eventually(lambda: "Push event completed" in names(), what="the push to be handled")
+        await eventually(
+            lambda: "Push event completed" in names(), within=15.0, what="the push to be handled"
+        )
         return names()
 
 
@@ -126,7 +130,9 @@ async def test_enable_notifications_registers_the_browser_and_pushes_reach_it(
     await ctx.grant_permissions(["notifications"], origin=web_node.url)
     await page.click("#enable-notifications")
     await expect(banner).to_be_hidden()
-    [device] = await eventually(lambda: devices(api, lena), what="the device to be registered")
+    [device] = await eventually(
+        lambda: devices(api, lena), within=15.0, what="the device to be registered"
+    )
     assert device["provider"] == "web_push"
     assert device["platform"] == "web"
     assert device["is_active"] is True
@@ -150,7 +156,9 @@ async def test_enable_notifications_registers_the_browser_and_pushes_reach_it(
     assert r.status_code == 201, r.text
     sent = r.json()
     [push] = await eventually(
-        lambda: push_world.accepted("web_push", subscription), what="the Web Push request"
+        lambda: push_world.accepted("web_push", subscription),
+        within=15.0,
+        what="the Web Push request",
     )
     payload = push.payload
     assert payload is not None

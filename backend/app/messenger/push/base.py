@@ -17,6 +17,8 @@ class Outcome(StrEnum):
     DEAD_TOKEN = "dead_token"  # the token or subscription is gone: deactivate the device
     RETRY = "retry"  # throttled, down, timed out: try again later
     FAILED = "failed"  # anything else: log it, do not retry
+    # Not a provider's answer: delivery's, once every attempt said RETRY.
+    GAVE_UP = "gave_up"
 
 
 # How loudly a provider logs each outcome: a delivery is routine, a failure is not.

@@ -67,21 +67,6 @@ def build_notification(
     )
 
 
-async def plan_pushes(
-    conn: AsyncConnection,
-    presence: Presence,
-    messages: Collection[Mapping[str, Any]],
-    participants: Mapping[str, Collection[int]],
-    base_url: str,
-    skip_done: bool = False,
-) -> list[PlannedPush]:
-    """Every (device, notification) to send for these messages, in a fixed number of queries."""
-    wanted = await offline_recipients(presence, messages, participants)
-    if not wanted:
-        return []
-    return await plan_for_offline(conn, messages, participants, wanted, base_url, skip_done)
-
-
 async def offline_recipients(
     presence: Presence,
     messages: Collection[Mapping[str, Any]],

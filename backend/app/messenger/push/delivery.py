@@ -1,4 +1,10 @@
-"""Delivering one notification to one device: attempts, backoff, the final outcome."""
+"""Delivering one notification to one device: attempts, backoff, the final outcome.
+
+Each provider has its own in-flight limit (as Sygnal's ConcurrencyLimitedPushkin
+has), and an attempt holds a slot of it only while it talks to the provider: a
+retry waiting out its backoff holds none, so a throttling provider slows only its
+own pushes and never the other providers'.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +18,10 @@ from app.messenger.push.base import Device, Notification, Outcome, Provider, Res
 
 log = logging.getLogger(__name__)
 
-# Recorded when every attempt said "retry later".
-GAVE_UP = "gave_up"
-
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    outcome: str  # an Outcome value, or GAVE_UP
+    outcome: Outcome
     attempts: int
     latency_ms: float
     error: str | None
@@ -39,32 +42,30 @@ class RetryPolicy:
         if retry_after is not None:
             # The provider said when: honour it, unless it is past what we would wait.
             return retry_after if retry_after <= self.max_seconds else None
-        backoff = min(self.max_seconds, self.base_seconds * 2 ** (attempt - 1))
+        backoff = min(self.max_seconds, self.base_seconds * 2.0 ** (attempt - 1))
         return backoff * random.uniform(0.5, 1.0)  # jitter, so retries do not stampede
 
 
 async def deliver(
-    provider: Provider, device: Device, notification: Notification, policy: RetryPolicy
+    provider: Provider,
+    device: Device,
+    notification: Notification,
+    policy: RetryPolicy,
+    limit: asyncio.Semaphore,
 ) -> Delivery:
+    """Attempt until an answer other than RETRY, or until the policy gives up. `limit` is
+    the provider's in-flight limit: held for each attempt, never through a backoff."""
     started = time.monotonic()
     attempt = 0
     while True:
         attempt += 1
-        try:
-            # Providers keep their own timeout; this one guards against one that does not.
-            result = await asyncio.wait_for(
-                provider.send(device, notification), policy.timeout_seconds + 5
-            )
-        except TimeoutError:
-            result = Result(Outcome.RETRY, error="timed out")
-        except Exception as exc:
-            log.exception("push provider raised provider=%s device=%s", provider.name, device.id)
-            result = Result(Outcome.FAILED, error=f"{exc.__class__.__name__}: {exc}"[:500])
+        async with limit:
+            result = await _attempt(provider, device, notification, policy)
         if result.outcome != Outcome.RETRY:
             break
         delay = policy.delay(attempt, result.retry_after)
         if delay is None:
-            return Delivery(GAVE_UP, attempt, _ms(started), result.error, None)
+            return Delivery(Outcome.GAVE_UP, attempt, _ms(started), result.error, None)
         log.info(
             "push retry provider=%s device=%s message=%s attempt=%d in=%.1fs status=%s",
             provider.name,
@@ -76,7 +77,23 @@ async def deliver(
         )
         await asyncio.sleep(delay)
     accepted_at = time.time() if result.outcome == Outcome.DELIVERED else None
-    return Delivery(str(result.outcome), attempt, _ms(started), result.error, accepted_at)
+    return Delivery(result.outcome, attempt, _ms(started), result.error, accepted_at)
+
+
+async def _attempt(
+    provider: Provider, device: Device, notification: Notification, policy: RetryPolicy
+) -> Result:
+    """One call to the provider, classified."""
+    try:
+        # Providers keep their own timeout; this one guards against one that does not.
+        return await asyncio.wait_for(
+            provider.send(device, notification), policy.timeout_seconds + 5
+        )
+    except TimeoutError:
+        return Result(Outcome.RETRY, error="timed out")
+    except Exception as exc:
+        log.exception("push provider raised provider=%s device=%s", provider.name, device.id)
+        return Result(Outcome.FAILED, error=f"{exc.__class__.__name__}: {exc}"[:500])
 
 
 def _ms(started: float) -> float:

@@ -52,7 +52,7 @@ class FCMConfig:
     threads: int = 16
 
 
-class _OneShotFCM(FCMNotification):
+class _OneShotFCM(FCMNotification):  # type: ignore[misc]
     """pyfcm where one call is one HTTP request, sharing one OAuth token across threads."""
 
     def __init__(self, credentials: service_account.Credentials, url: str, config: FCMConfig):
@@ -79,7 +79,8 @@ class _OneShotFCM(FCMNotification):
         with self._token_lock:
             if not self.credentials.valid:
                 self.credentials.refresh(self._auth_request)
-            return self.credentials.token
+            token: str = self.credentials.token
+            return token
 
     def post(self, payload: bytes, timeout: float) -> requests.Response:
         """Runs in a worker thread."""
@@ -91,9 +92,10 @@ class _OneShotFCM(FCMNotification):
         return response
 
     def _post(self, payload: bytes, timeout: float) -> requests.Response:
-        return self.requests_session.post(
+        response: requests.Response = self.requests_session.post(
             self.url, data=payload, timeout=timeout, headers=self.request_headers()
         )
+        return response
 
 
 class FCMProvider:
@@ -101,7 +103,7 @@ class FCMProvider:
 
     def __init__(self, config: FCMConfig) -> None:
         try:
-            credentials = service_account.Credentials.from_service_account_file(
+            credentials = service_account.Credentials.from_service_account_file(  # type: ignore[no-untyped-call]
                 config.service_account_file, scopes=[SCOPE]
             )
         except (OSError, ValueError, KeyError) as exc:
@@ -237,7 +239,7 @@ def from_settings(settings: Any) -> FCMProvider | None:
             endpoint=settings.fcm_endpoint,
             ttl_seconds=settings.push_ttl_seconds,
             timeout_seconds=settings.push_timeout_seconds,
-            threads=max(1, min(settings.push_concurrency, 32)),
+            threads=max(1, min(settings.push_concurrency_for("fcm"), 32)),
         )
     )
 

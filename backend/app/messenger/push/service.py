@@ -12,23 +12,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Collection, Mapping
-from datetime import timedelta
-from typing import Any
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
+from typing import NamedTuple
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import metrics
 from app.config import Settings
 from app.db import one_of, utcnow
+from app.messenger.message_store import Committed, message_dict
 from app.messenger.models import DeviceToken, Message, Participant, PushAttempt, PushJob
 from app.messenger.presence import Presence
 from app.messenger.push.base import Outcome, Provider
 from app.messenger.push.decision import PlannedPush, offline_recipients, plan_for_offline
 from app.messenger.push.delivery import Delivery, RetryPolicy, deliver
 from app.messenger.push.providers import start_providers
-from app.messenger.send import message_dict
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +36,18 @@ _jobs = PushJob.__table__
 _messages = Message.__table__
 _participants = Participant.__table__
 _devices = DeviceToken.__table__
-_attempts = PushAttempt.__table__
 BATCH = 500
 RECOVER_JOBS = 50  # jobs claimed per round (each holds up to one commit's messages)
 PLAN_DELAY = 0.01  # seconds a committed message may wait to be planned with others
 RECORD_DELAY = 0.05  # seconds an outcome may wait to be written with others
+
+
+class Queued(NamedTuple):
+    """A committed message waiting to be planned."""
+
+    committed: Committed
+    # Taken up from a node that stopped: devices that already have an outcome are skipped.
+    recovered: bool
 
 
 class PushService:
@@ -62,8 +69,9 @@ class PushService:
             max_seconds=settings.push_backoff_max_seconds,
             timeout_seconds=settings.push_timeout_seconds,
         )
-        self._limit = asyncio.Semaphore(settings.push_concurrency)
-        self._queue: list[tuple[dict[str, Any], Collection[int], bool]] = []
+        # Each provider's in-flight limit (made at start, once the providers are known).
+        self._limits: dict[str, asyncio.Semaphore] = {}
+        self._queue: list[Queued] = []
         self._wake = asyncio.Event()
         # Jobs this node holds: job id -> its messages still without outcomes, and back.
         self._jobs: dict[str, set[str]] = {}
@@ -73,8 +81,8 @@ class PushService:
         self._outcomes: list[tuple[PlannedPush, Delivery]] = []
         self._finished: list[str] = []
         self._flush = asyncio.Event()
-        self._tasks: list[asyncio.Task] = []
-        self._deliveries: set[asyncio.Task] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._deliveries: set[asyncio.Task[None]] = set()
 
     @property
     def providers(self) -> Mapping[str, Provider]:
@@ -83,6 +91,10 @@ class PushService:
     async def start(self) -> None:
         if self._own_providers:
             self._providers = await start_providers(self._settings)
+        self._limits = {
+            name: asyncio.Semaphore(self._settings.push_concurrency_for(name))
+            for name in self._providers
+        }
         self._tasks = [
             asyncio.create_task(self._plan_loop(), name="push-plan"),
             asyncio.create_task(self._record_loop(), name="push-record"),
@@ -106,16 +118,20 @@ class PushService:
                 with contextlib.suppress(Exception):
                     await provider.close()
 
-    def job_committed(self, job_id: str, message_ids: list[str]) -> None:
-        """A commit of this node wrote a job (the writer says so before the messages
-        reach message_committed)."""
-        self._jobs[job_id] = set(message_ids)
-        for message_id in message_ids:
-            self._job_of[message_id] = job_id
+    def job_committed(self, job_id: str, committed: list[Committed]) -> None:
+        """A commit of this node wrote a job (leased to this node) for these new messages:
+        hold the job and queue its messages for planning."""
+        self._take(job_id, committed, recovered=False)
 
-    def message_committed(self, message: dict[str, Any], participants: Collection[int]) -> None:
-        """Queue a message this node just committed (its job is leased to this node)."""
-        self._queue.append((message, participants, False))
+    def _take(self, job_id: str, committed: Iterable[Committed], recovered: bool) -> None:
+        """The one way a job reaches this node's push work: committed here, or recovered."""
+        queued = [Queued(c, recovered) for c in committed]
+        if not queued:
+            return
+        self._jobs[job_id] = {q.committed.message["id"] for q in queued}
+        for q in queued:
+            self._job_of[q.committed.message["id"]] = job_id
+        self._queue += queued
         self._wake.set()
 
     async def recover(self) -> int:
@@ -129,33 +145,43 @@ class PushService:
             .with_for_update(skip_locked=True)
         )
         async with self._engine.begin() as conn:
-            claimed = (
-                await conn.execute(
-                    update(_jobs)
+            claimed: list[tuple[str, list[str]]] = [
+                (r.id, r.message_ids)
+                for r in await conn.execute(
+                    update(PushJob)
                     .where(_jobs.c.id.in_(expired), _jobs.c.lease_until < now)
                     .values(claimed_by=self._settings.node_id, lease_until=self._lease_end())
                     .returning(_jobs.c.id, _jobs.c.message_ids)
                 )
-            ).all()
+            ]
             if not claimed:
                 return 0
-            for job_id, message_ids in claimed:
-                self.job_committed(job_id, message_ids)
             wanted = [m for _, message_ids in claimed for m in message_ids]
-            messages = [
-                message_dict(r)
+            messages = {
+                r.id: message_dict(r)
                 for r in await conn.execute(select(_messages).where(_messages.c.id.in_(wanted)))
-            ]
+            }
             members: dict[str, set[int]] = {}
             for r in await conn.execute(
                 select(_participants.c.conversation_id, _participants.c.user_id).where(
-                    _participants.c.conversation_id.in_({m["conversation_id"] for m in messages})
+                    _participants.c.conversation_id.in_(
+                        {m["conversation_id"] for m in messages.values()}
+                    )
                 )
             ):
                 members.setdefault(r.conversation_id, set()).add(r.user_id)
-        for m in messages:
-            self._queue.append((m, members.get(m["conversation_id"], set()), True))
-        self._wake.set()
+            jobs = {
+                job_id: [
+                    Committed(m, frozenset(members.get(m["conversation_id"], ())))
+                    for m in (messages[i] for i in message_ids if i in messages)
+                ]
+                for job_id, message_ids in claimed
+            }
+            # A job whose messages are all gone (their conversation deleted) has nothing left.
+            if empty := [job_id for job_id, committed in jobs.items() if not committed]:
+                await conn.execute(delete(PushJob).where(_jobs.c.id.in_(empty)))
+        for job_id, committed in jobs.items():
+            self._take(job_id, committed, recovered=True)
         metrics.push_jobs_recovered.inc(len(claimed))
         log.info(
             "push jobs recovered jobs=%d messages=%d node=%s",
@@ -165,7 +191,7 @@ class PushService:
         )
         return len(claimed)
 
-    def _lease_end(self) -> Any:
+    def _lease_end(self) -> datetime:
         return utcnow() + timedelta(seconds=self._settings.push_lease_seconds)
 
     async def _plan_loop(self) -> None:
@@ -183,16 +209,20 @@ class PushService:
                     # The jobs stay leased and are taken up again when the lease ends.
                     log.exception("push planning failed messages=%d", len(batch))
 
-    async def _plan(self, batch: list[tuple[dict[str, Any], Collection[int], bool]]) -> None:
-        participants = {m["conversation_id"]: p for m, p, _ in batch}
+    async def _plan(self, batch: list[Queued]) -> None:
+        participants = {
+            q.committed.message["conversation_id"]: q.committed.participants for q in batch
+        }
         plans: list[PlannedPush] = []
         # Presence first, once for the whole batch: when every recipient is online (the
         # common case under load) the database is not asked at all.
-        offline = await offline_recipients(self._presence, [m for m, _, _ in batch], participants)
+        offline = await offline_recipients(
+            self._presence, [q.committed.message for q in batch], participants
+        )
         if offline:
             async with self._engine.connect() as conn:
                 for recovered in (False, True):
-                    messages = [m for m, _, r in batch if r is recovered]
+                    messages = [q.committed.message for q in batch if q.recovered is recovered]
                     conversations = {m["conversation_id"] for m in messages}
                     wanted = {(c, u) for c, u in offline if c in conversations}
                     if wanted:
@@ -209,12 +239,13 @@ class PushService:
         per_message: dict[str, int] = {}
         for plan in plans:
             per_message[plan.message_id] = per_message.get(plan.message_id, 0) + 1
-        for message, _, _ in batch:
-            count = per_message.get(message["id"], 0)
+        for q in batch:
+            message_id = q.committed.message["id"]
+            count = per_message.get(message_id, 0)
             if count:
-                self._in_flight[message["id"]] = count
+                self._in_flight[message_id] = count
             else:
-                self._finished.append(message["id"])
+                self._finished.append(message_id)
         committed_at = message_times(batch)
         for plan in plans:
             task = asyncio.create_task(self._deliver(plan, committed_at))
@@ -223,18 +254,19 @@ class PushService:
         self._flush.set()
 
     async def _deliver(self, plan: PlannedPush, committed_at: Mapping[str, float]) -> None:
-        provider = self._providers[plan.device.provider]
-        async with self._limit:
-            delivery = await deliver(provider, plan.device, plan.notification, self._policy)
-        metrics.pushes.labels(plan.device.provider, delivery.outcome).inc()
+        name = plan.device.provider
+        delivery = await deliver(
+            self._providers[name], plan.device, plan.notification, self._policy, self._limits[name]
+        )
+        metrics.pushes.labels(name, delivery.outcome.value).inc()
         if delivery.accepted_at is not None and plan.message_id in committed_at:
-            metrics.push_latency.labels(plan.device.provider).observe(
+            metrics.push_latency.labels(name).observe(
                 max(0.0, delivery.accepted_at - committed_at[plan.message_id])
             )
         log.info(
             "push %s provider=%s message=%s device=%s user=%s attempts=%d ms=%.1f%s",
             delivery.outcome,
-            plan.device.provider,
+            name,
             plan.message_id,
             plan.device.id,
             plan.device.user_id,
@@ -276,14 +308,14 @@ class PushService:
             async with self._engine.begin() as conn:
                 if outcomes:
                     await conn.execute(
-                        _attempts.insert(),
+                        insert(PushAttempt),
                         [
                             {
                                 "message_id": plan.message_id,
                                 "device_id": plan.device.id,
                                 "user_id": plan.device.user_id,
                                 "provider": plan.device.provider,
-                                "outcome": d.outcome,
+                                "outcome": d.outcome.value,
                                 "attempts": d.attempts,
                                 "latency_ms": d.latency_ms,
                                 "error": d.error[:500] if d.error else None,
@@ -297,19 +329,19 @@ class PushService:
                 dialect = self._engine.dialect.name
                 if delivered:
                     await conn.execute(
-                        update(_devices)
+                        update(DeviceToken)
                         .where(one_of(_devices.c.id, delivered, dialect))
                         .values(last_used_at=now)
                     )
                 if dead:
                     await conn.execute(
-                        update(_devices)
+                        update(DeviceToken)
                         .where(one_of(_devices.c.id, dead, dialect))
                         .values(is_active=False)
                     )
                     log.info("devices deactivated (dead token) count=%d", len(dead))
                 if done := self._jobs_done(finished):
-                    await conn.execute(delete(_jobs).where(one_of(_jobs.c.id, done, dialect)))
+                    await conn.execute(delete(PushJob).where(one_of(_jobs.c.id, done, dialect)))
         except Exception:
             # Put them back so the next flush tries again.
             self._outcomes[:0] = outcomes
@@ -343,7 +375,7 @@ class PushService:
                 if working:
                     async with self._engine.begin() as conn:
                         await conn.execute(
-                            update(_jobs)
+                            update(PushJob)
                             .where(
                                 _jobs.c.id.in_(working),
                                 _jobs.c.claimed_by == self._settings.node_id,
@@ -355,6 +387,6 @@ class PushService:
             await asyncio.sleep(interval)
 
 
-def message_times(batch: list[tuple[dict[str, Any], Collection[int], bool]]) -> dict[str, float]:
+def message_times(batch: list[Queued]) -> dict[str, float]:
     """When each message was committed, as time.time() (its created_at, set at commit)."""
-    return {m["id"]: m["created_at"].timestamp() for m, _, _ in batch}
+    return {q.committed.message["id"]: q.committed.message["created_at"].timestamp() for q in batch}

@@ -142,7 +142,7 @@ def from_settings(settings: Any) -> WebPushProvider | None:
             public_key=settings.vapid_public_key,
             ttl_seconds=settings.push_ttl_seconds,
             timeout_seconds=settings.push_timeout_seconds,
-            max_connections=min(settings.push_concurrency, 100),
+            max_connections=min(settings.push_concurrency_for("web_push"), 100),
         )
     )
 
