@@ -40,6 +40,8 @@ async def push_node(world: PushWorld, postgresql_url: str) -> AsyncIterator[Node
         "push_concurrency": LIMIT,
         # Long enough to honour FCM's Retry-After rather than give up at once.
         "push_backoff_max_seconds": 120.0,
+        # A hanging call holds its slot this long: longer than any test here waits.
+        "push_timeout_seconds": 30.0,
     }
     node = await start_node(make_settings(postgresql_url, **settings))
     yield node
@@ -86,6 +88,45 @@ async def test_a_throttling_provider_does_not_delay_another(
         # And each waits out Retry-After: none is tried again yet.
         assert all(len(world.fcm.received_for(t)) == 1 for t in fcm_tokens)
         assert {r.status for r in world.fcm.received} == {429}
+    finally:
+        world.reset()
+        await api.close()
+
+
+async def test_a_hanging_provider_fills_only_its_own_slots(
+    push_node: Node, world: PushWorld
+) -> None:
+    """FCM's slots all held by calls that never answer: a Web Push still goes at once."""
+    api = Client(push_node)
+    try:
+        alice, bob, carol = await api.user(), await api.user(), await api.user()
+        to_bob = await api.conversation(alice, bob)
+        to_carol = await api.conversation(alice, carol)
+        world.fcm.modes.default = Mode.HANG
+        for _ in range(FCM_DEVICES):
+            r = await api.http.post(
+                D,
+                json={"device_token": world.fcm_token(), "platform": "android", "provider": "fcm"},
+                headers=bob.headers,
+            )
+            assert r.status_code == 201, r.text
+        web = world.webpush.subscribe()
+        r = await api.http.post(
+            D,
+            json={"device_token": web, "platform": "web", "provider": "web_push"},
+            headers=carol.headers,
+        )
+        assert r.status_code == 201, r.text
+
+        assert (await api.send(alice, to_bob["id"], "for bob's phones")).status_code == 201
+        # Every FCM slot is taken by a call that hangs; the rest of bob's devices wait.
+        await eventually(lambda: len(world.fcm.received) >= LIMIT, what="hanging FCM calls")
+        assert len(world.fcm.received) == LIMIT
+        assert (await api.send(alice, to_carol["id"], "for carol's browser")).status_code == 201
+        await eventually(
+            lambda: world.accepted("web_push", web), within=5.0, what="carol's Web Push"
+        )
+        assert len(world.fcm.received) == LIMIT  # FCM's own slots are still all held
     finally:
         world.reset()
         await api.close()
