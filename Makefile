@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum backend/pyproject.toml | cut -d' ' -f1)
 BACKEND := cd backend &&
 
-.PHONY: install run migrate test lint format bench cleanup vapid-keys test-push
+.PHONY: install run migrate test fuzz lint format bench cleanup vapid-keys test-push
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ migrate: install
 ## The whole suite (needs PostgreSQL on 127.0.0.1:5432 and Redis on 6379).
 test: install
 	$(BACKEND) ../$(BIN)/pytest $(PYTEST_ARGS)
+
+## The fuzz tests with many more examples than `make test` runs (minutes, not seconds).
+fuzz: install
+	$(BACKEND) HYPOTHESIS_PROFILE=long ../$(BIN)/pytest tests/test_fuzz.py --timeout=3600 $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check backend bench

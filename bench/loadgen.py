@@ -428,6 +428,66 @@ class Fanout(Flow):
         return result
 
 
+# -- redis_outage: a closed loop the driver interrupts by killing Redis ------------------
+
+
+class RedisOutage(Flow):
+    """A closed loop that runs until the driver says stop, counting acks and error frames
+    per tenth of a second of wall-clock time, so the driver can set them against the
+    moments it killed and restarted Redis."""
+
+    BUCKET = 0.1
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        super().__init__(spec)
+        self.ack_buckets: dict[int, int] = {}
+        self.error_buckets: dict[int, int] = {}
+
+    def _bucket(self) -> int:
+        return int(time.time() / self.BUCKET)
+
+    def acked(self, cmid: str, t: float, client: WSClient, message: dict[str, Any]) -> None:
+        if cmid in self.sent_at:
+            b = self._bucket()
+            self.ack_buckets[b] = self.ack_buckets.get(b, 0) + 1
+        super().acked(cmid, t, client, message)
+
+    def failed(self, cmid: str | None, client: WSClient) -> None:
+        b = self._bucket()
+        self.error_buckets[b] = self.error_buckets.get(b, 0) + 1
+        super().failed(cmid, client)
+
+    async def run(self) -> dict[str, Any]:
+        spec = self.spec
+        senders = [await self.connect(u, (u["conversation_id"], 1)) for u in spec["users"]]
+        await asyncio.sleep(0.2)
+        self.reset_counts()
+        self.closed_loop = True
+        self.window = (now(), float("inf"))
+        for client in senders:
+            for _ in range(spec["window"]):
+                self.send(client, now())
+        await asyncio.sleep(spec["warmup"])
+        emit("running")
+        loop = asyncio.get_running_loop()
+        line = await asyncio.wait_for(
+            loop.run_in_executor(None, sys.stdin.readline), spec["max_seconds"]
+        )
+        self.closed_loop = False
+        lost = await self.drain(5.0)
+        await self.close_all()
+        return {
+            "stop": line.strip(),
+            "bucket_seconds": self.BUCKET,
+            "acks": sorted(self.ack_buckets.items()),
+            "error_frames": sorted(self.error_buckets.items()),
+            "lost": lost,
+            "errors": self.errors,
+            "senders": len(senders),
+            "window": spec["window"],
+        }
+
+
 # -- push: one sender; the driver (which holds the fakes) says when to send --------------
 
 
@@ -571,6 +631,7 @@ SCENARIOS: dict[str, Callable[[dict[str, Any]], Scenario]] = {
     "push": PushSender,
     "connections": Connections,
     "two_nodes": TwoNodes,
+    "redis_outage": RedisOutage,
 }
 
 

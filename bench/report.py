@@ -206,6 +206,32 @@ def summarise(report: dict[str, Any]) -> list[Row]:
             )
             top = ", ".join(f"{k} {v:.2f}" for k, v in list(redis["by_command"].items())[:6])
             rows.append(_row("two_nodes", "  of which, per message", redis["by_command"], top))
+    if "redis_outage" in sc and "error" not in sc["redis_outage"]:
+        r = sc["redis_outage"]
+        before, during, after = r["before"], r["during"], r["after"]
+        ratio = r["during_over_before"]
+        rows.append(
+            _row(
+                "redis_outage",
+                f"acked/s before / Redis killed ({during['seconds']:.0f} s) / after",
+                [before["acked_per_s"], during["acked_per_s"], after["acked_per_s"]],
+                f"{_num(before['acked_per_s'])} / {_num(during['acked_per_s'])} / "
+                f"{_num(after['acked_per_s'])} (during/before {_num(ratio, 2)})",
+                "during >= half of before",
+                ratio is not None and ratio >= 0.5,
+            )
+        )
+        if during["error_frames_per_s"] or r.get("errors"):
+            rows.append(
+                _row(
+                    "redis_outage",
+                    "error frames (by code)",
+                    r.get("errors"),
+                    ", ".join(f"{k} {v}" for k, v in (r.get("errors") or {}).items()) or "-",
+                )
+            )
+        rows += _cpu("redis_outage", before.get("cpu_pct"), " (before)")
+        rows += _cpu("redis_outage", during.get("cpu_pct"), " (during)")
     return rows
 
 

@@ -40,6 +40,7 @@ from argon2 import PasswordHasher, profiles
 
 from app.auth import create_access_token
 from app.messenger.devices import device_key, normalise_token
+from app.messenger.push.endpoints import EndpointPolicy
 from bench import BACKEND, ROOT, profile
 from bench.procstat import CpuWatch, raise_fd_limit
 from bench.pushfakes import Fakes, start_fakes
@@ -51,7 +52,7 @@ ALEMBIC = str(Path(sys.executable).parent / "alembic")
 RESULTS = ROOT / "bench" / "results"
 SECRET = "bench-secret-key-" + "x" * 32
 PASSWORD = "bench password 123"
-SCENARIOS = ["latency", "throughput", "fanout", "push", "connections", "two_nodes"]
+SCENARIOS = ["latency", "throughput", "fanout", "push", "connections", "two_nodes", "redis_outage"]
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -82,6 +83,10 @@ class Plan:
     ping_interval: float = 25.0
     two_nodes_seconds: float = 10.0
     two_nodes_latency: int = 500
+    # redis_outage: closed loop on one node; Redis is SIGKILLed, then started again.
+    outage_before: float = 5.0
+    outage_seconds: float = 5.0
+    outage_after: float = 5.0
 
 
 QUICK = Plan(
@@ -99,6 +104,9 @@ QUICK = Plan(
     idle_seconds=8.0,
     two_nodes_seconds=4.0,
     two_nodes_latency=200,
+    outage_before=3.0,
+    outage_seconds=4.0,
+    outage_after=4.0,
 )
 
 
@@ -232,6 +240,12 @@ class RedisServer:
                 return
             await asyncio.sleep(0.05)
         raise RuntimeError(f"redis-server did not start:\n{tail(self.log)}")
+
+    async def kill(self) -> None:
+        """kill -9: no goodbye to its clients, and everything it held is gone."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
 
     async def reset_stats(self) -> None:
         await self.client.config_resetstat()
@@ -402,6 +416,15 @@ class Bench:
             "log_level": "WARNING",
             "send_rate_per_second": 100_000,
             "send_burst": 100_000,
+            # Every bench user is registered, logged in and given conversations from one
+            # address: the public defaults of these limits would throttle the set-up.
+            "registration_rate_per_minute": 1_000_000,
+            "registration_burst": 1_000_000,
+            "login_rate_per_minute": 1_000_000,
+            "login_burst": 1_000_000,
+            "conversation_rate_per_minute": 1_000_000,
+            "conversation_burst": 1_000_000,
+            "password_hash_queue": 10_000,
             **self.fakes.settings,
         }
         for key, value in settings.items():
@@ -508,8 +531,19 @@ class Bench:
             names,
             self._password_hash,
         )
+        # One session each, as a login opens (no refresh token: its hash matches none).
+        ids = [r["id"] for r in rows]
+        session_ids = [str(uuid.uuid4()) for _ in ids]
+        await self.pool.execute(
+            "INSERT INTO sessions (id, user_id, refresh_hash, created_at, last_used_at, "
+            "expires_at) SELECT s, u, '', now(), now(), now() + interval '1 day' "
+            "FROM unnest($1::text[], $2::int[]) AS t(s, u)",
+            session_ids,
+            ids,
+        )
         return [
-            {"id": r["id"], "token": create_access_token(r["id"], SECRET, 24 * 3600)} for r in rows
+            {"id": u, "token": create_access_token(u, SECRET, 24 * 3600, session_id=s)}
+            for u, s in zip(ids, session_ids, strict=True)
         ]
 
     async def conversation(
@@ -547,7 +581,9 @@ class Bench:
         for i, user in enumerate(users):
             provider = ("web_push", "fcm", "apns")[i % 3]
             if provider == "web_push":
-                token = normalise_token("web_push", self.fakes.webpush.subscribe(), True)
+                token = normalise_token(
+                    "web_push", self.fakes.webpush.subscribe(), EndpointPolicy(allow_any=True)
+                )
                 platform_ = "web"
             elif provider == "fcm":
                 token, platform_ = "fcm-" + secrets.token_urlsafe(24), "android"
@@ -736,6 +772,71 @@ class Bench:
         result["redis"] = redis_per_message(commands, messages)
         return result
 
+    async def redis_outage(self) -> dict[str, Any]:
+        """A node's own users under a closed loop while its Redis is SIGKILLed, then
+        started again (empty): acked messages per second before, during and after."""
+        p = self.plan
+        redis = await self.start_redis()
+        (node,) = await self.start_nodes("a", redis_url=redis.url)
+        users = await self.pairs(node, "out")
+        total = p.outage_before + p.outage_seconds + p.outage_after
+        lg = await self.start_loadgen(
+            {
+                "scenario": "redis_outage",
+                "nodes": [node.info],
+                "users": users,
+                "window": p.window,
+                "warmup": 1.0,
+                "max_seconds": total + 30,
+            }
+        )
+        await lg.event(30)  # running, warmed up
+
+        def watch() -> CpuWatch:
+            return CpuWatch(
+                {"node": [node.info["pid"]], "driver": [os.getpid()]},
+                {"postgres": "postgres", "redis": "redis-server"},
+            )
+
+        phases: dict[str, tuple[float, float]] = {}
+        cpu: dict[str, dict[str, float]] = {}
+        for phase, seconds in (("before", p.outage_before), ("during", p.outage_seconds)):
+            w = watch()
+            if phase == "during":
+                await redis.kill()
+            t0 = time.time()
+            w.start(time.monotonic())
+            await asyncio.sleep(seconds)
+            cpu[phase] = w.stop(time.monotonic())
+            phases[phase] = (t0, time.time())
+        await redis.start()  # empty, on the same port
+        t0 = time.time()
+        await asyncio.sleep(p.outage_after)
+        phases["after"] = (t0, time.time())
+        lg.command("stop")
+        result = await lg.result(30)
+        await lg.stop()
+        bucket = result.pop("bucket_seconds")
+        acks = result.pop("acks")
+        errors = result.pop("error_frames")
+
+        def rate(series: list[list[int]], start: float, end: float) -> float:
+            counted = sum(n for b, n in series if start <= b * bucket < end)
+            return round(counted / (end - start), 1)
+
+        for phase, (start, end) in phases.items():
+            result[phase] = {
+                "seconds": round(end - start, 2),
+                "acked_per_s": rate(acks, start, end),
+                "error_frames_per_s": rate(errors, start, end),
+                **({"cpu_pct": cpu[phase]} if phase in cpu else {}),
+            }
+        before = result["before"]["acked_per_s"]
+        result["during_over_before"] = (
+            round(result["during"]["acked_per_s"] / before, 3) if before else None
+        )
+        return result
+
     async def run(self, names: list[str]) -> dict[str, Any]:
         results: dict[str, Any] = {}
         async with contextlib.AsyncExitStack() as stack:
@@ -815,14 +916,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--no-redis",
         action="store_true",
         help="nodes without Redis (in-process presence, fan-out and flood control), to see "
-        "what Redis costs; two_nodes needs Redis and is skipped",
+        "what Redis costs; two_nodes and redis_outage need Redis and are skipped",
     )
     args = parser.parse_args(argv)
     names = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = [s for s in names if s not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
-    args.names = [s for s in SCENARIOS if s in names and not (args.no_redis and s == "two_nodes")]
+    needs_redis = ("two_nodes", "redis_outage")
+    args.names = [s for s in SCENARIOS if s in names and not (args.no_redis and s in needs_redis)]
     return args
 
 

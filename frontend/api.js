@@ -1,7 +1,13 @@
-// REST client for /api/v1: bearer auth, JSON in and out, failures as ApiError.
+// REST client for /api/v1: bearer auth with short-lived access tokens kept fresh by a rotating
+// refresh token, JSON in and out, failures as ApiError.
 
-const TOKEN_KEY = 'messenger.token';
+const SESSION_KEY = 'messenger.session'; // {access_token, refresh_token, expires_at, lifetime_ms, session_id}
 const USER_KEY = 'messenger.user';
+const LEGACY_TOKEN_KEY = 'messenger.token'; // a bare access token from before sessions: not kept
+const REFRESH_LOCK = 'messenger.refresh';
+const REFRESH_AHEAD_MAX_MS = 60_000;
+const REFRESH_RETRY_MS = 5_000;
+const MAX_LIFETIME_S = 900; // the contract's longest access token, should an answer not say
 
 export class ApiError extends Error {
   constructor(status, code, message) {
@@ -11,11 +17,27 @@ export class ApiError extends Error {
   }
 }
 
-// The access token and the signed-in profile live in localStorage so a reload stays signed in
-// (and the profile lets the app start while the server is unreachable).
+const EXPIRED = () => new ApiError(401, 'invalid_token', 'Your session has ended. Please sign in again.');
+
+function readSession() {
+  try {
+    return JSON.parse(localStorage.getItem(SESSION_KEY));
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The session and the signed-in profile live in localStorage, shared by the tabs of this origin,
+ * so a reload stays signed in (and the profile lets the app start while the server is unreachable).
+ * Anything that runs script in this origin can read them: see the README ("The web client").
+ */
 export const session = {
   get token() {
-    return localStorage.getItem(TOKEN_KEY);
+    return readSession()?.access_token ?? null;
+  },
+  get id() {
+    return readSession()?.session_id ?? null;
   },
   get user() {
     try {
@@ -24,35 +46,181 @@ export const session = {
       return null;
     }
   },
-  save(token, user) {
-    localStorage.setItem(TOKEN_KEY, token);
-    this.saveUser(user);
+  /** Keeps a login's answer: tokens, session id and profile. */
+  save(login) {
+    tabSessionId = login.session_id;
+    storeTokens(login, login.session_id);
+    this.saveUser(login.user);
   },
   saveUser(user) {
     localStorage.setItem(USER_KEY, JSON.stringify(user));
   },
   clear() {
-    localStorage.removeItem(TOKEN_KEY);
+    clearTimeout(refreshTimer);
+    tabSessionId = null;
+    localStorage.removeItem(SESSION_KEY);
     localStorage.removeItem(USER_KEY);
   },
 };
 
-let unauthorized = () => {};
+function storeTokens({ access_token: access, refresh_token: refresh, expires_in: expiresIn }, sessionId) {
+  const lifetime = (Number(expiresIn) > 0 ? Number(expiresIn) : MAX_LIFETIME_S) * 1000;
+  localStorage.setItem(SESSION_KEY, JSON.stringify({
+    access_token: access,
+    refresh_token: refresh,
+    expires_at: Date.now() + lifetime,
+    lifetime_ms: lifetime,
+    session_id: sessionId,
+  }));
+  scheduleRefresh();
+}
 
-/** Called when an authenticated request answers 401: the token is no longer valid. */
+/** When to renew: a quarter of the lifetime before it ends, at most a minute before. */
+const renewAt = (stored) => stored.expires_at - Math.min(REFRESH_AHEAD_MAX_MS, stored.lifetime_ms / 4);
+const isDue = (stored) => Date.now() >= renewAt(stored);
+const isExpired = (stored) => Date.now() >= stored.expires_at;
+
+// ---- Hooks for the app
+
+let unauthorized = () => {};
+let replaced = () => {};
+const tokenListeners = new Set();
+
+/** Called once the session is over: a refresh was refused (revoked, expired or spent). */
 export function onUnauthorized(handler) {
   unauthorized = handler;
 }
 
-async function request(method, path, { body, query, auth = true } = {}) {
+/** Called when another tab signed out or signed in as someone else: this tab's session is gone. */
+export function onSessionReplaced(handler) {
+  replaced = handler;
+}
+
+/** listener(accessToken) after every new access token, from this tab or another. */
+export function onTokenRefreshed(listener) {
+  tokenListeners.add(listener);
+}
+
+function announce(token) {
+  for (const listener of tokenListeners) listener(token);
+}
+
+function sessionOver() {
+  session.clear();
+  unauthorized();
+}
+
+// ---- Refreshing
+
+let tabSessionId = readSession()?.session_id ?? null; // the session this tab runs
+let refreshTimer;
+let inFlight = null;
+
+function scheduleRefresh() {
+  clearTimeout(refreshTimer);
+  const stored = readSession();
+  if (!stored?.refresh_token) return;
+  refreshTimer = setTimeout(() => refreshOnTime(stored.access_token), Math.max(0, renewAt(stored) - Date.now()));
+}
+
+async function refreshOnTime(token) {
+  try {
+    await refresh(token);
+  } catch (error) {
+    // Unreachable or busy: try again while the token still works; after that the next request
+    // or reconnect refreshes first.
+    const stored = readSession();
+    if (error.status !== 401 && stored && !isExpired(stored)) {
+      clearTimeout(refreshTimer);
+      refreshTimer = setTimeout(() => refreshOnTime(stored.access_token), REFRESH_RETRY_MS);
+    }
+  }
+}
+
+/**
+ * A new access token in place of `staleToken`; resolves to the current access token.
+ * Calls in this tab share one request, and tabs take turns (Web Locks): a refresh token works
+ * once, and using a spent one revokes the session, so a tab that finds the token already
+ * renewed by another takes that one. Rejects with ApiError; a 401 has ended the session.
+ */
+export function refresh(staleToken) {
+  inFlight ??= withRefreshLock(() => rotate(staleToken)).finally(() => {
+    inFlight = null;
+  });
+  return inFlight;
+}
+
+function withRefreshLock(task) {
+  // navigator.locks exists only in secure contexts (https, localhost); elsewhere tabs may race.
+  return navigator.locks ? navigator.locks.request(REFRESH_LOCK, task) : task();
+}
+
+async function rotate(staleToken) {
+  const ours = () => {
+    const stored = readSession();
+    // Signed out, or another tab signed in as someone else: nothing of ours to renew.
+    return stored && tabSessionId && stored.session_id === tabSessionId ? stored : null;
+  };
+  const stored = ours();
+  if (!stored) throw EXPIRED();
+  if (stored.access_token !== staleToken && !isDue(stored)) return stored.access_token;
+  if (!stored.refresh_token) {
+    sessionOver();
+    throw EXPIRED();
+  }
+  let answer;
+  try {
+    answer = await call('POST', '/api/v1/auth/refresh', { body: { refresh_token: stored.refresh_token } });
+  } catch (error) {
+    if (error.status === 401 && ours()) sessionOver();
+    throw error;
+  }
+  if (!ours()) throw EXPIRED(); // signed out while the answer was on its way
+  storeTokens(answer, stored.session_id);
+  announce(answer.access_token);
+  return answer.access_token;
+}
+
+/** The access token to use now, renewed first when its time has come (null when signed out). */
+export async function accessToken() {
+  const stored = readSession();
+  if (!stored || !isDue(stored)) return stored?.access_token ?? null;
+  try {
+    return await refresh(stored.access_token);
+  } catch (error) {
+    // Not renewed but still valid: use it; the timer tries again.
+    if (error.status !== 401 && !isExpired(stored)) return stored.access_token;
+    throw error;
+  }
+}
+
+// Another tab renewed the tokens, signed out, or signed in as someone else.
+window.addEventListener('storage', (event) => {
+  if (event.key !== SESSION_KEY && event.key !== null) return;
+  const stored = readSession();
+  if ((stored?.session_id ?? null) !== tabSessionId) {
+    clearTimeout(refreshTimer);
+    replaced();
+  } else if (stored) {
+    scheduleRefresh();
+    announce(stored.access_token);
+  }
+});
+
+localStorage.removeItem(LEGACY_TOKEN_KEY);
+scheduleRefresh();
+
+// ---- Requests
+
+/** One HTTP exchange: the answer's JSON, or ApiError. */
+async function call(method, path, { body, query, token } = {}) {
   const url = new URL(path, location.origin);
   for (const [key, value] of Object.entries(query ?? {})) {
     if (value !== undefined && value !== null) url.searchParams.set(key, value);
   }
   const headers = { Accept: 'application/json' };
   if (body !== undefined) headers['Content-Type'] = 'application/json';
-  const token = session.token;
-  if (auth && token) headers.Authorization = `Bearer ${token}`;
+  if (token) headers.Authorization = `Bearer ${token}`;
 
   let response;
   try {
@@ -62,22 +230,43 @@ async function request(method, path, { body, query, auth = true } = {}) {
   }
   const data = await response.json().catch(() => null);
   if (response.ok) return data;
-
   const error = data?.error ?? {};
-  if (response.status === 401 && auth && token) unauthorized();
   throw new ApiError(response.status, error.code ?? `http_${response.status}`,
     error.message ?? `The server answered ${response.status}.`);
+}
+
+/** An authenticated call: on a 401 the token is renewed once and the call made once more. */
+async function request(method, path, options = {}) {
+  const token = await accessToken();
+  try {
+    return await call(method, path, { ...options, token });
+  } catch (error) {
+    if (error.status !== 401 || !token) throw error;
+  }
+  // Renewed meanwhile by another call: use that; otherwise renew now (a 401 there signs out).
+  const stored = readSession();
+  const renewed = stored && stored.access_token !== token ? stored.access_token : await refresh(token);
+  try {
+    return await call(method, path, { ...options, token: renewed });
+  } catch (error) {
+    if (error.status === 401) sessionOver(); // refused even with a fresh token: revoked just now
+    throw error;
+  }
 }
 
 const conversationPath = (id) => `/api/v1/messenger/conversations/${encodeURIComponent(id)}`;
 
 export const api = {
-  register: (username, password, displayName) => request('POST', '/api/v1/auth/register', {
+  register: (username, password, displayName) => call('POST', '/api/v1/auth/register', {
     body: displayName ? { username, password, display_name: displayName } : { username, password },
-    auth: false,
   }),
-  login: (username, password) => request('POST', '/api/v1/auth/login', { body: { username, password }, auth: false }),
+  login: (username, password) => call('POST', '/api/v1/auth/login', { body: { username, password } }),
+  logout: () => request('POST', '/api/v1/auth/logout'),
   me: () => request('GET', '/api/v1/me'),
+
+  sessions: () => request('GET', '/api/v1/me/sessions'),
+  revokeSession: (id) => request('DELETE', `/api/v1/me/sessions/${encodeURIComponent(id)}`),
+  revokeOtherSessions: () => request('DELETE', '/api/v1/me/sessions'),
 
   searchUsers: (prefix) => request('GET', '/api/v1/users', { query: { query: prefix } }),
   user: (id) => request('GET', `/api/v1/users/${encodeURIComponent(id)}`),

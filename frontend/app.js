@@ -1,18 +1,22 @@
 /*
  * Messenger web client: the entry point that ties the modules together.
- *   api.js REST · ws.js socket · store.js state · users.js names · ui.js drawing
- *   newchat.js new-conversation dialog · push.js Web Push, page side · sw.js service worker
+ *   api.js REST and tokens · ws.js socket · store.js state · users.js names · ui.js drawing
+ *   newchat.js new-conversation dialog · sessions.js sessions dialog · agent.js browser names
+ *   push.js Web Push, page side · sw.js service worker
  *
  * Hooks for browser tests (stable ids and attributes):
  *   Sign-in   #auth-view, #login-username, #login-password, #register-display-name (register mode),
  *             #login-submit, #register-toggle (switches sign-in/register), #auth-error
- *   Shell     #main-view (.chat-open when a chat is shown), #me-name, #logout, #enable-notifications,
+ *   Shell     #main-view (.chat-open when a chat is shown), #me-name, #sessions, #logout, #enable-notifications,
  *             #connection-status: data-state="online|offline|connecting", text "Online" | "Offline" |
  *             "Connecting…" (first attempt) | "Reconnecting…"; #offline-banner
  *   List      #conversation-list > li[data-conversation-id] (.active, .has-unread) with .conversation-name,
  *             .conversation-preview, .unread (the count; hidden when 0), .presence[data-online] for direct chats
  *   New chat  #new-chat, #new-chat-dialog, #new-chat-query, #new-chat-results button[data-user-id][aria-pressed],
  *             #new-chat-selected, #new-group-title, #create-chat, #new-chat-error
+ *   Sessions  #sessions (opens it), #sessions-dialog, #sessions-list > li.session[data-session-id] (.current:
+ *             this browser, with .badge) holding .session-name, .session-detail and (others only)
+ *             button.session-logout; #logout-others, #sessions-error, #sessions-close
  *   Chat      #chat-title, #chat-subtitle, #back, #mute-toggle[aria-pressed="true" when muted],
  *             #messages (role=log): li.message[data-message-id][data-seq][data-sender-id] (.own / .other),
  *             pending ones li.message.pending / .failed [data-client-msg-id] with button.retry / button.discard,
@@ -21,9 +25,12 @@
  *   URL       /?conversation=<id> opens that conversation; the open one is kept in the URL (replaceState).
  */
 
-import { api, onUnauthorized, session } from './api.js';
+import {
+  accessToken, api, onSessionReplaced, onTokenRefreshed, onUnauthorized, refresh, session,
+} from './api.js';
 import { initNewChatDialog } from './newchat.js';
 import * as push from './push.js';
+import { initSessionsDialog } from './sessions.js';
 import {
   addMessage, clearOutbox, findOutboxItem, isMuted, loadOutbox, recordRead, removeFromOutbox,
   resetState, saveOutbox, state, windowFor,
@@ -40,7 +47,7 @@ const LOAD_OLDER_WITHIN_PX = 200;
 const TYPING_SEND_EVERY_MS = 3000;
 const TYPING_SHOWN_MS = 6000;
 const RATE_LIMIT_RETRY_MS = 2500;
-const LOGOUT_PUSH_TIMEOUT_MS = 5000;
+const LOGOUT_TIMEOUT_MS = 5000;
 const EXPIRED_MESSAGE = 'Your session has ended. Please sign in again.';
 const BLOCKED_MESSAGE = 'Notifications are blocked for this site. Allow them in your browser’s site settings, then try again.';
 
@@ -54,6 +61,7 @@ let syncAgain = false;
 let renderQueued = false;
 let muteBusy = false;
 let openNewChat;
+let openSessions;
 
 // ---- Session
 
@@ -77,7 +85,7 @@ function startSession(user) {
   resetState(user);
   loadOutbox();
   ui.showMain(user);
-  connection = new Connection(() => session.token, {
+  connection = new Connection({ token: accessToken, refresh }, {
     onOpen: resync,
     onFrame: handleFrame,
     onStatus: (status, info) => {
@@ -88,9 +96,6 @@ function startSession(user) {
         scheduleRender();
       }
     },
-    onUnauthorized: () => endSession({ expired: true }),
-    // A refused upgrade looks like any network failure; asking /me tells a dead token apart (401 → sign-in).
-    onConnectFailed: () => api.me().catch(() => {}),
   });
   connection.start();
   resync();
@@ -107,8 +112,13 @@ async function endSession({ expired = false } = {}) {
   endingSession = true;
   connection.stop();
   connection = null;
-  // Push cleanup needs the token, so it goes first; a dead network must not hold logout up.
-  await Promise.race([push.unregister().catch(() => {}), delay(LOGOUT_PUSH_TIMEOUT_MS)]);
+  // Push cleanup needs the session, so it goes first, then the server forgets the session;
+  // a dead network must not hold logout up.
+  const leave = async () => {
+    await push.unregister().catch(() => {});
+    if (!expired) await api.logout().catch(() => {});
+  };
+  await Promise.race([leave(), delay(LOGOUT_TIMEOUT_MS)]);
   clearOutbox();
   session.clear();
   resetState();
@@ -130,10 +140,10 @@ async function submitAuth(event) {
       registering = false; // the account exists now: a failed sign-in below must not register again
       ui.setAuthMode(false);
     }
-    const { access_token: token, user } = await api.login(username, password);
-    session.save(token, user);
+    const login = await api.login(username, password);
+    session.save(login);
     $('auth-form').reset();
-    startSession(user);
+    startSession(login.user);
   } catch (error) {
     ui.showAuthError(error.message);
   } finally {
@@ -635,6 +645,7 @@ function bindEvents() {
   $('enable-notifications').addEventListener('click', enableNotifications);
   $('dismiss-notifications').addEventListener('click', () => ui.setNotificationPrompt(false));
   $('new-chat').addEventListener('click', () => openNewChat());
+  $('sessions').addEventListener('click', () => openSessions());
   $('start-first-chat').addEventListener('click', () => openNewChat());
 
   $('conversation-list').addEventListener('click', (event) => {
@@ -675,7 +686,14 @@ function bindEvents() {
 
 bindEvents();
 openNewChat = initNewChatDialog({ onCreated: conversationCreated });
+openSessions = initSessionsDialog();
 onUnauthorized(() => endSession({ expired: true }));
+onTokenRefreshed((token) => {
+  connection?.authenticate(token);
+  push.shareToken(token);
+});
+// Another tab signed out or in as someone else: start over from what storage holds now.
+onSessionReplaced(() => location.reload());
 onUsersChanged(() => {
   ui.forgetMessageNodes(); // sender names drawn as placeholders
   scheduleRender();

@@ -1,6 +1,7 @@
 // Web Push on the page side: permission, the service worker, this browser's subscription
 // and its device record on the server.
 
+import { describeAgent } from './agent.js';
 import { api, session } from './api.js';
 
 const DEVICE_TOKEN_KEY = 'messenger.pushDeviceToken'; // the device_token we registered last
@@ -37,7 +38,7 @@ export async function subscribeAndRegister() {
   subscription ??= await registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey });
 
   const deviceToken = JSON.stringify(subscription);
-  await api.registerDevice({ device_token: deviceToken, platform: 'web', provider: 'web_push', device_name: describeBrowser() });
+  await api.registerDevice({ device_token: deviceToken, platform: 'web', provider: 'web_push', device_name: describeAgent(navigator.userAgent) ?? 'Browser' });
   const previous = localStorage.getItem(DEVICE_TOKEN_KEY);
   localStorage.setItem(DEVICE_TOKEN_KEY, deviceToken);
   if (previous && previous !== deviceToken) api.deleteDevice(previous).catch(() => {});
@@ -56,6 +57,17 @@ export async function unregister() {
   await Promise.all([...tokens].map((token) => api.deleteDevice(token).catch(() => {})));
   localStorage.removeItem(DEVICE_TOKEN_KEY);
   registration?.active?.postMessage({ type: 'auth-token', token: null });
+}
+
+/**
+ * A renewed access token for the worker, if this browser gets pushes: it re-registers by itself
+ * on pushsubscriptionchange while no page is open (see sw.js).
+ */
+export function shareToken(token) {
+  if (!isSupported() || !localStorage.getItem(DEVICE_TOKEN_KEY)) return;
+  navigator.serviceWorker.getRegistration('/')
+    .then((registration) => registration?.active?.postMessage({ type: 'auth-token', token }))
+    .catch(() => {});
 }
 
 /** Messages from the service worker: {type: "open-conversation", conversation_id} and {type: "push-subscription-changed"}. */
@@ -95,14 +107,4 @@ function sameBytes(buffer, bytes) {
   if (!buffer) return false;
   const other = new Uint8Array(buffer);
   return other.length === bytes.length && other.every((byte, index) => byte === bytes[index]);
-}
-
-/** A short label for the devices list, e.g. "Firefox on Linux". */
-function describeBrowser() {
-  const agent = navigator.userAgent;
-  const browser = [[/Edg\//, 'Edge'], [/OPR\//, 'Opera'], [/Firefox\//, 'Firefox'], [/Chrome\//, 'Chrome'], [/Safari\//, 'Safari']]
-    .find(([pattern]) => pattern.test(agent))?.[1] ?? 'Browser';
-  const system = [[/Android/, 'Android'], [/iPhone|iPad/, 'iOS'], [/Mac OS X/, 'macOS'], [/Windows/, 'Windows'], [/CrOS/, 'ChromeOS'], [/Linux/, 'Linux']]
-    .find(([pattern]) => pattern.test(agent))?.[1];
-  return system ? `${browser} on ${system}` : browser;
 }

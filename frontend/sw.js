@@ -131,8 +131,9 @@ self.addEventListener('notificationclick', (event) => {
  * pushsubscriptionchange: the browser dropped or rotated our subscription. We subscribe again with
  * the server's current key. Then, to keep one place that owns the device record:
  *   - if a page of ours is open, it re-registers (it holds the session) — we only tell it;
- *   - otherwise we register with the access token a page left here (in IndexedDB) when it enabled
- *     push; logout clears it. With neither, the next page load re-registers.
+ *   - otherwise we register with the access token a page left here (in IndexedDB); pages renew it
+ *     with every refresh and logout clears it. It lives minutes, so once it has expired (or with
+ *     none) the next page load re-registers.
  */
 self.addEventListener('pushsubscriptionchange', (event) => {
   event.waitUntil(renewSubscription(event.oldSubscription));

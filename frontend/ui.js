@@ -120,6 +120,7 @@ export function resetMain() {
   renderTyping();
   showComposerError('');
   setNotificationPrompt(false);
+  for (const dialog of document.querySelectorAll('dialog[open]')) dialog.close();
 }
 
 export function setConnectionStatus(status, { everOnline }) {

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import gc
-import logging
 
 import uvicorn
 
 from app.config import Settings
+from app.logs import configure_logging
 from app.main import create_app
 
 
 def main() -> None:
     settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    configure_logging(settings.log_level)
     app = create_app(settings)
     # The ~130,000 objects the imports made live as long as the process: out of the
     # collector's sight, a full collection takes a few ms instead of ~60 ms, a pause that
@@ -29,6 +26,14 @@ def main() -> None:
         port=settings.port,
         ws="websockets-sansio",  # the protocol whose writes framewriter batches
         ws_per_message_deflate=settings.websocket_compression,
+        ws_ping_interval=settings.websocket_ping_interval_seconds,
+        ws_ping_timeout=settings.websocket_ping_timeout_seconds,
+        # A larger frame closes the socket (1009) from its header, before it is read.
+        ws_max_size=settings.max_frame_bytes,
+        # Behind a load balancer the client's address (which the abuse limits key on)
+        # comes from X-Forwarded-For, believed only from these peers.
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         log_level=settings.log_level.lower(),
         access_log=False,
     )

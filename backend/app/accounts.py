@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Annotated
 
@@ -13,12 +14,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.auth import create_access_token, hash_password, verify_password
+from app.auth import PasswordPool
 from app.config import Settings
 from app.errors import ApiError
 from app.jsonutil import JSONResponse
 from app.models import MAX_ID, User
-from app.ratelimit import RateLimiter, too_many_requests
+from app.ratelimit import RateLimiter, address_key, too_many_requests
+from app.sessions import SessionStore
 from app.web import RequestReader
 
 log = logging.getLogger(__name__)
@@ -53,11 +55,15 @@ class AccountRoutes:
         reader: RequestReader,
         limiter: RateLimiter,
         settings: Settings,
+        passwords: PasswordPool,
+        session_store: SessionStore,
     ) -> None:
         self._sessions = sessions
         self._reader = reader
         self._limiter = limiter
         self._settings = settings
+        self._passwords = passwords
+        self._session_store = session_store
 
     @property
     def routes(self) -> list[Route]:
@@ -70,12 +76,21 @@ class AccountRoutes:
         ]
 
     async def register(self, request: Request) -> Response:
+        settings = self._settings
+        client = address_key(request.client.host if request.client else None)
+        retry_after = await self._limiter.hit(
+            f"register:{client}",
+            settings.registration_rate_per_minute / 60,
+            settings.registration_burst,
+        )
+        if retry_after > 0:
+            raise too_many_requests(retry_after, "too many registrations; try again later")
         body = await self._reader.json(request, RegisterBody)
         username = body.username.lower()
         user = User(
             username=username,
             display_name=body.display_name or body.username,
-            password_hash=await hash_password(body.password),
+            password_hash=await self._passwords.hash(body.password),
         )
         async with self._sessions() as session:
             session.add(user)
@@ -91,27 +106,33 @@ class AccountRoutes:
         settings = self._settings
         username = body.username.strip().lower()
         client = request.client.host if request.client else "-"
-        retry_after = await self._limiter.hit(
-            f"login:{username}:{client}", settings.login_rate_per_minute / 60, settings.login_burst
+        # Two buckets: guessing one account's password from many addresses, and trying
+        # many accounts from one address, each run out.
+        address_rate, address_burst = settings.login_address_limit
+        waits = await asyncio.gather(
+            self._limiter.start_hit(
+                f"login:user:{username}", settings.login_rate_per_minute / 60, settings.login_burst
+            ),
+            self._limiter.start_hit(
+                f"login:addr:{address_key(client)}", address_rate / 60, address_burst
+            ),
         )
-        if retry_after > 0:
-            raise too_many_requests(retry_after, "too many login attempts; try again later")
+        if max(waits) > 0:
+            raise too_many_requests(max(waits), "too many login attempts; try again later")
         async with self._sessions() as session:
             user = await session.scalar(select(User).where(User.username == username))
         if (
-            not await verify_password(user.password_hash if user else None, body.password)
+            not await self._passwords.verify(user.password_hash if user else None, body.password)
             or not user
         ):
             log.info("login failed client=%s", client)
             raise ApiError(401, "invalid_credentials", "wrong username or password")
-        token = create_access_token(
-            user.id, settings.signing_key, settings.access_token_ttl_seconds
-        )
-        log.info("login user=%s client=%s", user.id, client)
-        return JSONResponse({"access_token": token, "token_type": "bearer", "user": user.public()})
+        issued = await self._session_store.open(user.id, request.headers.get("user-agent"), client)
+        log.info("login user=%s session=%s client=%s", user.id, issued.session_id, client)
+        return JSONResponse({**issued.body(), "user": user.public()})
 
     async def me(self, request: Request) -> Response:
-        user_id = self._reader.user_id(request)
+        user_id = await self._reader.user_id(request)
         async with self._sessions() as session:
             user = await session.get(User, user_id)
         if user is None:
@@ -120,7 +141,7 @@ class AccountRoutes:
 
     async def search_users(self, request: Request) -> Response:
         """Users whose username or display name starts with the query (at most 20)."""
-        self._reader.user_id(request)
+        await self._reader.user_id(request)
         query = request.query_params.get("query", "").strip().lower()
         if not query:
             return JSONResponse({"users": []})
@@ -141,7 +162,7 @@ class AccountRoutes:
         return JSONResponse({"users": [u.public() for u in users]})
 
     async def get_user(self, request: Request) -> Response:
-        self._reader.user_id(request)
+        await self._reader.user_id(request)
         user_id = request.path_params["user_id"]
         user = None
         if user_id <= MAX_ID:

@@ -47,7 +47,10 @@ async def cleanup(settings: Settings) -> int:
     if not report.ran:
         print("another node is running the cleanup; nothing done")
     else:
-        print(f"removed {report.devices_removed} devices, {report.attempts_removed} push records")
+        print(
+            f"removed {report.devices_removed} devices, {report.attempts_removed} push records, "
+            f"{report.sessions_removed} sessions"
+        )
     return 0
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import secrets
 from functools import cached_property
 from pathlib import Path
@@ -28,27 +30,84 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     database_url: str = ""
+    # PostgreSQL: a statement running longer is cancelled (a send then gets 503
+    # `unavailable`), a connect taking longer fails, and a request waits at most this long
+    # for one of the pool's connections.
+    database_statement_timeout_seconds: float = Field(default=10.0, gt=0)
+    database_connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    database_pool_timeout_seconds: float = Field(default=10.0, gt=0)
     redis_url: str = ""
     secret_key: str = ""
     node_id: str = Field(default_factory=lambda: secrets.token_hex(4))
 
     # argon2-cffi's profile: RFC_9106_LOW_MEMORY in production, CHEAPEST for tests.
     password_profile: str = "RFC_9106_LOW_MEMORY"
-    access_token_ttl_seconds: int = 7 * 24 * 3600
+    # Sessions: short access tokens (at most 15 minutes: a larger value refuses to start),
+    # minted by a refresh token that rotates on each use and ends when unused this long.
+    access_token_ttl_seconds: int = Field(default=900, ge=1, le=900)
+    refresh_token_ttl_seconds: int = Field(default=30 * 24 * 3600, ge=60)
+    # A user's open sessions; a new sign-in beyond this ends the least recently used.
+    max_sessions_per_user: int = Field(default=100, ge=1)
+    # Sessions revoked or expired this long ago are deleted by the daily cleanup.
+    session_retention_days: int = Field(default=30, ge=1)
+    # How often each node looks for sessions revoked anywhere, to close their sockets.
+    session_revocation_poll_seconds: float = Field(default=1.0, gt=0, le=4)
+    # A socket opened without a token must send `auth {access_token}` within this time.
+    websocket_auth_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
     max_message_length: int = 4000
     # Transactions the message writer runs side by side (PostgreSQL; SQLite has one).
     # One lane makes the fewest, largest commits (each waits on a disk flush); more pay
     # where PostgreSQL has cores and a disk to spare.
     writer_lanes: int = Field(default=1, ge=1, le=16)
+    # Sends waiting for the writer or being written on this node; one more is refused at
+    # once (503 `overloaded`) rather than queued without bound.
+    writer_queue_limit: int = Field(default=10_000, ge=1)
+    # Sends of one socket accepted and not yet answered; beyond this the node stops
+    # reading that socket until the oldest is answered.
+    websocket_sends_in_flight: int = Field(default=64, ge=1)
     max_frame_bytes: int = 64 * 1024
     max_body_bytes: int = 1024 * 1024
     websocket_compression: bool = False
+    # uvicorn pings every socket this often and drops one that leaves a ping unanswered for
+    # the timeout: how long a half-open socket (a phone that lost its network) counts online.
+    websocket_ping_interval_seconds: float = Field(default=20.0, gt=0)
+    websocket_ping_timeout_seconds: float = Field(default=20.0, gt=0)
 
-    # Flood control: a token bucket per user (sends) and per username+address (logins).
+    # Flood control: token buckets per user, per username or per client address (an IPv6
+    # address counts by its /64). Defaults suit a public deployment; a load test raises them.
     send_rate_per_second: float = 20.0
     send_burst: int = 50
-    login_rate_per_minute: float = 10.0
-    login_burst: int = 10
+    # Logins: one bucket per username (whatever the address) and one per address. The
+    # address bucket takes the LOGIN_* values unless given its own (many users behind NAT).
+    login_rate_per_minute: float = Field(default=10.0, gt=0)
+    login_burst: int = Field(default=10, ge=1)
+    login_address_rate_per_minute: float | None = Field(default=None, gt=0)
+    login_address_burst: int | None = Field(default=None, ge=1)
+    registration_rate_per_minute: float = Field(default=5.0, gt=0)  # per address
+    registration_burst: int = Field(default=10, ge=1)
+    conversation_rate_per_minute: float = Field(default=10.0, gt=0)  # new conversations per user
+    conversation_burst: int = Field(default=20, ge=1)
+    device_registration_rate_per_minute: float = Field(default=10.0, gt=0)  # per user
+    device_registration_burst: int = Field(default=10, ge=1)
+    # A user's devices; registering one more removes the least recently used.
+    max_devices_per_user: int = Field(default=20, ge=1)
+    # A user's sockets on one node; one more closes the oldest (code 4429).
+    max_sockets_per_user: int = Field(default=20, ge=1)
+    # A user's typing frames reach a conversation at most about once per interval (per
+    # node); the rest are dropped without an answer.
+    typing_interval_seconds: float = Field(default=3.0, ge=0)
+    # argon2 runs on this many threads (each hash takes 64 MiB with the default profile)
+    # with at most password_hash_queue callers waiting; beyond that: 503 busy.
+    password_hash_concurrency: int = Field(default=2, ge=1)
+    password_hash_queue: int = Field(default=16, ge=0)
+    # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed (a load balancer):
+    # comma-separated addresses or networks, or "*". Client limits key on what they say.
+    forwarded_allow_ips: str = "127.0.0.1,::1"
+
+    # Blocks: sends in a direct conversation cache whether a block stands between its two
+    # for this long; another node's block or unblock takes effect here within it.
+    block_cache_seconds: float = Field(default=5.0, ge=0)
+    max_blocks_per_user: int = Field(default=10_000, ge=1)
 
     # Presence: each node refreshes its users in Redis every heartbeat; a node that
     # stops (kill -9) stops counting once the TTL runs out.
@@ -73,14 +132,29 @@ class Settings(BaseSettings):
     # A node renews its jobs' leases every recovery interval; keep it under a third of the lease.
     push_lease_seconds: float = 60.0
     push_recovery_interval_seconds: float = 15.0
+    # Deliveries planned and not finished (waiting for a slot, calling, backing off) on one
+    # node; beyond it planning waits, and the jobs waiting keep their leases.
+    push_max_pending_deliveries: int = Field(default=10_000, ge=1)
+    # A recipient skipped because they looked online is looked at again this often (and at
+    # once when presence here sees them go); gone with the message unread, they get the push
+    # then. At most this many (message, recipient) pairs are remembered per node.
+    push_recheck_interval_seconds: float = Field(default=5.0, gt=0)
+    push_recheck_max_pairs: int = Field(default=50_000, ge=0)
     push_device_retention_days: int = 90
     push_attempt_retention_days: int = 30
     push_ttl_seconds: int = 24 * 3600
     cleanup_interval_seconds: float = 24 * 3600
     web_base_url: str = ""
 
-    # Browsers hand out https endpoints only; plain http is for local fakes in tests.
-    web_push_allow_http: bool = False
+    # Web Push endpoints must be on a known push service (push/endpoints.py); an operator
+    # adds hosts here (comma-separated names or `*.suffix`). Allowing any endpoint (any
+    # http(s) URL, address and port) is for staging and tests only: it lets a user make
+    # the node POST anywhere.
+    web_push_extra_hosts: str = ""
+    web_push_allow_any_endpoint: bool = False
+    # Pushes in flight to one push service host (one entry of the host list), so a slow
+    # one cannot take every Web Push slot.
+    web_push_per_host_concurrency: int = Field(default=100, ge=1)
     vapid_private_key: str = ""
     vapid_public_key: str = ""
     vapid_subject: str = ""
@@ -94,6 +168,10 @@ class Settings(BaseSettings):
     apns_use_sandbox: bool = False
     apns_endpoint: str = ""
     apns_ca_file: str = ""
+
+    # Who may read GET /metrics: comma-separated addresses or CIDR networks (behind a
+    # load balancer, as FORWARDED_ALLOW_IPS reports them); empty: everyone.
+    metrics_allow_from: str = ""
 
     log_level: str = "INFO"
 
@@ -118,6 +196,16 @@ class Settings(BaseSettings):
         return self.push_concurrency if own is None else own
 
     @property
+    def login_address_limit(self) -> tuple[float, int]:
+        """(rate per minute, burst) of the per-address login bucket."""
+        rate = self.login_address_rate_per_minute
+        burst = self.login_address_burst
+        return (
+            self.login_rate_per_minute if rate is None else rate,
+            self.login_burst if burst is None else burst,
+        )
+
+    @property
     def public_base_url(self) -> str:
         return self.web_base_url.rstrip("/") or f"http://{self.host}:{self.port}"
 
@@ -140,11 +228,35 @@ class Settings(BaseSettings):
             return self.secret_key
         key_file = DEFAULT_DATA_DIR / "secret_key"
         DEFAULT_DATA_DIR.mkdir(parents=True, exist_ok=True)
-        if not key_file.exists():
-            key_file.write_text(secrets.token_urlsafe(48))
-            key_file.chmod(0o600)
         log.warning("SECRET_KEY is not set: using the generated key in %s", key_file)
-        return key_file.read_text().strip()
+        return read_or_create_key(key_file)
+
+
+def read_or_create_key(path: Path) -> str:
+    """The key kept in `path`, made first if there is none.
+
+    It is written to a file of its own, created 0600 with O_EXCL (never readable by
+    anyone else, not even for a moment), then linked into place, which fails if the key
+    exists: of two processes making it at once, one wins, and both use the winner's.
+    """
+    if not path.exists():
+        spare = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+        fd = os.open(spare, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(48))
+                f.flush()
+                os.fsync(f.fileno())
+            with contextlib.suppress(FileExistsError):
+                os.link(spare, path)
+        finally:
+            spare.unlink()
+    if path.stat().st_mode & 0o077:
+        log.warning("%s can be read by other users: chmod 600 it", path)
+    key = path.read_text().strip()
+    if len(key) < MIN_SECRET_LENGTH:
+        raise ConfigError(f"{path} holds no usable key: remove it to have a new one made")
+    return key
 
 
 def normalise_database_url(url: str) -> str:

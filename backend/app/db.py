@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from sqlalchemy import ARRAY, ColumnElement, DateTime, MetaData, Table, any_, bindparam, event
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -52,6 +54,10 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+# How much longer than the statement timeout the client waits for an answer.
+CLIENT_TIMEOUT_MARGIN = 2.0
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -66,22 +72,47 @@ def one_of(
     return column.in_(values)
 
 
-def make_engine(url: str) -> AsyncEngine:
+def make_engine(
+    url: str,
+    statement_timeout: float | None = None,
+    connect_timeout: float | None = None,
+    pool_timeout: float = 30.0,
+) -> AsyncEngine:
+    """The engine; on PostgreSQL with these timeouts (seconds; None: the driver's own)."""
+    # A database error never quotes its statement's parameters (message text, hashes).
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
             # WAL lets readers go on while the writer commits; foreign keys are off by default.
+            # synchronous=FULL syncs the WAL at every commit: an acknowledged message
+            # survives a power cut (NORMAL could lose the last commits).
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 
         return engine
-    engine = create_async_engine(url, pool_size=20, max_overflow=20)
+    connect_args: dict[str, Any] = {}
+    if connect_timeout is not None:
+        connect_args["timeout"] = connect_timeout
+    if statement_timeout is not None:
+        # PostgreSQL cancels a statement that runs longer (waiting on a lock included); the
+        # client gives up a little later, for a server that stopped answering altogether.
+        timeout_ms = str(round(statement_timeout * 1000))
+        connect_args["server_settings"] = {"statement_timeout": timeout_ms}
+        connect_args["command_timeout"] = statement_timeout + CLIENT_TIMEOUT_MARGIN
+    engine = create_async_engine(
+        url,
+        pool_size=20,
+        max_overflow=20,
+        pool_timeout=pool_timeout,
+        connect_args=connect_args,
+        hide_parameters=True,
+    )
 
     @event.listens_for(engine.sync_engine, "checkout")
     def _drop_closed(_dbapi_conn: Any, record: Any, _proxy: Any) -> None:
@@ -92,6 +123,33 @@ def make_engine(url: str) -> AsyncEngine:
             raise DisconnectionError("the server closed this connection")
 
     return engine
+
+
+# Classes of SQLSTATE that say "not now" rather than "wrong": the connection (08), resources
+# (53), the operator or a timeout (57: statement_timeout is 57014), and a lock or a
+# conflict a retry may not meet again (55P03, 40001, 40P01).
+_TRANSIENT_SQLSTATES = ("08", "53", "57", "55P03", "40001", "40P01")
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether an error means the database could not answer in time (down, unreachable,
+    a statement timed out, a pool exhausted), which a retry may get past, rather than a
+    bug or bad input."""
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, (OSError, TimeoutError, PoolTimeout)):
+            return True
+        if isinstance(error, DBAPIError) and error.connection_invalidated:
+            return True
+        state = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
+        if isinstance(state, str) and state.startswith(_TRANSIENT_SQLSTATES):
+            return True
+        if isinstance(error, sqlite3.OperationalError) and "locked" in str(error):
+            return True
+        error = getattr(error, "orig", None) or error.__cause__
+    return False
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

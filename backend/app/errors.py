@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import logging
+import traceback
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.jsonutil import JSONResponse
 
 log = logging.getLogger(__name__)
+_APP_DIR = str(Path(__file__).resolve().parent)
+CLOSE_INTERNAL_ERROR = 1011
 
 HTTP_CODES = {
     400: "bad_request",
@@ -69,13 +74,80 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
     return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=exc.headers)
 
 
-async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return JSONResponse(error_body("internal_error", "internal server error"), 500)
+def describe_unexpected(exc: BaseException) -> str:
+    """An error nobody expected, as log fields on one line: its type (and the types it
+    was raised from) and where in the app it was raised. Never its message or a
+    traceback's text: a driver's message quotes the value it refused, and that value
+    came from a client."""
+    kinds: list[str] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(kinds) < 4:
+        kinds.append(type(cause).__qualname__)
+        cause = cause.__cause__ or cause.__context__
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = [f for f in frames if f.filename.startswith(_APP_DIR)][-3:]
+    where = " < ".join(
+        f"app{f.filename[len(_APP_DIR) :]}:{f.lineno}:{f.name}" for f in reversed(ours)
+    )
+    if frames and (not ours or frames[-1] is not ours[-1]):
+        last = frames[-1]
+        where = f"{Path(last.filename).name}:{last.lineno}:{last.name}" + (
+            f" < {where}" if where else ""
+        )
+    return f"error={'<'.join(kinds)} where={where or '-'}"
+
+
+class AnswerUnexpected:
+    """ASGI middleware: an exception no route handled answers 500 in the API's shape and
+    is logged on one line (describe_unexpected), instead of the server's traceback."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        started = False  # the response, or the socket's handshake answer
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            what = "request failed " + scope["method"] if "method" in scope else "socket failed"
+            log.error("%s %s %s", what, _endpoint(scope), describe_unexpected(exc))
+            try:
+                await _answer_unexpected(scope, receive, send, started)
+            except Exception:  # the client is gone
+                pass
+
+
+async def _answer_unexpected(scope: Scope, receive: Receive, send: Send, started: bool) -> None:
+    if scope["type"] == "http":
+        if not started:
+            answer = JSONResponse(error_body("internal_error", "internal server error"), 500)
+            await answer(scope, receive, send)
+        return
+    # A socket closes with 1011 (internal error), accepted first if need be: a close
+    # before the handshake would read as 403, a refusal the client should not retry.
+    if not started:
+        await send({"type": "websocket.accept"})
+    await send({"type": "websocket.close", "code": CLOSE_INTERNAL_ERROR})
+
+
+def _endpoint(scope: Scope) -> str:
+    """The route that took the request, by name: the path itself may hold a token."""
+    endpoint = scope.get("endpoint")
+    if endpoint is None:
+        return "endpoint=-"
+    return f"endpoint={getattr(endpoint, '__qualname__', None) or type(endpoint).__name__}"
 
 
 EXCEPTION_HANDLERS = {
     ApiError: api_error_handler,
     HTTPException: http_error_handler,
-    Exception: unexpected_error_handler,
 }

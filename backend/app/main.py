@@ -13,17 +13,19 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from app.accounts import AccountRoutes
-from app.auth import use_password_profile
 from app.config import Settings
-from app.errors import EXCEPTION_HANDLERS
+from app.errors import EXCEPTION_HANDLERS, AnswerUnexpected
 from app.health import Health
+from app.messenger.blocks import BlockRoutes
 from app.messenger.conversations import ConversationRoutes
 from app.messenger.devices import DeviceRoutes
 from app.messenger.framewriter import ServerSend
+from app.messenger.push.endpoints import EndpointPolicy
 from app.messenger.websocket import SocketEndpoint
-from app.metrics import metrics_endpoint
+from app.metrics import MetricsEndpoint
 from app.migrations import check_schema_current
 from app.services import Services, build_services
+from app.sessions import SessionRoutes
 from app.web import RefuseNulInUrl, RequestReader
 
 log = logging.getLogger(__name__)
@@ -33,13 +35,33 @@ FRONTEND = Path(__file__).resolve().parents[2] / "frontend"
 def build_routes(services: Services) -> list[BaseRoute]:
     """Every route, each given the parts of the node it uses."""
     s = services
-    reader = RequestReader(s.settings)
+    reader = RequestReader(s.settings, s.session_store)
     return [
-        *AccountRoutes(s.sessionmaker, reader, s.limiter, s.settings).routes,
-        *ConversationRoutes(
-            s.engine, reader, s.participants, s.sender, s.reads, s.fanout, s.presence
+        *AccountRoutes(
+            s.sessionmaker, reader, s.limiter, s.settings, s.passwords, s.session_store
         ).routes,
-        *DeviceRoutes(s.engine, reader, s.push, s.settings.web_push_allow_http).routes,
+        *SessionRoutes(s.session_store, reader).routes,
+        *ConversationRoutes(
+            s.engine,
+            reader,
+            s.participants,
+            s.sender,
+            s.reads,
+            s.fanout,
+            s.presence,
+            s.blocks,
+            s.limiter,
+            s.settings,
+        ).routes,
+        *BlockRoutes(reader, s.blocks, s.contacts, s.presence, s.fanout).routes,
+        *DeviceRoutes(
+            s.engine,
+            reader,
+            s.push,
+            EndpointPolicy.from_settings(s.settings),
+            s.limiter,
+            s.settings,
+        ).routes,
         WebSocketRoute(
             "/ws",
             SocketEndpoint(
@@ -51,10 +73,11 @@ def build_routes(services: Services) -> list[BaseRoute]:
                 s.participants,
                 s.reads,
                 s.fanout,
+                s.socket_auth,
             ),
         ),
         Route("/health", Health(s.engine, s.redis).check, methods=["GET"]),
-        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/metrics", MetricsEndpoint.from_settings(s.settings).serve, methods=["GET"]),
         # The web client last, at the root: /sw.js must be served from there so its
         # scope can be the whole site.
         Mount("/", StaticFiles(directory=FRONTEND, html=True, check_dir=False)),
@@ -63,12 +86,12 @@ def build_routes(services: Services) -> list[BaseRoute]:
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings()
+    # Built once per app (no I/O until started): an app runs one lifespan, as a server does.
     services = build_services(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         settings.signing_key  # noqa: B018  (fail now, not on the first login, if it is unusable)
-        use_password_profile(settings.password_profile)
         await check_schema_current(services.engine)
         await services.start()
         log.info(
@@ -86,7 +109,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app = Starlette(
         routes=build_routes(services),
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[Middleware(ServerSend), Middleware(RefuseNulInUrl)],
+        middleware=[
+            Middleware(ServerSend),
+            Middleware(AnswerUnexpected),
+            Middleware(RefuseNulInUrl),
+        ],
         lifespan=lifespan,
     )
     app.state.settings = settings

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Sequence
+
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
+
+from app.config import ConfigError, Settings
+from app.errors import ApiError
 
 messages_sent = Counter("messenger_messages_sent_total", "Messages persisted by this node")
 websocket_connections = Gauge("messenger_websocket_connections", "Open WebSockets on this node")
@@ -17,10 +23,73 @@ push_latency = Histogram(
     ["provider"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
 )
+read_mark_writes = Counter(
+    "messenger_read_mark_writes_total", "Read-mark write transactions (bursts of marks merged)"
+)
 push_jobs_recovered = Counter(
     "messenger_push_jobs_recovered_total", "Push jobs taken up after their node stopped"
 )
+push_deliveries_pending = Gauge(
+    "messenger_push_deliveries_pending", "Push deliveries planned and not finished"
+)
+push_jobs_deferred = Counter(
+    "messenger_push_jobs_deferred_total",
+    "Push jobs left to recovery because this node had too much push work queued",
+)
+push_deliveries_waiting = Gauge(
+    "messenger_push_deliveries_waiting",
+    "Push deliveries planned and waiting for room (PUSH_MAX_PENDING_DELIVERIES reached)",
+)
+push_rechecks = Counter(
+    "messenger_push_rechecks_total",
+    "Messages pushed late: the recipient looked online at commit, then went away unread",
+)
+push_rechecks_forgotten = Counter(
+    "messenger_push_rechecks_forgotten_total",
+    "Recipients skipped as online and forgotten early (PUSH_RECHECK_MAX_PAIRS reached)",
+)
 
 
-async def metrics_endpoint(request: Request) -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class MetricsEndpoint:
+    """GET /metrics: to every client, or only to addresses in METRICS_ALLOW_FROM."""
+
+    def __init__(self, allow_from: Sequence[IPNetwork] = ()) -> None:
+        self._allow_from = tuple(allow_from)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MetricsEndpoint:
+        return cls(parse_networks(settings.metrics_allow_from))
+
+    def allows(self, address: str | None) -> bool:
+        if not self._allow_from:
+            return True
+        try:
+            ip = ipaddress.ip_address(address or "")
+        except ValueError:  # no address (a Unix socket), or not one
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # a dual-stack listener's view of an IPv4 client
+        return any(ip in network for network in self._allow_from)
+
+    async def serve(self, request: Request) -> Response:
+        if not self.allows(request.client.host if request.client else None):
+            raise ApiError(403, "forbidden", "metrics are not served to this address")
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def parse_networks(text: str) -> tuple[IPNetwork, ...]:
+    """Comma-separated addresses or CIDR networks; an empty text is none."""
+    networks = []
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise ConfigError(
+                f"METRICS_ALLOW_FROM: {entry!r} is not an address or network"
+            ) from None
+    return tuple(networks)

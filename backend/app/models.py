@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Integer, String
+from sqlalchemy import ForeignKey, Integer, PrimaryKeyConstraint, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, UTCDateTime, utcnow
@@ -26,3 +26,36 @@ class User(Base):
 
     def public(self) -> dict[str, Any]:
         return {"id": self.id, "username": self.username, "display_name": self.display_name}
+
+
+class Session(Base):
+    """One sign-in: a refresh token (only its hash is kept) that mints access tokens.
+
+    A refresh token is "<session id>.<secret>"; each refresh replaces the secret, so a
+    spent one that comes back (stolen, or replayed) is told from the current one and
+    revokes the whole session.
+    """
+
+    __tablename__ = "sessions"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    refresh_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Set once, when the session is revoked (logout, reuse, expiry of its refresh token).
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    user_agent: Mapped[str | None] = mapped_column(String(256))
+    ip: Mapped[str | None] = mapped_column(String(64))
+
+
+class Block(Base):
+    """`blocker_id` blocked `blocked_id`."""
+
+    __tablename__ = "blocks"
+    __table_args__ = (PrimaryKeyConstraint("blocker_id", "blocked_id"),)
+
+    blocker_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    blocked_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

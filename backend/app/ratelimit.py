@@ -7,6 +7,7 @@ time"), so the Redis variant is one small script and one round trip.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 from typing import Protocol
 
@@ -14,7 +15,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from app.errors import ApiError
-from app.messenger.redis_keys import load_lua
+from app.messenger.redis_breaker import RedisBreaker
+from app.messenger.redis_keys import REDIS_UNREACHABLE, load_lua
 
 
 class RateLimiter(Protocol):
@@ -32,6 +34,22 @@ def too_many_requests(retry_after: float, message: str) -> ApiError:
     """The 429 for a refused hit, with Retry-After in whole seconds (at least one)."""
     seconds = max(1, round(retry_after + 0.5))
     return ApiError(429, "rate_limited", message, headers={"Retry-After": str(seconds)})
+
+
+def address_key(host: str | None) -> str:
+    """The bucket of a client address: an IPv4 address, or an IPv6 address's /64 (one
+    machine is commonly given a whole /64, so single addresses would cost it nothing)."""
+    if not host:
+        return "-"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host[:64]
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 def _gcra(tat: float, now: float, rate: float, burst: int) -> tuple[float, float]:
@@ -71,6 +89,9 @@ class LocalRateLimiter:
 
 _GCRA_LUA = load_lua("ratelimit.lua", "app")
 MAX_HITS = 500  # hits per script call
+# Hits waiting for the next call to Redis; beyond this (Redis slow, not yet known to be
+# away) they are answered in process rather than queued without bound.
+MAX_WAITING_HITS = 10_000
 
 
 class RedisRateLimiter:
@@ -78,12 +99,13 @@ class RedisRateLimiter:
 
     Hits that come while a call to Redis is under way wait for the next call and go
     together: under load one round trip answers many sends, instead of one each.
-    If Redis cannot be reached the request is let through: flood control is not worth
-    refusing every message over.
+    While Redis is away (the breaker is open) the buckets of this process answer, at once:
+    each node then limits a user on its own, and nothing waits on Redis.
     """
 
-    def __init__(self, redis: Redis, prefix: str = "") -> None:
+    def __init__(self, redis: Redis, breaker: RedisBreaker, prefix: str = "") -> None:
         self._redis = redis
+        self._breaker = breaker
         self._prefix = prefix
         self._script = redis.register_script(_GCRA_LUA)
         self._fallback = LocalRateLimiter()
@@ -94,6 +116,8 @@ class RedisRateLimiter:
         return await self.start_hit(key, rate, burst)
 
     def start_hit(self, key: str, rate: float, burst: int) -> asyncio.Future[float]:
+        if self._breaker.is_open or len(self._waiting) >= MAX_WAITING_HITS:
+            return self._fallback.start_hit(key, rate, burst)
         future = asyncio.get_running_loop().create_future()
         self._waiting.append((key, rate, burst, future))
         if self._caller is None:
@@ -120,6 +144,8 @@ class RedisRateLimiter:
     async def _answers(
         self, batch: list[tuple[str, float, int, asyncio.Future[float]]]
     ) -> list[float]:
+        if self._breaker.is_open:  # went away while these waited
+            return [await self._fallback.hit(key, rate, burst) for key, rate, burst, _ in batch]
         index: dict[str, int] = {}
         hits = []
         for key, rate, burst, _ in batch:
@@ -129,6 +155,9 @@ class RedisRateLimiter:
             answers = await self._script(
                 keys=[f"{self._prefix}rl:{key}" for key in index], args=[time.time(), "".join(hits)]
             )
-        except (RedisError, OSError):
+        except REDIS_UNREACHABLE as exc:
+            self._breaker.trip(exc)
+            return [await self._fallback.hit(key, rate, burst) for key, rate, burst, _ in batch]
+        except RedisError:  # answering, but not this: let these through the local buckets
             return [await self._fallback.hit(key, rate, burst) for key, rate, burst, _ in batch]
         return [float(a) for a in answers]

@@ -14,8 +14,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.auth import PasswordPool
 from app.config import Settings
 from app.db import make_engine, make_sessionmaker
+from app.messenger.blocks import Blocks
 from app.messenger.cleanup import CleanupLoop
 from app.messenger.contacts import Contacts
 from app.messenger.fanout import Fanout, LocalFanout
@@ -26,9 +28,12 @@ from app.messenger.presence import LocalPresence, Presence
 from app.messenger.presence_redis import RedisPresence
 from app.messenger.push.service import PushService
 from app.messenger.reads import ReadMarks
+from app.messenger.redis_breaker import RedisBreaker
 from app.messenger.send import Sender
+from app.messenger.socket_auth import SocketAuth
 from app.messenger.writer import MessageWriter
 from app.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
+from app.sessions import SessionStore
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +44,12 @@ class Services:
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
     redis: Redis | None
+    redis_breaker: RedisBreaker | None
     hub: Hub
     presence: Presence
     fanout: Fanout
     contacts: Contacts
+    blocks: Blocks
     limiter: RateLimiter
     participants: ParticipantCache
     writer: MessageWriter
@@ -50,6 +57,9 @@ class Services:
     reads: ReadMarks
     push: PushService
     cleanup: CleanupLoop
+    passwords: PasswordPool
+    session_store: SessionStore
+    socket_auth: SocketAuth
 
     async def start(self) -> None:
         await self.presence.start()
@@ -57,22 +67,34 @@ class Services:
         await self.writer.start()
         await self.push.start()
         await self.cleanup.start()
+        await self.socket_auth.start()
 
     async def stop(self) -> None:
+        await self.socket_auth.stop()
         await self.cleanup.stop()
         await self.push.stop()
+        await self.reads.stop()
         await self.writer.stop()
         await self.fanout.stop()
         await self.presence.stop()
+        if self.redis_breaker is not None:
+            await self.redis_breaker.stop()
         if self.redis is not None:
             await self.redis.aclose()
         await self.engine.dispose()
+        self.passwords.close()
 
 
 def build_services(settings: Settings) -> Services:
-    engine = make_engine(settings.effective_database_url)
-    hub = Hub()
+    engine = make_engine(
+        settings.effective_database_url,
+        statement_timeout=settings.database_statement_timeout_seconds,
+        connect_timeout=settings.database_connect_timeout_seconds,
+        pool_timeout=settings.database_pool_timeout_seconds,
+    )
+    hub = Hub(settings.max_sockets_per_user)
     redis: Redis | None = None
+    breaker: RedisBreaker | None = None
     presence: Presence
     fanout: Fanout
     limiter: RateLimiter
@@ -87,42 +109,58 @@ def build_services(settings: Settings) -> Services:
             socket_connect_timeout=settings.redis_timeout_seconds,
             retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
         )
-        presence = redis_presence = RedisPresence(redis, settings)
-        fanout = redis_fanout = RedisFanout(redis, hub, settings)
-        limiter = RedisRateLimiter(redis, settings.redis_prefix)
+        # One breaker for all three: an outage is noticed once and healed once.
+        breaker = RedisBreaker(redis, settings.node_id, settings.redis_timeout_seconds)
+        presence = redis_presence = RedisPresence(redis, settings, breaker)
+        fanout = redis_fanout = RedisFanout(redis, hub, settings, breaker)
+        limiter = RedisRateLimiter(redis, breaker, settings.redis_prefix)
     else:
         presence = LocalPresence()
         fanout = LocalFanout(hub)
         limiter = LocalRateLimiter()
     contacts = Contacts(engine, fanout)
+    blocks = Blocks(engine, settings)
     participants = ParticipantCache(engine)
     push = PushService(settings, engine, presence)
+    # A recipient skipped because they looked online is looked at again once they go.
+    presence.on_gone = push.recheck.users_gone
     writer = MessageWriter(
         engine,
         settings.node_id,
         settings.push_lease_seconds,
         settings.writer_lanes,
         on_commit=push.job_committed,
+        queue_limit=settings.writer_queue_limit,
     )
     if redis_presence is not None and redis_fanout is not None:
         # Presence changes found by the heartbeat (a dead node's users, what Redis missed
         # while away) are announced the way the WebSocket handler announces its own.
         redis_presence.announce = contacts.announce
         redis_fanout.on_subscribed = redis_presence.check_claims
+    session_store = SessionStore(engine, settings)
     return Services(
         settings=settings,
         engine=engine,
         sessionmaker=make_sessionmaker(engine),
         redis=redis,
+        redis_breaker=breaker,
         hub=hub,
         presence=presence,
         fanout=fanout,
         contacts=contacts,
+        blocks=blocks,
         limiter=limiter,
         participants=participants,
         writer=writer,
-        sender=Sender(settings, participants, limiter, writer, fanout),
+        sender=Sender(settings, participants, limiter, writer, fanout, blocks),
         reads=ReadMarks(engine, fanout),
         push=push,
         cleanup=CleanupLoop(engine, settings),
+        passwords=PasswordPool(
+            settings.password_profile,
+            settings.password_hash_concurrency,
+            settings.password_hash_queue,
+        ),
+        session_store=session_store,
+        socket_auth=SocketAuth(session_store, settings),
     )

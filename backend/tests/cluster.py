@@ -20,7 +20,16 @@ import httpx2
 from redis.asyncio import Redis
 
 from tests.fakes import free_port
-from tests.helpers import SECRET, Node, Socket, User, eventually, make_settings, start_node
+from tests.helpers import (
+    OPEN_LIMITS,
+    SECRET,
+    Node,
+    Socket,
+    User,
+    eventually,
+    make_settings,
+    start_node,
+)
 
 BACKEND = Path(__file__).resolve().parents[1]
 
@@ -109,7 +118,7 @@ class Cluster:
             "PORT": str(port),
             "LOG_LEVEL": "WARNING",
             "PUSH_RECOVERY_INTERVAL_SECONDS": "3600",
-            **{k.upper(): str(v) for k, v in env.items()},
+            **{k.upper(): str(v) for k, v in {**OPEN_LIMITS, **env}.items()},
         }
         command = [sys.executable, "-m", "app"]
         process = subprocess.Popen(command, cwd=BACKEND, env=environ)  # noqa: ASYNC220

@@ -18,10 +18,25 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 
 from app.config import Settings
+from app.logs import install_redaction
 from app.main import create_app
 from app.messenger.models import PushJob
 
 SECRET = "test-secret-key-that-is-long-enough-0123456789"
+# Every test client comes from 127.0.0.1 and makes users, logins, conversations and
+# devices by the dozen: the public defaults would throttle the suite. A test of a limit
+# sets it low again.
+OPEN_LIMITS: dict[str, Any] = {
+    "registration_rate_per_minute": 100_000,
+    "registration_burst": 100_000,
+    "login_rate_per_minute": 100_000,
+    "login_burst": 100_000,
+    "conversation_rate_per_minute": 100_000,
+    "conversation_burst": 100_000,
+    "device_registration_rate_per_minute": 100_000,
+    "device_registration_burst": 100_000,
+    "password_hash_queue": 10_000,
+}
 
 
 async def eventually(
@@ -53,6 +68,7 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "log_level": "WARNING",
         "password_profile": "CHEAPEST",
         "push_recovery_interval_seconds": 3600,
+        **OPEN_LIMITS,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)
@@ -84,6 +100,7 @@ class Node:
 
 async def start_node(settings: Settings, port: int = 0) -> Node:
     """A node on 127.0.0.1: on a free port, or on `port` (to restart one in place)."""
+    install_redaction()  # as `python -m app` does
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -93,6 +110,10 @@ async def start_node(settings: Settings, port: int = 0) -> Node:
         lifespan="on",
         ws="websockets-sansio",  # as `python -m app` runs
         ws_per_message_deflate=False,
+        ws_max_size=settings.max_frame_bytes,
+        ws_ping_interval=settings.websocket_ping_interval_seconds,
+        ws_ping_timeout=settings.websocket_ping_timeout_seconds,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
@@ -114,6 +135,8 @@ class User:
     username: str
     token: str
     display_name: str
+    refresh_token: str = ""
+    session_id: str = ""
 
     @property
     def headers(self) -> dict[str, str]:
@@ -146,7 +169,12 @@ class Client:
         assert r.status_code == 200, r.text
         data = r.json()
         return User(
-            data["user"]["id"], username, data["access_token"], data["user"]["display_name"]
+            data["user"]["id"],
+            username,
+            data["access_token"],
+            data["user"]["display_name"],
+            data["refresh_token"],
+            data["session_id"],
         )
 
     async def conversation(self, owner: User, *others: User, title: str | None = None) -> dict:

@@ -49,7 +49,7 @@ def provider_settings(
         "vapid_private_key": vapid.private_raw,
         "vapid_public_key": vapid.public,
         "vapid_subject": "mailto:ops@example.com",
-        "web_push_allow_http": True,
+        "web_push_allow_any_endpoint": True,
         "fcm_service_account_file": str(fcm.write_service_account(directory)),
         "fcm_endpoint": fcm.base_url,
         "apns_key_file": str(apns.write_key(directory)),

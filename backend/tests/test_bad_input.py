@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.helpers import Client
+from tests.logcapture import captured_logs
 
 C = "/api/v1/messenger/conversations"
 HUGE = '{"content": "' + "x" * (1024 * 1024 + 10) + '"}'
@@ -275,3 +276,83 @@ async def test_bad_request(
     # Nothing half-written: neither conversation gained a message.
     assert await pg_client.messages(world["user"], world["own"]) == []
     assert await pg_client.messages(world["stranger"], world["foreign"]) == []
+
+
+DEEP_NUL = "[" * 600 + '"\\u0000"' + "]" * 600
+# (name, method, path, raw body or None, status, code): the inputs that once gave a 500.
+OUT_OF_RANGE = [
+    ("after_seq past int32", "GET", f"{C}/OWN/messages?after_seq=2147483648", None, 422),
+    ("after_seq 10**20", "GET", f"{C}/OWN/messages?after_seq={10**20}", None, 422),
+    ("before_seq past int32", "GET", f"{C}/OWN/messages?before_seq=2147483648", None, 422),
+    ("before_seq 10**20", "GET", f"{C}/OWN/messages?before_seq={10**20}", None, 422),
+    ("limit 10**20", "GET", f"{C}/OWN/messages?limit={10**20}", None, 422),
+    ("after_seq of 5000 digits", "GET", f"{C}/OWN/messages?after_seq={'9' * 5000}", None, 422),
+    ("after_seq with underscores", "GET", f"{C}/OWN/messages?after_seq=1_0", None, 422),
+    ("after_seq in other digits", "GET", f"{C}/OWN/messages?after_seq=%D9%A1", None, 422),
+    ("user id past int64", "GET", f"/api/v1/users/{10**20}", None, 404),
+    ("user id of 5000 digits", "GET", f"/api/v1/users/{'9' * 5000}", None, 404),
+    (
+        "mute_until past year 9999 in UTC",
+        "PUT",
+        f"{C}/OWN/settings",
+        '{"mute_until": "9999-12-31T23:59:59-05:00"}',
+        422,
+    ),
+    (
+        "mute_until before year 1 in UTC",
+        "PUT",
+        f"{C}/OWN/settings",
+        '{"mute_until": "0001-01-01T00:00:00+05:00"}',
+        422,
+    ),
+    ("600 nested arrays holding a NUL", "POST", f"{C}/OWN/messages", DEEP_NUL, 400),
+    (
+        "content of 600 nested arrays",
+        "POST",
+        f"{C}/OWN/messages",
+        f'{{"content": {DEEP_NUL}}}',
+        422,
+    ),
+    ("settings of 600 nested arrays", "PUT", f"{C}/OWN/settings", f'{{"muted": {DEEP_NUL}}}', 422),
+    ("nesting past orjson's limit", "POST", f"{C}/OWN/messages", "[" * 2000 + "]" * 2000, 400),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "method", "path", "body", "status"), OUT_OF_RANGE, ids=[c[0] for c in OUT_OF_RANGE]
+)
+async def test_out_of_range_input_is_refused_quietly(
+    client: Client, name: str, method: str, path: str, body: str | None, status: int
+) -> None:
+    """On SQLite and PostgreSQL: a 4xx in the API's error shape, and nothing in the log
+    that reads as a crash."""
+    a, b = await client.user(), await client.user()
+    own = (await client.conversation(a, b))["id"]
+    headers = {**a.headers, "Content-Type": "application/json"}
+    with captured_logs() as logs:
+        r = await client.http.request(
+            method,
+            path.replace("OWN", own),
+            content=body.encode() if body is not None else None,
+            headers=headers,
+        )
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert isinstance(error["code"], str) and error["code"]
+    assert isinstance(error["message"], str) and error["message"]
+    assert logs.failures() == []
+    settings = await client.http.get(f"{C}/{own}/settings", headers=a.headers)
+    assert settings.json()["mute_until"] is None
+    assert await client.messages(a, own) == []
+
+
+async def test_mute_until_is_stored_in_utc(client: Client) -> None:
+    a, b = await client.user(), await client.user()
+    own = (await client.conversation(a, b))["id"]
+    r = await client.http.put(
+        f"{C}/{own}/settings",
+        json={"mute_until": "9999-12-31T18:59:59-05:00"},
+        headers=a.headers,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["mute_until"] == "9999-12-31T23:59:59+00:00"

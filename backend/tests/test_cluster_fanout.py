@@ -7,6 +7,7 @@ import json
 
 from redis.asyncio.client import PubSub
 
+from app.messenger.redis_keys import RedisKeys
 from tests.cluster import Cluster, connect, send_frame
 from tests.helpers import Client, Socket, User, eventually
 
@@ -81,7 +82,7 @@ async def test_a_socket_is_claimed_before_it_opens(cluster: Cluster) -> None:
     for _ in range(5):
         socket = await Socket.connect(n2, bob)  # no round trip after the handshake
         async with cluster.redis() as r:
-            claims = await r.zrange(f"{cluster.prefix}u:{bob.id}", 0, -1)
+            claims = await r.zrange(RedisKeys(cluster.prefix).claims(bob.id), 0, -1)
         assert claims == [n2.services.settings.node_id]
         assert await n1.services.presence.online([bob.id]) == {bob.id}
         await socket.close()
@@ -130,7 +131,8 @@ async def published(
 
 
 async def test_a_frame_goes_only_to_the_nodes_holding_its_users(cluster: Cluster) -> None:
-    n1, n2, n3 = [await cluster.node() for _ in range(3)]
+    # Typing frames are the markers here, several a second: none may be thinned out.
+    n1, n2, n3 = [await cluster.node(typing_interval_seconds=0) for _ in range(3)]
     api = Client(n1)
     alice, bob, carol = [await api.user() for _ in range(3)]
     group = (await api.conversation(alice, bob, carol, title="trio"))["id"]
@@ -169,7 +171,7 @@ async def test_a_frame_goes_only_to_the_nodes_holding_its_users(cluster: Cluster
 
         async def n2_let_go() -> bool:
             node = n2.services.settings.node_id
-            return await r.zscore(f"{cluster.prefix}u:{bob.id}", node) is None
+            return await r.zscore(RedisKeys(cluster.prefix).claims(bob.id), node) is None
 
         await eventually(n2_let_go, within=15.0, what="n2 to withdraw its claim on bob")
         await a1.send(send_frame(group, "three"))

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from app import config
@@ -36,3 +42,46 @@ def test_database_url_forms() -> None:
     assert config.normalise_database_url("postgresql://u@h/db") == "postgresql+asyncpg://u@h/db"
     assert config.normalise_database_url("postgres://u@h/db") == "postgresql+asyncpg://u@h/db"
     assert config.normalise_database_url("sqlite:///x.db") == "sqlite+aiosqlite:///x.db"
+
+
+def test_generated_key_file_is_private_from_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(config, "DEFAULT_DATA_DIR", tmp_path)
+    old_umask = os.umask(0)  # what the process would otherwise let everyone read
+    try:
+        key = Settings(_env_file=None, database_url="", secret_key="").signing_key
+    finally:
+        os.umask(old_umask)
+    key_file = tmp_path / "secret_key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert key_file.read_text() == key
+    assert [p.name for p in tmp_path.iterdir()] == ["secret_key"]  # no spare left behind
+
+
+def _make_key_when_told(path: str, barrier: Any, keys: Any) -> None:
+    barrier.wait()
+    keys.put(config.read_or_create_key(Path(path)))
+
+
+def test_processes_racing_to_make_the_key_share_one(tmp_path: Path) -> None:
+    spawn = multiprocessing.get_context("spawn")
+    barrier, keys = spawn.Barrier(2), spawn.Queue()
+    path = str(tmp_path / "secret_key")
+    racers = [
+        spawn.Process(target=_make_key_when_told, args=(path, barrier, keys)) for _ in range(2)
+    ]
+    for racer in racers:
+        racer.start()
+    made = {keys.get(timeout=60) for _ in racers}
+    for racer in racers:
+        racer.join(timeout=60)
+    assert made == {Path(path).read_text()}
+    assert stat.S_IMODE(Path(path).stat().st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["secret_key"]
+
+
+def test_an_empty_key_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "secret_key").write_text("")
+    with pytest.raises(ConfigError):
+        config.read_or_create_key(tmp_path / "secret_key")

@@ -27,7 +27,7 @@ def subscription(endpoint: str | None = None, reverse: bool = False) -> dict:
         .public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
     )
     sub = {
-        "endpoint": endpoint or f"https://push.example.test/send/{b64(os.urandom(12))}",
+        "endpoint": endpoint or f"https://fcm.googleapis.com/fcm/send/{b64(os.urandom(12))}",
         "keys": {"p256dh": b64(point), "auth": b64(os.urandom(16))},
     }
     if reverse:

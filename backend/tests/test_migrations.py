@@ -18,6 +18,8 @@ from tests.conftest import create_pg_database, drop_pg_database
 
 TABLES = {
     "users",
+    "sessions",
+    "blocks",
     "conversations",
     "participants",
     "messages",

@@ -14,7 +14,7 @@ from aioapns.connection import APNsBaseClientProtocol, APNsTLSClientProtocol
 from app.config import ConfigError, Settings
 from app.messenger.push import apns, apns_compat
 from app.messenger.push.apns import APNsConfig, APNsProvider, apns_id
-from app.messenger.push.base import Outcome
+from app.messenger.push.base import Outcome, collapse_id
 from tests.fakes import Mode, free_port, provider_maker, sample_device, sample_notification
 from tests.fakes.apns import FakeAPNs
 
@@ -94,7 +94,8 @@ async def test_delivers_alert_with_thread_badge_and_data(make_provider, apns_fak
     assert h["apns-push-type"] == "alert"
     assert h["apns-priority"] == "10"
     assert h["apns-id"] == apns_id(note.message_id, device.id)
-    assert "apns-collapse-id" not in h  # every message its own notification
+    # Every message its own notification; a second delivery of it replaces the first.
+    assert h["apns-collapse-id"] == collapse_id(note.message_id) == note.message_id.replace("-", "")
     assert int(h["apns-expiration"]) > time.time()
     assert got.jwt_header["kid"] == "KEY1234567" and got.jwt_claims["iss"] == "TEAM123456"
 
@@ -157,6 +158,8 @@ async def test_throttled_then_delivered_with_the_same_apns_id(make_provider, apn
     assert second.outcome is Outcome.DELIVERED
     ids = [r.headers["apns-id"] for r in apns_fake.received_for(token)]
     assert ids == [apns_id(note.message_id, device.id)] * 2
+    collapse = [r.headers["apns-collapse-id"] for r in apns_fake.received_for(token)]
+    assert collapse == [collapse_id(note.message_id)] * 2
 
 
 async def test_down_for_good_is_retry(make_provider, apns_fake) -> None:

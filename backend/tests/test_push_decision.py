@@ -15,6 +15,7 @@ from app.messenger.push.decision import (
     offline_recipients,
     plan_for_offline,
     preview,
+    recipients,
 )
 from tests.helpers import Client
 
@@ -30,7 +31,7 @@ async def plan(
     skip_done: bool = False,
 ) -> list[PlannedPush]:
     """The decision as the push service makes it: presence first, then the database."""
-    offline = await offline_recipients(presence, [message], participants)
+    offline = await offline_recipients(presence, recipients([message], participants))
     async with client.node.services.engine.connect() as conn:
         return await plan_for_offline(
             conn, [message], participants, offline, BASE_URL, skip_done=skip_done
@@ -69,7 +70,7 @@ async def test_offline_recipients_and_their_devices(client: Client) -> None:
     await presence.socket_opened(online.id)
     participants = {conv["id"]: frozenset(conv["participant_ids"])}
     # Neither the sender nor a user with a socket is a recipient; muting is decided later.
-    assert await offline_recipients(presence, [message], participants) == {
+    assert await offline_recipients(presence, recipients([message], participants)) == {
         (conv["id"], muted.id),
         (conv["id"], plain.id),
     }
@@ -107,9 +108,20 @@ async def test_offline_recipients_and_their_devices(client: Client) -> None:
     redo = await plan(client, presence, message, participants, skip_done=True)
     assert {p.device.id for p in redo} == {second.json()["device_token_id"]}
 
+    # Read already (on a socket that has gone since): nothing to push.
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(Participant)
+            .where(Participant.conversation_id == conv["id"], Participant.user_id == plain.id)
+            .values(last_read_seq=1)
+        )
+    assert await plan(client, presence, message, participants) == []
+
     # Once the user is online, nobody is left to push.
     await presence.socket_opened(plain.id)
-    assert await offline_recipients(presence, [message], participants) == {(conv["id"], muted.id)}
+    assert await offline_recipients(presence, recipients([message], participants)) == {
+        (conv["id"], muted.id)
+    }
     assert await plan(client, presence, message, participants) == []
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from app.config import ConfigError, Settings
 from app.messenger.push import fcm
-from app.messenger.push.base import Outcome
+from app.messenger.push.base import Outcome, collapse_id
 from app.messenger.push.fcm import FCMConfig, FCMProvider, string_values
 from tests.fakes import Mode, free_port, provider_maker, sample_device, sample_notification
 from tests.fakes.fcm import SCOPE, FakeFCM
@@ -74,6 +74,10 @@ async def test_delivers_message_with_string_data(make_provider, fcm_fake) -> Non
         "notification": {"tag": note.conversation_id},
     }
     assert message["apns"]["payload"]["aps"]["thread-id"] == note.conversation_id
+    # iOS shows each message on its own: a second delivery of it replaces the first;
+    # browsers, like Android, one notification per conversation.
+    assert message["apns"]["headers"]["apns-collapse-id"] == collapse_id(note.message_id)
+    assert message["webpush"]["headers"]["Topic"] == collapse_id(note.conversation_id)
     assert got.headers["Authorization"].startswith("Bearer ya29.fake-")
     # The OAuth assertion was signed with the service account's key, for FCM's scope.
     [claims] = fcm_fake.token_requests
@@ -137,6 +141,29 @@ async def test_throttled_then_delivered(make_provider, fcm_fake) -> None:
     assert second.outcome is Outcome.DELIVERED
     # pyfcm would have slept on Retry-After and re-sent by itself: we sent once each.
     assert [r.status for r in fcm_fake.received_for("busy")] == [429, 200]
+
+
+async def test_a_retry_carries_the_same_collapse_ids(make_provider, fcm_fake) -> None:
+    provider = await make_provider()
+    fcm_fake.script("again", Mode.THROTTLED, Mode.OK)
+    device, note = sample_device("fcm", "again"), sample_notification()
+
+    assert (await provider.send(device, note)).outcome is Outcome.RETRY
+    assert (await provider.send(device, note)).outcome is Outcome.DELIVERED
+
+    tries = fcm_fake.received_for("again")
+    assert [t.status for t in tries] == [429, 200]
+    ids = {
+        (
+            t.message["android"]["collapse_key"],
+            t.message["apns"]["headers"]["apns-collapse-id"],
+            t.message["webpush"]["headers"]["Topic"],
+        )
+        for t in tries
+    }
+    assert ids == {
+        (note.conversation_id, collapse_id(note.message_id), collapse_id(note.conversation_id))
+    }
 
 
 async def test_down_for_good_is_retry_without_inner_retries(make_provider, fcm_fake) -> None:

@@ -250,6 +250,11 @@ async def test_throttled_then_delivered_with_the_same_notification(
     tries = world.apns.received_for(apns)
     assert [t.status for t in tries] == [429, 200]
     assert tries[0].headers["apns-id"] == tries[1].headers["apns-id"]
+    assert {t.headers["apns-collapse-id"] for t in tries} == {message["id"].replace("-", "")}
+    fcm_tries = world.fcm.received_for(fcm)
+    assert {t.message["apns"]["headers"]["apns-collapse-id"] for t in fcm_tries} == {
+        message["id"].replace("-", "")
+    }
     web_tries = world.webpush.received_for(web)
     assert [t.status for t in web_tries] == [429, 201]
     assert web_tries[0].headers["Topic"] == web_tries[1].headers["Topic"]

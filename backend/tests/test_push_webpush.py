@@ -11,9 +11,10 @@ import pytest
 
 from app.config import ConfigError, Settings
 from app.messenger.push import webpush
-from app.messenger.push.base import Outcome
+from app.messenger.push.base import Outcome, collapse_id
+from app.messenger.push.endpoints import EndpointPolicy
 from app.messenger.push.retry_after import parse_retry_after
-from app.messenger.push.webpush import WebPushConfig, WebPushProvider, topic_for
+from app.messenger.push.webpush import WebPushConfig, WebPushProvider
 from tests.fakes import Mode, free_port, provider_maker, sample_device, sample_notification
 from tests.fakes.webpush import FakePushService, VapidKeys, make_vapid_keys
 
@@ -44,6 +45,8 @@ async def make_provider(vapid: VapidKeys):
             "public_key": vapid.public,
             "subject": SUBJECT,
             "timeout_seconds": 2.0,
+            # The fake listens on http://127.0.0.1:<port>: staging's "any endpoint".
+            "endpoints": EndpointPolicy(allow_any=True),
             **overrides,
         }
         return WebPushProvider(WebPushConfig(**fields))
@@ -201,10 +204,11 @@ def test_from_settings(vapid) -> None:
 
 def test_topic_is_short_and_url_safe() -> None:
     cid = uuid.uuid4()
-    assert topic_for(cid) == topic_for(str(cid)) == cid.hex
-    assert topic_for(12345) == "12345"
-    long = topic_for("conversation/with:odd chars" * 3)
-    assert len(long) == 32 and long.replace("-", "").replace("_", "").isalnum()
+    assert collapse_id(cid) == collapse_id(str(cid)) == cid.hex
+    for odd in ("12345", "conversation/with:odd chars" * 3):
+        topic = collapse_id(odd)
+        assert topic == collapse_id(odd)
+        assert len(topic) == 32 and topic.replace("-", "").replace("_", "").isalnum()
 
 
 def test_parse_retry_after() -> None:

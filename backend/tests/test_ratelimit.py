@@ -8,6 +8,7 @@ import secrets
 
 import pytest
 
+from app.messenger.redis_breaker import RedisBreaker
 from app.ratelimit import LocalRateLimiter, RedisRateLimiter
 from tests.cluster import RedisServer
 
@@ -26,7 +27,9 @@ HITS = [
 
 async def test_a_batch_of_hits_counts_like_single_hits(redis_server: RedisServer) -> None:
     async with redis_server.client() as redis:
-        limiter = RedisRateLimiter(redis, prefix=f"t{secrets.token_hex(4)}:")
+        limiter = RedisRateLimiter(
+            redis, RedisBreaker(redis, "t", 2.0), f"t{secrets.token_hex(4)}:"
+        )
         # Started together, so they go to Redis in one script call.
         answers = await asyncio.gather(*(limiter.start_hit(*hit) for hit in HITS))
     local = LocalRateLimiter()
@@ -44,7 +47,9 @@ async def test_a_batch_of_hits_counts_like_single_hits(redis_server: RedisServer
 
 async def test_refused_hits_take_nothing(redis_server: RedisServer) -> None:
     async with redis_server.client() as redis:
-        limiter = RedisRateLimiter(redis, prefix=f"t{secrets.token_hex(4)}:")
+        limiter = RedisRateLimiter(
+            redis, RedisBreaker(redis, "t", 2.0), f"t{secrets.token_hex(4)}:"
+        )
         first = await asyncio.gather(*(limiter.start_hit("k", 2.0, 2) for _ in range(4)))
         assert [a == 0 for a in first] == [True, True, False, False]
         # Time is what is tested: one interval later, one token is back, not more.

@@ -13,8 +13,10 @@ from app.db import utcnow
 from tests.helpers import SECRET, Client, Socket, make_settings, start_node
 
 
-async def close_code(url: str, **kwargs: object) -> int | None:
+async def close_code(url: str, first: str | None = None, **kwargs: object) -> int | None:
     async with websockets.connect(url, **kwargs) as ws:
+        if first is not None:
+            await ws.send(first)
         with pytest.raises(websockets.ConnectionClosed) as closed:
             await ws.recv()
     return closed.value.rcvd.code if closed.value.rcvd else None
@@ -23,7 +25,8 @@ async def close_code(url: str, **kwargs: object) -> int | None:
 async def test_bad_tokens_close_with_4401(pg_client: Client) -> None:
     url = pg_client.node.ws_url
     expired = jwt.encode({"sub": "1", "exp": utcnow() - timedelta(seconds=1)}, SECRET)
-    assert await close_code(url) == 4401
+    # No token: the first frame must be `auth` (test_sessions also waits out its absence).
+    assert await close_code(url, first='{"type": "ping"}') == 4401
     assert await close_code(f"{url}?token=garbage") == 4401
     assert await close_code(f"{url}?token={expired}") == 4401
     assert await close_code(url, additional_headers={"Authorization": "Bearer nope"}) == 4401
@@ -168,7 +171,8 @@ BAD_FRAMES = [
         "not_a_participant",
         None,
     ),
-    ("frame over 64 KiB", frame(content="y" * 70_000), "payload_too_large", None),
+    ("type not a string", '{"type": ["message.send"]}', "unknown_type", None),
+    ("type nested deep", '{"type": ' + "[" * 600 + "]" * 600 + "}", "unknown_type", None),
 ]
 
 

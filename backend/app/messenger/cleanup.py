@@ -1,4 +1,4 @@
-"""The daily cleanup: stale devices and old delivery records go.
+"""The daily cleanup: stale devices, old delivery records and long-ended sessions go.
 
 On several nodes only one runs it at a time: a PostgreSQL advisory lock held for
 the transaction (SQLite is the one-node embedded default and needs none).
@@ -11,17 +11,19 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import delete, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.db import utcnow
 from app.messenger.models import DeviceToken, PushAttempt
+from app.models import Session
 
 log = logging.getLogger(__name__)
 
 _devices = DeviceToken.__table__
 _attempts = PushAttempt.__table__
+_sessions = Session.__table__
 # Any fixed number, the same on every node: the lock's name.
 LOCK_KEY = 0x6D736763  # "msgc"
 
@@ -31,18 +33,23 @@ class CleanupReport:
     ran: bool  # False when another node held the lock
     devices_removed: int = 0
     attempts_removed: int = 0
+    sessions_removed: int = 0
 
 
 async def run_cleanup(engine: AsyncEngine, settings: Settings) -> CleanupReport:
     now = utcnow()
     device_cutoff = now - timedelta(days=settings.push_device_retention_days)
     attempt_cutoff = now - timedelta(days=settings.push_attempt_retention_days)
+    session_cutoff = now - timedelta(days=settings.session_retention_days)
     async with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             locked = await conn.scalar(select(func.pg_try_advisory_xact_lock(LOCK_KEY)))
             if not locked:
                 log.info("cleanup skipped: another node is running it")
                 return CleanupReport(ran=False)
+            # A day's deletes on a large table may outlast the statement timeout meant
+            # for requests; this transaction alone goes without it.
+            await conn.execute(text("SET LOCAL statement_timeout = 0"))
         devices = await conn.execute(
             delete(_devices).where(
                 or_(_devices.c.is_active.is_(False), _devices.c.last_used_at < device_cutoff)
@@ -51,11 +58,20 @@ async def run_cleanup(engine: AsyncEngine, settings: Settings) -> CleanupReport:
         attempts = await conn.execute(
             delete(_attempts).where(_attempts.c.created_at < attempt_cutoff)
         )
-    report = CleanupReport(True, devices.rowcount, attempts.rowcount)
+        sessions = await conn.execute(
+            delete(_sessions).where(
+                or_(
+                    _sessions.c.revoked_at < session_cutoff,
+                    _sessions.c.expires_at < session_cutoff,
+                )
+            )
+        )
+    report = CleanupReport(True, devices.rowcount, attempts.rowcount, sessions.rowcount)
     log.info(
-        "cleanup done devices_removed=%d attempts_removed=%d",
+        "cleanup done devices_removed=%d attempts_removed=%d sessions_removed=%d",
         report.devices_removed,
         report.attempts_removed,
+        report.sessions_removed,
     )
     return report
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, Field, StrictBool, StrictInt, StringConstraints
+from pydantic import BaseModel, Field, StrictBool, StrictInt, StringConstraints
 from sqlalchemy import ColumnElement, String, and_, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -13,9 +13,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from app.config import Settings
 from app.db import utcnow
 from app.errors import ApiError
 from app.jsonutil import JSONResponse, dumps
+from app.messenger.blocks import BLOCKED, Blocks
 from app.messenger.contacts import presence_frame
 from app.messenger.fanout import Fanout
 from app.messenger.message_store import FIELDS, message_dict, page_of_messages
@@ -25,7 +27,8 @@ from app.messenger.presence import Presence
 from app.messenger.reads import ReadMarks
 from app.messenger.send import Sender
 from app.models import MAX_ID, User
-from app.web import RequestReader, query_int
+from app.ratelimit import RateLimiter, too_many_requests
+from app.web import RequestReader, UTCDatetime, query_int
 
 _conversations = Conversation.__table__
 _participants = Participant.__table__
@@ -49,7 +52,7 @@ class SendBody(BaseModel):
 
 class SettingsBody(BaseModel):
     muted: StrictBool | None = None
-    mute_until: AwareDatetime | None = None
+    mute_until: UTCDatetime | None = None
     push_enabled: StrictBool | None = None
 
 
@@ -116,14 +119,20 @@ class ConversationRoutes:
         reads: ReadMarks,
         fanout: Fanout,
         presence: Presence,
+        blocks: Blocks,
+        limiter: RateLimiter,
+        settings: Settings,
     ) -> None:
         self._engine = engine
+        self._limiter = limiter
+        self._settings = settings
         self._reader = reader
         self._participants = participants
         self._sender = sender
         self._reads = reads
         self._fanout = fanout
         self._presence = presence
+        self._blocks = blocks
 
     @property
     def routes(self) -> list[Route]:
@@ -140,19 +149,19 @@ class ConversationRoutes:
 
     async def _member(self, request: Request) -> tuple[int, str, frozenset[int]]:
         """(caller, conversation, its participants), if the caller is one (404 / 403)."""
-        user_id = self._reader.user_id(request)
+        user_id = await self._reader.user_id(request)
         conversation_id = request.path_params["conversation_id"]
         participants = await self._participants.of_member(user_id, conversation_id)
         return user_id, conversation_id, participants
 
     async def list_conversations(self, request: Request) -> Response:
-        user_id = self._reader.user_id(request)
+        user_id = await self._reader.user_id(request)
         async with self._engine.connect() as conn:
             rows = await conn.execute(_list_query(user_id))
             return JSONResponse({"conversations": [_conversation_dict(r) for r in rows]})
 
     async def create_conversation(self, request: Request) -> Response:
-        user_id = self._reader.user_id(request)
+        user_id = await self._reader.user_id(request)
         body = await self._reader.json(request, CreateConversationBody)
         members = {user_id, *body.participant_ids}
         if body.type == "direct" and len(members) != 2:
@@ -170,10 +179,20 @@ class ConversationRoutes:
             unknown = sorted(members - known)
             if unknown:
                 raise ApiError(422, "unknown_user", f"no such user: {', '.join(map(str, unknown))}")
+        if await self._blocks.blockers_among(user_id, members - {user_id}):
+            raise ApiError(403, BLOCKED, "someone in this conversation has blocked you")
         if direct_key is not None:
             existing = await self._find_direct(direct_key)
             if existing is not None:
                 return await self._answer_conversation(user_id, existing, 200)
+        # Only what creates a conversation counts (opening an existing direct one is free).
+        retry_after = await self._limiter.hit(
+            f"conversation:{user_id}",
+            self._settings.conversation_rate_per_minute / 60,
+            self._settings.conversation_burst,
+        )
+        if retry_after > 0:
+            raise too_many_requests(retry_after, "too many new conversations; try again later")
 
         conversation_id = str(uuid.uuid4())
         now = utcnow()
@@ -207,12 +226,14 @@ class ConversationRoutes:
         frame = dumps({"type": "conversation.new", "conversation_id": conversation_id})
         await self._fanout.publish(members - {user_id}, frame)
         # New contacts learn each other's presence: the creator everyone's, the rest the
-        # creator's (not every pair: a large group would be a flood of frames).
-        online = await self._presence.online(members)
+        # creator's (not every pair: a large group would be a flood of frames); none
+        # between the creator and someone they blocked.
+        contacts = members - {user_id} - await self._blocks.severed(user_id, members - {user_id})
+        online = await self._presence.online(contacts | {user_id})
         for member in online - {user_id}:
             await self._fanout.publish([user_id], presence_frame(member, online=True))
         if user_id in online:
-            await self._fanout.publish(members - {user_id}, presence_frame(user_id, online=True))
+            await self._fanout.publish(contacts, presence_frame(user_id, online=True))
         return conversation
 
     async def _find_direct(self, direct_key: str) -> str | None:
@@ -240,7 +261,7 @@ class ConversationRoutes:
         return JSONResponse({"messages": messages})
 
     async def post_message(self, request: Request) -> Response:
-        user_id = self._reader.user_id(request)
+        user_id = await self._reader.user_id(request)
         conversation_id = request.path_params["conversation_id"]
         body = await self._reader.json(request, SendBody)
         message, created = await self._sender.send(

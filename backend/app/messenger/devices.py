@@ -12,23 +12,28 @@ from typing import Annotated, Any, Literal
 import orjson
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import BaseModel, StringConstraints
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from app.config import Settings
 from app.db import utcnow
 from app.errors import ApiError
 from app.jsonutil import JSONResponse
 from app.messenger.models import DeviceToken
+from app.messenger.push.endpoints import EndpointPolicy, EndpointRefused
 from app.messenger.push.service import PushService
 from app.messenger.push.webpush import WebPushProvider
+from app.models import User
+from app.ratelimit import RateLimiter, too_many_requests
 from app.web import RequestReader
 
 log = logging.getLogger(__name__)
 _devices = DeviceToken.__table__
+_users = User.__table__
 
 # Which providers can reach which platform (FCM also delivers to iOS and browsers).
 PROVIDERS_FOR = {"ios": {"apns", "fcm"}, "android": {"fcm"}, "web": {"web_push", "fcm"}}
@@ -52,7 +57,7 @@ def _b64url(value: Any) -> bytes:
     return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
 
 
-def parse_subscription(raw: str, allow_http: bool = False) -> dict[str, Any]:
+def parse_subscription(raw: str, endpoints: EndpointPolicy) -> dict[str, Any]:
     """A browser PushSubscription as the canonical dict we store; 422 if malformed."""
     try:
         sub = orjson.loads(raw)
@@ -68,11 +73,12 @@ def parse_subscription(raw: str, allow_http: bool = False) -> dict[str, Any]:
             "device_token must be a PushSubscription: {endpoint, keys: {p256dh, auth}} "
             "with a P-256 public key and a 16-byte auth secret",
         ) from None
-    scheme = "https?" if allow_http else "https"
-    if not isinstance(endpoint, str) or not re.match(rf"^{scheme}://[^\s/]+/\S*$", endpoint):
-        raise ApiError(422, "invalid_subscription", "the subscription endpoint is not an https URL")
-    if len(endpoint) > MAX_TOKEN:
+    if isinstance(endpoint, str) and len(endpoint) > MAX_TOKEN:
         raise ApiError(422, "invalid_subscription", "the subscription endpoint is too long")
+    try:
+        endpoints.check(endpoint)  # a known push service's host, https, nothing odd
+    except EndpointRefused as exc:
+        raise ApiError(422, "invalid_subscription", str(exc)) from None
     if len(auth) != 16:
         raise ApiError(422, "invalid_subscription", "keys.auth must be 16 bytes")
     return {"endpoint": endpoint, "keys": {"p256dh": keys["p256dh"], "auth": keys["auth"]}}
@@ -90,9 +96,9 @@ def device_key(token: str) -> str:
     return token
 
 
-def normalise_token(provider: str, token: str, allow_http: bool) -> str:
+def normalise_token(provider: str, token: str, endpoints: EndpointPolicy) -> str:
     if provider == "web_push":
-        sub = parse_subscription(token, allow_http)
+        sub = parse_subscription(token, endpoints)
         return orjson.dumps(sub, option=orjson.OPT_SORT_KEYS).decode()
     token = token.strip()
     pattern = _APNS_TOKEN if provider == "apns" else _FCM_TOKEN
@@ -105,12 +111,20 @@ class DeviceRoutes:
     """/api/v1/messenger/devices and the VAPID public key."""
 
     def __init__(
-        self, engine: AsyncEngine, reader: RequestReader, push: PushService, allow_http: bool
+        self,
+        engine: AsyncEngine,
+        reader: RequestReader,
+        push: PushService,
+        endpoints: EndpointPolicy,
+        limiter: RateLimiter,
+        settings: Settings,
     ) -> None:
         self._engine = engine
         self._reader = reader
         self._push = push
-        self._allow_http = allow_http  # WEB_PUSH_ALLOW_HTTP: plain-http endpoints (staging)
+        self._endpoints = endpoints  # where a Web Push subscription may point
+        self._limiter = limiter
+        self._settings = settings
 
     @property
     def routes(self) -> list[Route]:
@@ -128,7 +142,15 @@ class DeviceRoutes:
         ]
 
     async def register_device(self, request: Request) -> Response:
-        user_id = self._reader.user_id(request)
+        user_id = await self._reader.user_id(request)
+        settings = self._settings
+        retry_after = await self._limiter.hit(
+            f"device:{user_id}",
+            settings.device_registration_rate_per_minute / 60,
+            settings.device_registration_burst,
+        )
+        if retry_after > 0:
+            raise too_many_requests(retry_after, "too many device registrations; try again later")
         body = await self._reader.json(request, RegisterBody)
         if body.provider not in PROVIDERS_FOR[body.platform]:
             raise ApiError(
@@ -136,7 +158,7 @@ class DeviceRoutes:
                 "invalid_field",
                 f"provider {body.provider} does not serve platform {body.platform}",
             )
-        token = normalise_token(body.provider, body.device_token, self._allow_http)
+        token = normalise_token(body.provider, body.device_token, self._endpoints)
         key = device_key(token)
         now = utcnow()
         values = {
@@ -152,6 +174,13 @@ class DeviceRoutes:
         for _ in range(2):
             try:
                 async with engine.begin() as conn:
+                    # One registration of this user's at a time (PostgreSQL; SQLite has one
+                    # writer anyway), so two at once cannot both slip past the cap.
+                    await conn.execute(
+                        select(_users.c.id)
+                        .where(_users.c.id == user_id)
+                        .with_for_update(key_share=True)
+                    )
                     row = (
                         await conn.execute(
                             select(_devices.c.id, _devices.c.user_id).where(
@@ -159,6 +188,7 @@ class DeviceRoutes:
                             )
                         )
                     ).first()
+                    evicted: list[str] = []
                     if row is not None:
                         # Known token: refresh it, and move it to the caller if another user had it.
                         await conn.execute(
@@ -168,23 +198,58 @@ class DeviceRoutes:
                             log.info(
                                 "device moved device=%s from=%s to=%s", row.id, row.user_id, user_id
                             )
-                        return _registered(row.id, user_id, body.platform, 200)
-                    device_id = str(uuid.uuid4())
-                    await conn.execute(
-                        _devices.insert().values(
-                            id=device_id, token_key=key, created_at=now, **values
+                            evicted = await self._evict_beyond_cap(conn, user_id, row.id)
+                        device_id, status = row.id, 200
+                    else:
+                        device_id, status = str(uuid.uuid4()), 201
+                        await conn.execute(
+                            _devices.insert().values(
+                                id=device_id, token_key=key, created_at=now, **values
+                            )
                         )
-                    )
+                        evicted = await self._evict_beyond_cap(conn, user_id, device_id)
             except IntegrityError:
                 continue  # registered concurrently: go round and refresh it
-            log.info(
-                "device registered device=%s user=%s provider=%s", device_id, user_id, body.provider
-            )
-            return _registered(device_id, user_id, body.platform, 201)
+            for old in evicted:
+                log.info(
+                    "device evicted, over the limit device=%s user=%s for=%s",
+                    old,
+                    user_id,
+                    device_id,
+                )
+            if status == 201:
+                log.info(
+                    "device registered device=%s user=%s provider=%s",
+                    device_id,
+                    user_id,
+                    body.provider,
+                )
+            return _registered(device_id, user_id, body.platform, status)
         raise ApiError(409, "conflict", "the device was registered concurrently; try again")
 
+    async def _evict_beyond_cap(self, conn: AsyncConnection, user_id: int, keep: str) -> list[str]:
+        """Past MAX_DEVICES_PER_USER, remove the user's least recently used devices (never
+        `keep`, the one just registered); their ids."""
+        mine = _devices.c.user_id == user_id
+        count = await conn.scalar(select(func.count()).select_from(_devices).where(mine))
+        excess = (count or 0) - self._settings.max_devices_per_user
+        if excess <= 0:
+            return []
+        oldest = list(
+            (
+                await conn.execute(
+                    select(_devices.c.id)
+                    .where(mine, _devices.c.id != keep)
+                    .order_by(_devices.c.last_used_at, _devices.c.created_at, _devices.c.id)
+                    .limit(excess)
+                )
+            ).scalars()
+        )
+        await conn.execute(delete(_devices).where(_devices.c.id.in_(oldest)))
+        return oldest
+
     async def unregister_device(self, request: Request) -> Response:
-        user_id = self._reader.user_id(request)
+        user_id = await self._reader.user_id(request)
         key = device_key(request.path_params["device_token"])
         async with self._engine.begin() as conn:
             result = await conn.execute(
@@ -196,7 +261,7 @@ class DeviceRoutes:
         return JSONResponse({"success": True, "message": "device unregistered"})
 
     async def list_devices(self, request: Request) -> Response:
-        user_id = self._reader.user_id(request)
+        user_id = await self._reader.user_id(request)
         async with self._engine.connect() as conn:
             rows = await conn.execute(
                 select(_devices)

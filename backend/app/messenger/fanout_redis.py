@@ -15,6 +15,7 @@ from redis.backoff import NoBackoff
 
 from app.config import Settings
 from app.messenger.hub import Hub
+from app.messenger.redis_breaker import RedisBreaker
 from app.messenger.redis_keys import REDIS_UNREACHABLE, RedisKeys, load_lua
 
 log = logging.getLogger(__name__)
@@ -46,11 +47,13 @@ class RedisFanout:
     catch up on reconnect and on a gap in a conversation's seq.
 
     One task publishes in order, so frames from this node reach the others in the order
-    they were sent, and the send path never waits on Redis.
+    they were sent, and the send path never waits on Redis. While Redis is away (the
+    breaker is open) frames reach this node's sockets only.
     """
 
-    def __init__(self, redis: Redis, hub: Hub, settings: Settings) -> None:
+    def __init__(self, redis: Redis, hub: Hub, settings: Settings, breaker: RedisBreaker) -> None:
         self._redis = redis
+        self._breaker = breaker
         self._hub = hub
         self._node = settings.node_id
         keys = RedisKeys(settings.redis_prefix)
@@ -68,7 +71,6 @@ class RedisFanout:
         self._pubsub: PubSub | None = None
         self._up = False
         self._connected = asyncio.Event()
-        self._outage_logged = False
         self._outbox: deque[tuple[Collection[int], str]] = deque()
         self._outbox_ready = asyncio.Event()
         self._drained = asyncio.Event()  # set while the outbox is empty and nothing in flight
@@ -102,7 +104,7 @@ class RedisFanout:
         self, user_ids: Collection[int], frame: str, exclude: str | None = None
     ) -> None:
         self._hub.deliver(user_ids, frame, exclude)
-        if not self._up or not user_ids:
+        if not self._up or self._breaker.is_open or not user_ids:
             return  # Redis away: other nodes' clients catch up from history
         if len(self._outbox) >= OUTBOX_LIMIT:
             self._publish_failed("outbox full")
@@ -121,20 +123,14 @@ class RedisFanout:
             except asyncio.CancelledError:
                 raise
             except REDIS_UNREACHABLE as exc:
-                if not self._outage_logged:
-                    self._outage_logged = True
-                    log.warning(
-                        "fanout: redis unreachable, serving this node's sockets only "
-                        "node=%s error=%s",
-                        self._node,
-                        exc.__class__.__name__,
-                    )
+                self._breaker.trip(exc)
             except Exception:
                 log.exception("fanout: listener failed node=%s", self._node)
             self._connected.set()  # start() stops waiting either way
             await self._disconnect()
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX)
+            await self._breaker.wait_closed()  # its probe knocks, not every part
 
     async def _connect(self) -> PubSub:
         pubsub = self._pubsub = self._subscriber.pubsub()
@@ -149,9 +145,7 @@ class RedisFanout:
         self._connected.set()
         if self.on_subscribed is not None:
             self.on_subscribed()
-        if self._outage_logged:
-            self._outage_logged = False
-            log.info("fanout: redis back, subscribed node=%s", self._node)
+        log.debug("fanout: subscribed node=%s", self._node)
         return pubsub
 
     async def _read(self, pubsub: PubSub) -> None:
@@ -189,6 +183,9 @@ class RedisFanout:
             await self._outbox_ready.wait()
             self._outbox_ready.clear()
             while self._outbox:
+                if self._breaker.is_open:
+                    self._outbox.clear()  # other nodes' clients catch up from history
+                    break
                 n = min(len(self._outbox), PUBLISH_BATCH)
                 outbox = self._outbox
                 frames = []
@@ -200,7 +197,7 @@ class RedisFanout:
                 try:
                     await self._route(args=argv)
                 except REDIS_UNREACHABLE as exc:
-                    self._publish_failed(exc.__class__.__name__)
+                    self._breaker.trip(exc)
                     continue
                 except Exception:
                     log.exception("fanout: publish failed node=%s frames=%d", self._node, n)

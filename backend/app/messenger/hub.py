@@ -19,7 +19,10 @@ SEND_QUEUE_LIMIT = 1000
 # the transport's limit, and the rest count against SEND_QUEUE_LIMIT.
 WRITE_ROUND = 64
 CLOSE_TOO_SLOW = 1013
+# The user opened more sockets on this node than MAX_SOCKETS_PER_USER: the oldest goes.
+CLOSE_TOO_MANY_SOCKETS = 4429
 _ids = itertools.count(1)
+_closing: set[asyncio.Task[None]] = set()  # held until done: the loop keeps weak references
 
 
 class Connection:
@@ -64,19 +67,25 @@ class Connection:
             return
         if len(self._frames) >= SEND_QUEUE_LIMIT:
             log.warning("socket too slow, closing conn=%s user=%s", self.id, self.user_id)
-            self._closed = True
-            self._frames = []
-            if self._writer is not None:
-                self._writer.cancel()
-            asyncio.get_running_loop().create_task(self._close(CLOSE_TOO_SLOW))
+            self.close(CLOSE_TOO_SLOW, "too slow to read")
             return
         self._frames.append(frame)
         if self._writer is None and self._open:
             self._writer = asyncio.get_running_loop().create_task(self._write_loop())
 
-    async def _close(self, code: int) -> None:
+    def close(self, code: int, reason: str) -> None:
+        """Drop what is queued and close with this code; the receive loop cleans up."""
+        self._closed = True
+        self._frames = []
+        if self._writer is not None:
+            self._writer.cancel()
+        task = asyncio.get_running_loop().create_task(self._close(code, reason))
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
+
+    async def _close(self, code: int, reason: str) -> None:
         try:
-            await self.ws.close(code)
+            await self.ws.close(code, reason)
         except Exception:  # already gone
             pass
 
@@ -107,11 +116,23 @@ class Connection:
 
 
 class Hub:
-    def __init__(self) -> None:
+    def __init__(self, max_per_user: int = 20) -> None:
         self._by_user: dict[int, dict[str, Connection]] = {}
+        self._max_per_user = max_per_user
 
     def add(self, conn: Connection) -> None:
-        self._by_user.setdefault(conn.user_id, {})[conn.id] = conn
+        """Register a socket; past the user's limit on this node, close their oldest."""
+        conns = self._by_user.setdefault(conn.user_id, {})
+        conns[conn.id] = conn
+        while len(conns) > self._max_per_user:
+            oldest = conns.pop(next(iter(conns)))  # dicts keep insertion order
+            log.info(
+                "too many sockets, closing the oldest conn=%s user=%s new=%s",
+                oldest.id,
+                conn.user_id,
+                conn.id,
+            )
+            oldest.close(CLOSE_TOO_MANY_SOCKETS, "too many sockets for this user")
 
     def remove(self, conn: Connection) -> None:
         conns = self._by_user.get(conn.user_id)

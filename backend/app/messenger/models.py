@@ -82,6 +82,9 @@ class PushJob(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     claimed_by: Mapped[str | None] = mapped_column(String(64))
     lease_until: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    # Set on a job the push re-check wrote (a recipient who looked online went away):
+    # only this recipient, and only while the message is unread. None: every participant.
+    recipient_id: Mapped[int | None] = mapped_column(Integer)
 
 
 class DeviceToken(Base):

@@ -6,14 +6,25 @@ the version for many nodes is presence_redis.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import Protocol
 
 from app.db import utcnow
 
+# Told of users who just went offline everywhere, as this node's presence finds out.
+Gone = Callable[[Collection[int]], None]
+
 
 class Presence(Protocol):
+    # Set by the app (the push service's re-check listens).
+    on_gone: Gone | None
+
+    @property
+    def complete(self) -> bool:
+        """Whether online() sees every node's sockets (not while it can see only this one)."""
+        ...
+
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
@@ -38,9 +49,12 @@ class Presence(Protocol):
 class LocalPresence:
     """One node: its own sockets are the whole truth."""
 
+    complete = True
+
     def __init__(self) -> None:
         self._counts: dict[int, int] = {}
         self._last_seen: dict[int, datetime] = {}
+        self.on_gone: Gone | None = None
 
     async def start(self) -> None:
         pass
@@ -60,6 +74,8 @@ class LocalPresence:
             self._counts[user_id] = left
             return False
         self._counts.pop(user_id, None)
+        if self.on_gone is not None:
+            self.on_gone([user_id])
         return True
 
     async def online(self, user_ids: Collection[int]) -> set[int]:

@@ -18,6 +18,8 @@ from redis.typing import EncodableT
 
 from app.config import Settings
 from app.db import utcnow
+from app.messenger.presence import Gone
+from app.messenger.redis_breaker import RedisBreaker
 from app.messenger.redis_keys import REDIS_UNREACHABLE, RedisKeys, load_lua
 
 log = logging.getLogger(__name__)
@@ -40,13 +42,14 @@ class RedisPresence:
     """Many nodes: Redis holds which nodes have sockets of which users.
 
     This node counts its own sockets in memory and writes to Redis only when a user's
-    first socket here opens or their last closes, and on each heartbeat. If Redis is
-    unreachable it answers from its own sockets (users it cannot see count as offline,
-    so they get a push), and catches Redis up when it is back.
+    first socket here opens or their last closes, and on each heartbeat. While Redis is
+    away (the breaker is open) it answers from its own sockets (users it cannot see count
+    as offline, so they get a push), and catches Redis up when it is back.
     """
 
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(self, redis: Redis, settings: Settings, breaker: RedisBreaker) -> None:
         self._redis = redis
+        self._breaker = breaker
         self._keys = keys = RedisKeys(settings.redis_prefix)
         self._node = node = settings.node_id
         self._ttl_ms = ttl_ms = round(settings.presence_ttl_seconds * 1000)
@@ -61,7 +64,6 @@ class RedisPresence:
         self._claims: dict[int, asyncio.Future[bool]] = {}
         self._claimer: asyncio.Task[None] | None = None
         self._down = True  # until the first sync; then only while Redis is unreachable
-        self._outage_logged = False
         self._up_since = 0.0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -76,6 +78,10 @@ class RedisPresence:
         # Set by the app: tells a user's contacts that they came or went, for changes this
         # node finds itself (a dead node's users, changes Redis missed while away).
         self.announce: Announce | None = None
+        # Set by the app: told of users who went offline everywhere, as this node finds out.
+        self.on_gone: Gone | None = None
+        breaker.on_open(self._redis_lost)
+        breaker.on_close(self.check_claims)
 
     async def start(self) -> None:
         try:
@@ -147,7 +153,17 @@ class RedisPresence:
             self._registered.update(users)
             return came
 
+    @property
+    def complete(self) -> bool:
+        return not self._down
+
     async def socket_closed(self, user_id: int) -> bool:
+        gone = await self._socket_closed(user_id)
+        if gone and self.on_gone is not None:
+            self.on_gone([user_id])
+        return gone
+
+    async def _socket_closed(self, user_id: int) -> bool:
         left = self._counts.get(user_id, 0) - 1
         if left > 0:
             self._counts[user_id] = left
@@ -236,9 +252,7 @@ class RedisPresence:
             self._registered = local
             self._down = False
             self._up_since = asyncio.get_running_loop().time()
-        if self._outage_logged:
-            log.info("presence: redis back, users claimed node=%s users=%d", self._node, len(local))
-            self._outage_logged = False
+        log.debug("presence: users claimed node=%s users=%d", self._node, len(local))
         return came, gone
 
     async def _beat(self) -> list[int]:
@@ -274,6 +288,7 @@ class RedisPresence:
             delay = self._heartbeat
             try:
                 if self._down:
+                    await self._breaker.wait_closed()  # its probe knocks, not every part
                     came, gone = await self._resync()
                 else:
                     came, gone = await self._beat(), []
@@ -296,18 +311,18 @@ class RedisPresence:
 
     def _fail(self, exc: BaseException) -> None:
         """Redis is unreachable: serve from this node's sockets until the loop resyncs."""
+        self._redis_lost()
+        self._breaker.trip(exc)
+
+    def _redis_lost(self) -> None:
+        """Redis went away (whichever part noticed): Redis is caught up once it is back."""
         if not self._down:
-            self._wake.set()  # resync at once; after that the loop backs off
+            self._wake.set()  # resync as soon as the breaker closes; then the loop backs off
         self._down = True
-        if not self._outage_logged:
-            self._outage_logged = True
-            log.warning(
-                "presence: redis unreachable, only this node's users are online node=%s error=%s",
-                self._node,
-                exc.__class__.__name__,
-            )
 
     async def _announce(self, came: list[int], gone: list[int]) -> None:
+        if self.on_gone is not None and gone:
+            self.on_gone([u for u in gone if u not in self._counts])
         if self.announce is None:
             return
         for user_id, online in [(u, True) for u in came] + [(u, False) for u in gone]:

@@ -15,6 +15,7 @@ from app import metrics
 from app.config import Settings
 from app.errors import ApiError
 from app.jsonutil import dumps
+from app.messenger.blocks import Blocks
 from app.messenger.fanout import Fanout
 from app.messenger.participants import ParticipantCache
 from app.messenger.writer import MessageWriter, Written
@@ -37,6 +38,7 @@ class Sender:
         limiter: RateLimiter,
         writer: MessageWriter,
         fanout: Fanout,
+        blocks: Blocks,
     ) -> None:
         self._max_length = settings.max_message_length
         self._rate = settings.send_rate_per_second
@@ -45,6 +47,7 @@ class Sender:
         self._limiter = limiter
         self._writer = writer
         self._fanout = fanout
+        self._blocks = blocks
 
     async def accept(
         self, sender_id: int, conversation_id: str, content: str, client_msg_id: str | None
@@ -61,6 +64,8 @@ class Sender:
                 422, "message_too_long", f"the message is over {self._max_length} characters"
             )
         participants = await self._participants.of_member(sender_id, conversation_id)
+        await self._blocks.check_send(sender_id, conversation_id, participants)
+        self._writer.check_room()  # before the flood check takes a token
         # The flood check goes to Redis without waiting here: the writer waits for its
         # answer just before writing, so a socket's next frame is read meanwhile.
         flood_check = self._limiter.start_hit(f"send:{sender_id}", self._rate, self._burst)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -15,12 +16,12 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, Field, StrictInt, StringConstraints, TypeAdapter, ValidationError
 from starlette.types import Receive, Scope, Send
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from app import metrics
-from app.auth import InvalidToken, decode_access_token
+from app.auth import AccessClaims, InvalidToken
 from app.config import Settings
-from app.errors import ApiError, describe_validation_error
+from app.errors import ApiError, describe_unexpected, describe_validation_error
 from app.jsonutil import dumps
 from app.messenger.contacts import Contacts, presence_frame
 from app.messenger.fanout import Fanout
@@ -28,14 +29,18 @@ from app.messenger.framewriter import SERVER_SEND, WriteFrames, frame_writer
 from app.messenger.hub import Connection, Hub
 from app.messenger.participants import ParticipantCache
 from app.messenger.presence import Presence
-from app.messenger.reads import ReadMarks
+from app.messenger.reads import ReadMarks, SocketReads
 from app.messenger.send import Accepted, Sender
+from app.messenger.socket_auth import CLOSE_UNAUTHORIZED, SocketAuth
+from app.messenger.typing_throttle import TypingThrottle
 from app.models import MAX_ID
 from app.web import NUL_REFUSED, bearer_token, json_has_nul
 
 log = logging.getLogger(__name__)
 
-CLOSE_UNAUTHORIZED = 4401
+# A frame over MAX_FRAME_BYTES: uvicorn closes with this before reading it (ws_max_size);
+# the same answer here, where a server without that limit hands one over.
+CLOSE_TOO_BIG = 1009
 ConversationId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
@@ -61,10 +66,20 @@ class PingFrame(BaseModel):
     type: Literal["ping"]
 
 
+class AuthFrame(BaseModel):
+    """The socket's first frame when it was opened without a token; later, a fresh token
+    that keeps it open past the current one's expiry."""
+
+    type: Literal["auth"]
+    access_token: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+
+
 Frame = TypeAdapter(
-    Annotated[SendFrame | TypingFrame | ReadFrame | PingFrame, Field(discriminator="type")]
+    Annotated[
+        SendFrame | TypingFrame | ReadFrame | PingFrame | AuthFrame, Field(discriminator="type")
+    ]
 )
-KNOWN_TYPES = {"message.send", "typing", "read", "ping"}
+KNOWN_TYPES = {"message.send", "typing", "read", "ping", "auth"}
 PONG = dumps({"type": "pong"})
 
 
@@ -90,7 +105,9 @@ class SocketEndpoint:
         participants: ParticipantCache,
         reads: ReadMarks,
         fanout: Fanout,
+        socket_auth: SocketAuth,
     ) -> None:
+        self._socket_auth = socket_auth
         self._settings = settings
         self._hub = hub
         self._presence = presence
@@ -99,6 +116,7 @@ class SocketEndpoint:
         self._participants = participants
         self._reads = reads
         self._fanout = fanout
+        self._typing = TypingThrottle(settings.typing_interval_seconds)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ws = WebSocket(scope, receive, send)
@@ -106,23 +124,32 @@ class SocketEndpoint:
 
     async def serve(self, ws: WebSocket, write_frames: WriteFrames) -> None:
         token = ws.query_params.get("token") or bearer_token(ws.headers.get("authorization"))
-        try:
-            if not token:
-                raise InvalidToken("missing")
-            user_id = decode_access_token(token, self._settings.signing_key)
-        except InvalidToken:
+        by_frame = not token
+        if by_frame:
             await ws.accept()
+            token = await self._first_frame_token(ws)
+            if ws.client_state is WebSocketState.DISCONNECTED:
+                return
+        claims = await self._socket_auth.verify(token) if token else None
+        if claims is None or token is None:
+            if not by_frame:
+                await ws.accept()
             await ws.close(CLOSE_UNAUTHORIZED, "invalid or missing token")
             return
+        user_id = claims.user_id
 
         # Claimed in presence before the handshake completes: from the moment the client
         # sees the socket open (and catches up from history), other nodes route frames here.
         came_online = await self._presence.socket_opened(user_id)
         conn = Connection(ws, user_id, write_frames)
         self._hub.add(conn)
+        self._socket_auth.watch(conn, claims, token)
         metrics.websocket_connections.inc()
         try:
-            await ws.accept()
+            if by_frame:
+                conn.send(auth_ok_frame(claims))  # the client may now catch up from history
+            else:
+                await ws.accept()
             conn.open()  # frames that came meanwhile were queued
             contacts = await self._contacts.of(user_id)
             if came_online:
@@ -133,6 +160,7 @@ class SocketEndpoint:
             log.debug("socket open user=%s conn=%s", user_id, conn.id)
             await self._read_frames(conn)
         finally:
+            self._socket_auth.forget(conn)
             self._hub.remove(conn)
             if await self._presence.socket_closed(user_id):
                 await self._contacts.announce(user_id, online=False)
@@ -142,7 +170,8 @@ class SocketEndpoint:
 
     async def _read_frames(self, conn: Connection) -> None:
         limit = self._settings.max_frame_bytes
-        sends = SendPipeline(self._sender, conn)
+        sends = SendPipeline(self._sender, conn, self._settings.websocket_sends_in_flight)
+        reads = SocketReads(self._reads, conn.user_id)
         try:
             while True:
                 event = await conn.ws.receive()
@@ -156,10 +185,14 @@ class SocketEndpoint:
                         await sends.accept(frame)
                         continue
                     await sends.drain()
-                    await self._handle(conn, frame)
+                    await self._handle(conn, frame, reads)
                 except FrameError as exc:
                     await sends.drain()
                     conn.send(exc.frame)
+                except FrameTooBig:
+                    await sends.drain()
+                    await conn.ws.close(CLOSE_TOO_BIG, f"a frame is at most {limit} bytes")
+                    return
                 except ValidationError as exc:
                     await sends.drain()
                     conn.send(
@@ -174,8 +207,13 @@ class SocketEndpoint:
                     conn.send(api_error_frame(exc, data.get("client_msg_id")))
                 except WebSocketDisconnect:
                     return
-                except Exception:
-                    log.exception("frame failed user=%s conn=%s", conn.user_id, conn.id)
+                except Exception as exc:
+                    log.error(
+                        "frame failed user=%s conn=%s %s",
+                        conn.user_id,
+                        conn.id,
+                        describe_unexpected(exc),
+                    )
                     await sends.drain()
                     conn.send(
                         error_frame(
@@ -188,10 +226,12 @@ class SocketEndpoint:
             # What was accepted is still committed, delivered and answered.
             await sends.drain()
 
-    async def _handle(self, conn: Connection, frame: BaseModel) -> None:
+    async def _handle(self, conn: Connection, frame: BaseModel, reads: SocketReads) -> None:
         """Every frame but a send (SendPipeline answers those)."""
         if isinstance(frame, TypingFrame):
             participants = await self._participants.of_member(conn.user_id, frame.conversation_id)
+            if not self._typing.allow(conn.user_id, frame.conversation_id):
+                return
             typing = {
                 "type": "typing",
                 "conversation_id": frame.conversation_id,
@@ -200,9 +240,29 @@ class SocketEndpoint:
             await self._fanout.publish(participants - {conn.user_id}, dumps(typing))
         elif isinstance(frame, ReadFrame):
             participants = await self._participants.of_member(conn.user_id, frame.conversation_id)
-            await self._reads.mark(conn.user_id, frame.conversation_id, frame.seq, participants)
+            await reads.mark(frame.conversation_id, frame.seq, participants)
         elif isinstance(frame, PingFrame):
             conn.send(PONG)
+        elif isinstance(frame, AuthFrame):
+            try:
+                claims = await self._socket_auth.renew(conn, frame.access_token)
+            except InvalidToken:
+                conn.send(error_frame("invalid_token", "the access token is not valid here"))
+            else:
+                conn.send(auth_ok_frame(claims))
+
+    async def _first_frame_token(self, ws: WebSocket) -> str | None:
+        """The token of a first frame `auth {access_token}`, if one comes in time."""
+        try:
+            event = await asyncio.wait_for(
+                ws.receive(), self._settings.websocket_auth_timeout_seconds
+            )
+            if event["type"] != "websocket.receive":
+                return None
+            frame = Frame.validate_python(parse_frame(event, self._settings.max_frame_bytes))
+        except (TimeoutError, FrameError, FrameTooBig, ValidationError):
+            return None
+        return frame.access_token if isinstance(frame, AuthFrame) else None
 
 
 class FrameError(Exception):
@@ -210,6 +270,10 @@ class FrameError(Exception):
 
     def __init__(self, frame: str) -> None:
         self.frame = frame
+
+
+class FrameTooBig(Exception):
+    """A frame over the size limit: the socket closes with CLOSE_TOO_BIG."""
 
 
 def parse_frame(event: Mapping[str, Any], limit: int) -> dict[str, Any]:
@@ -220,29 +284,37 @@ def parse_frame(event: Mapping[str, Any], limit: int) -> dict[str, Any]:
     # Text is measured in UTF-8 bytes, the way the client sent it.
     size = len(raw) if isinstance(raw, bytes) else len(raw.encode())
     if size > limit:
-        raise FrameError(error_frame("payload_too_large", f"a frame is at most {limit} bytes"))
+        raise FrameTooBig
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise FrameError(error_frame("bad_frame", "a frame is one JSON object")) from None
     if not isinstance(data, dict):
         raise FrameError(error_frame("bad_frame", "a frame is one JSON object"))
-    if data.get("type") not in KNOWN_TYPES:
-        raise FrameError(
-            error_frame(
-                "unknown_type",
-                f"unknown frame type {data.get('type')!r}",
-                data.get("client_msg_id"),
-            )
-        )
+    kind = data.get("type")
+    if not isinstance(kind, str) or kind not in KNOWN_TYPES:
+        what = f"unknown frame type {kind[:64]!r}" if isinstance(kind, str) else "no frame type"
+        raise FrameError(error_frame("unknown_type", what, data.get("client_msg_id")))
     if json_has_nul(raw, data):
         raise FrameError(error_frame("invalid_field", NUL_REFUSED, data.get("client_msg_id")))
     return data
 
 
+def auth_ok_frame(claims: AccessClaims) -> str:
+    expires_in = max(0, int(claims.expires_at - time.time()))
+    return dumps(
+        {
+            "type": "auth.ok",
+            "user_id": claims.user_id,
+            "session_id": claims.session_id,
+            "expires_in": expires_in,
+        }
+    )
+
+
 def api_error_frame(exc: ApiError, ref: Any) -> str:
     extra = {}
-    if exc.code == "rate_limited" and exc.headers:
+    if exc.headers and "Retry-After" in exc.headers:  # rate_limited, overloaded, unavailable
         extra["retry_after"] = int(exc.headers["Retry-After"])
     return error_frame(exc.code, exc.message, ref, **extra)
 
@@ -254,18 +326,31 @@ class SendPipeline:
     check and their commit, so a burst from one socket shares one batch instead of paying
     a round trip and a commit per message. Anything else the socket asks, and every
     error, waits until the sends before it are answered: replies still come back in the
-    order the frames came.
+    order the frames came. At most `limit` sends wait at once: beyond that the reader
+    waits too, so the socket is not read (TCP pushes back on the client) instead of its
+    sends queueing without bound.
     """
 
-    __slots__ = ("_conn", "_pending", "_sender", "_task")
+    __slots__ = ("_conn", "_limit", "_pending", "_room", "_sender", "_task")
 
-    def __init__(self, sender: Sender, conn: Connection) -> None:
+    def __init__(self, sender: Sender, conn: Connection, limit: int) -> None:
         self._sender = sender
         self._conn = conn
+        self._limit = limit
         self._pending: deque[tuple[str, Accepted]] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._room: asyncio.Event | None = None  # set when a send is answered, while full
 
     async def accept(self, frame: SendFrame) -> None:
+        pending = self._pending
+        if pending is not None and len(pending) >= self._limit:
+            self._room = room = asyncio.Event()
+            try:
+                while len(pending) >= self._limit:
+                    room.clear()
+                    await room.wait()
+            finally:
+                self._room = None
         accepted = await self._sender.accept(
             self._conn.user_id, frame.conversation_id, frame.content, frame.client_msg_id
         )
@@ -290,8 +375,13 @@ class SendPipeline:
                     message, _ = await self._sender.finish(accepted, exclude_connection=conn.id)
                 except ApiError as exc:
                     conn.send(api_error_frame(exc, client_msg_id))
-                except Exception:
-                    log.exception("frame failed user=%s conn=%s", conn.user_id, conn.id)
+                except Exception as exc:
+                    log.error(
+                        "frame failed user=%s conn=%s %s",
+                        conn.user_id,
+                        conn.id,
+                        describe_unexpected(exc),
+                    )
                     conn.send(
                         error_frame(
                             "internal_error", "the frame could not be handled", client_msg_id
@@ -306,5 +396,7 @@ class SendPipeline:
                     conn.send(dumps(ack))
                 finally:
                     pending.popleft()
+                    if self._room is not None:
+                        self._room.set()
         finally:
             self._task = None

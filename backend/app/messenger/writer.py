@@ -3,8 +3,8 @@
 A lane commits whatever queued while its last transaction ran, in one transaction
 (see message_store for how). A conversation always goes to the same lane, so its
 messages commit in the order sent, while the lanes' transactions (each on its own
-connection) run side by side on PostgreSQL. Only after the commit is anyone told: the
-sender's future, then `on_commit` (the push service) with the messages just created.
+connection) run side by side on PostgreSQL. Only after the commit is anyone told:
+`on_commit` (the push service) with the messages just created, then the senders' futures.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from typing import Any
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.db import utcnow
+from app.db import database_unavailable, utcnow
+from app.errors import ApiError, describe_unexpected
 from app.messenger import message_store
 from app.messenger.message_store import Committed, PushLease, Repeated, SendKey, message_dict
 from app.ratelimit import too_many_requests
@@ -28,6 +29,8 @@ from app.ratelimit import too_many_requests
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 500
+RETRY_AFTER = "1"  # seconds a refused sender is told to wait
+NOT_SAVED = "the message could not be saved now; send it again"
 _NOT_YET = datetime.min.replace(tzinfo=UTC)  # a send's created_at until it is written
 
 # What a send's future gives once committed: (message, True) if new, (the original,
@@ -49,7 +52,7 @@ class _Send:
     # seconds to wait; a send refused, or whose check failed, is not written and its
     # future gets the error.
     flood_check: asyncio.Future[float] | None = field(default=None, repr=False)
-    # Filled in by the store when written.
+    # Filled in by the store when written (message_dict of an unwritten send is meaningless).
     id: str = ""
     seq: int = 0
     created_at: datetime = field(default=_NOT_YET, repr=False)
@@ -71,10 +74,12 @@ class MessageWriter:
         push_lease_seconds: float,
         lanes: int = 1,
         on_commit: OnCommit | None = None,
+        queue_limit: int = 10_000,
     ) -> None:
         if engine.dialect.name != "postgresql":
             lanes = 1
         self._lanes = [_Lane(engine, node_id, push_lease_seconds, on_commit) for _ in range(lanes)]
+        self._queue_limit = queue_limit
 
     async def start(self) -> None:
         for lane in self._lanes:
@@ -83,6 +88,22 @@ class MessageWriter:
     async def stop(self) -> None:
         for lane in self._lanes:
             await lane.stop()
+
+    @property
+    def pending(self) -> int:
+        """Sends queued or being written."""
+        return sum(lane.waiting + lane.writing for lane in self._lanes)
+
+    def check_room(self) -> None:
+        """503 `overloaded` when as many sends wait as the writer may queue: a database
+        that stalls makes senders retry later instead of growing the queue without bound."""
+        if self.pending >= self._queue_limit:
+            raise ApiError(
+                503,
+                "overloaded",
+                "too many messages are waiting to be saved; try again shortly",
+                headers={"Retry-After": RETRY_AFTER},
+            )
 
     def submit(
         self,
@@ -93,10 +114,12 @@ class MessageWriter:
         participants: frozenset[int],
         flood_check: asyncio.Future[float] | None = None,
     ) -> asyncio.Future[Written]:
-        """Queue a send; its future answers once committed. A conversation's sends are
-        committed in the order submitted. When given, the flood check must answer first:
-        if it refuses the send or fails, the send is not written and the future gets the
-        error."""
+        """Queue a send; its future answers once committed, or with 503 `unavailable` when
+        the database could not commit it. A conversation's sends are committed in the
+        order submitted. When given, the flood check must answer first: if it refuses the
+        send or fails, the send is not written and the future gets the error. 503
+        `overloaded` (raised) when the queue is full."""
+        self.check_room()
         future: asyncio.Future[Written] = asyncio.get_running_loop().create_future()
         send = _Send(
             conversation_id, sender_id, content, client_msg_id, participants, future, flood_check
@@ -121,6 +144,7 @@ class _Lane:
         self._lease = timedelta(seconds=push_lease_seconds)
         self._postgres = engine.dialect.name == "postgresql"
         self._queue: list[_Send] = []
+        self._writing: list[_Send] = []  # the batch in flight
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         # PostgreSQL: a connection of the writer's own, held while the writer runs.
@@ -137,11 +161,20 @@ class _Lane:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        for send in self._queue:
+        for send in self._writing + self._queue:
             if not send.future.done():
-                send.future.set_exception(RuntimeError("server shutting down"))
+                send.future.set_exception(unavailable("the server is shutting down"))
+        self._writing.clear()
         self._queue.clear()
         await self._release()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)
+
+    @property
+    def writing(self) -> int:
+        return len(self._writing)
 
     def add(self, send: _Send) -> None:
         self._queue.append(send)
@@ -165,14 +198,15 @@ class _Lane:
                             raise
                     except Exception:
                         pass  # (_admit reads the answer)
-                batch = self._next_batch()
+                batch = self._writing = self._next_batch()
                 try:
                     await self._write_batch(batch)
                 except Exception as exc:
-                    log.exception("message batch failed size=%d", len(batch))
+                    retry = _log_failure(exc, len(batch))
                     for send in batch:
                         if not send.future.done():
-                            send.future.set_exception(exc)
+                            send.future.set_exception(unavailable(NOT_SAVED) if retry else exc)
+                self._writing = []
 
     def _next_batch(self) -> list[_Send]:
         """The oldest sends whose flood check is answered (the oldest's is), in order."""
@@ -286,6 +320,28 @@ class _Lane:
             await conn.close()
         except Exception as exc:  # it is gone either way
             log.debug("message writer: closing its connection failed: %r", exc)
+
+
+def unavailable(message: str) -> ApiError:
+    return ApiError(503, "unavailable", message, headers={"Retry-After": RETRY_AFTER})
+
+
+def _log_failure(exc: Exception, size: int) -> bool:
+    """Log a batch that failed; whether its senders may retry. The database down, slow or
+    timed out: they get 503 `unavailable` (a repeat with the same client_msg_id is safe)
+    and the log one line; anything else is a bug, logged as one too (where it was raised)."""
+    if not database_unavailable(exc):
+        log.error("message batch failed size=%d %s", size, describe_unexpected(exc))
+        return False
+    cause: BaseException = exc
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    log.warning(
+        "message batch not saved: database unavailable size=%d error=%s",
+        size,
+        cause.__class__.__name__,
+    )
+    return True
 
 
 def _admit(batch: list[_Send]) -> list[_Send]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
-from playwright.async_api import BrowserContext, Page, expect
+from playwright.async_api import BrowserContext, Page, WebSocket, expect
 
 from app.config import Settings
 from tests.helpers import Client, User, make_settings
@@ -24,6 +26,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 TIMEOUT_MS = 15_000
+PASSWORD = "correct horse battery"  # every user tests.helpers.Client.user makes has it
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 
@@ -39,7 +42,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def node_settings(db_url: str, world: PushWorld, port: int) -> Settings:
+def node_settings(db_url: str, world: PushWorld, port: int, **overrides: Any) -> Settings:
     # web_base_url makes the push payload's url this node's origin, as in production.
     return make_settings(
         db_url,
@@ -47,6 +50,7 @@ def node_settings(db_url: str, world: PushWorld, port: int) -> Settings:
         host="127.0.0.1",
         port=port,
         web_base_url=f"http://127.0.0.1:{port}",
+        **overrides,
     )
 
 
@@ -101,21 +105,46 @@ PUSH_STUB = """
 # ---- Helpers for the tests
 
 
-async def sign_in(ctx: BrowserContext, base: str, user: User, path: str = "/") -> Page:
-    """A page signed in as `user` (the session put where the client keeps it), at `path`."""
-    page = await ctx.new_page()
-    await page.goto(base + "/")
-    await page.evaluate(
-        """([token, user]) => {
-            localStorage.setItem('messenger.token', token);
-            localStorage.setItem('messenger.user', JSON.stringify(user));
-        }""",
-        [user.token, {"id": user.id, "username": user.username, "display_name": user.display_name}],
-    )
+async def sign_in(
+    ctx: BrowserContext, base: str, user: User, path: str = "/", page: Page | None = None
+) -> Page:
+    """A page at `path` signed in as `user` through the sign-in form (a session of its own)."""
+    page = page or await ctx.new_page()
     await page.goto(base + path)
+    await expect(page.locator("#auth-view")).to_be_visible()
+    await page.fill("#login-username", user.username)
+    await page.fill("#login-password", PASSWORD)
+    await page.click("#login-submit")
     await expect(page.locator("#main-view")).to_be_visible()
     await expect(page.locator("#connection-status")).to_have_attribute("data-state", "online")
     return page
+
+
+async def stored_session(page: Page) -> dict[str, Any] | None:
+    """What the client keeps of its session: access and refresh token, session id, expiry."""
+    raw = await page.evaluate("localStorage.getItem('messenger.session')")
+    return json.loads(raw) if raw else None
+
+
+class SocketLog:
+    """Every WebSocket a page opens: its URL and the frames the page sent on it."""
+
+    def __init__(self, page: Page) -> None:
+        self.urls: list[str] = []
+        self.sent: list[list[dict[str, Any]]] = []
+        page.on("websocket", self._opened)
+
+    def _opened(self, ws: WebSocket) -> None:
+        self.urls.append(ws.url)
+        frames: list[dict[str, Any]] = []
+        self.sent.append(frames)
+        ws.on("framesent", lambda payload: frames.append(json.loads(payload)))
+
+    def auth_tokens(self) -> list[list[str]]:
+        """Per socket, the access tokens of the auth frames sent on it, in order."""
+        return [
+            [f["access_token"] for f in frames if f.get("type") == "auth"] for frames in self.sent
+        ]
 
 
 async def open_conversation(page: Page, conversation_id: str) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from playwright.async_api import expect
 
-from tests.browser.support import NewContext, devices, shoot, sign_in
+from tests.browser.support import NewContext, devices, shoot, sign_in, stored_session
 from tests.helpers import Client, Node, eventually
 from tests.push_world import PushWorld
 
@@ -52,11 +52,20 @@ async def test_register_log_in_and_log_out(
     await page.reload()
     await expect(page.locator("#me-name")).to_have_text("Ada Lovelace")
 
-    # Log out: back to the sign-in screen, session gone, and a reload stays signed out.
+    # Log out: back to the sign-in screen, session gone (on the server too: its tokens are
+    # refused), and a reload stays signed out.
+    held = await stored_session(page)
+    assert held
     await page.click("#logout")
     await expect(page.locator("#auth-view")).to_be_visible()
     await expect(page.locator("#main-view")).to_be_hidden()
-    assert await page.evaluate("localStorage.getItem('messenger.token')") is None
+    assert await page.evaluate("localStorage.getItem('messenger.session')") is None
+    r = await api.http.get(
+        "/api/v1/me", headers={"Authorization": f"Bearer {held['access_token']}"}
+    )
+    assert r.status_code == 401, r.text
+    r = await api.http.post("/api/v1/auth/refresh", json={"refresh_token": held["refresh_token"]})
+    assert r.status_code == 401, r.text
     await page.reload()
     await expect(page.locator("#auth-view")).to_be_visible()
 
@@ -97,4 +106,4 @@ async def test_log_out_unsubscribes_and_deletes_the_device(
     stub = await page.evaluate("window.__pushStub")
     assert stub["unsubscribe"] == 1, stub
     assert await page.evaluate("localStorage.getItem('messenger.pushDeviceToken')") is None
-    assert await page.evaluate("localStorage.getItem('messenger.token')") is None
+    assert await page.evaluate("localStorage.getItem('messenger.session')") is None

@@ -29,6 +29,10 @@ class Mode(StrEnum):
     THROTTLED = "throttled"  # 429 with Retry-After
     DOWN = "down"  # 503
     HANG = "hang"  # never answers
+    # The Web Push fake only: answers a push service must never get followed or read.
+    REDIRECT = "redirect"  # 307 to a plain-http URL of the fake
+    GZIP_BOMB = "gzip_bomb"  # 400 with a 100 KB gzip body that inflates to 100 MB
+    ENDLESS = "endless"  # 201 with a body that never ends
 
 
 class Script:
@@ -86,9 +90,14 @@ class AiohttpFake:
             self._runner = None
 
     async def hang(self) -> web.Response:
-        """Never answer (until the fake stops)."""
+        """Never answer (until released, or the fake stops)."""
         await self._stopping.wait()
         return web.Response(status=503)
+
+    def release_hanging(self) -> None:
+        """Answer the requests hanging now (503); later HANG requests hang again."""
+        self._stopping.set()
+        self._stopping = asyncio.Event()
 
     async def __aenter__(self):
         await self.start()

@@ -274,6 +274,14 @@ def _validate(body: Any) -> dict[str, Any]:
     apns = message.get("apns", {})
     _only(apns, {"headers", "payload", "fcm_options", "live_activity_token"}, "message.apns")
     _strings(apns.get("headers", {}), "message.apns.headers")
+    if len(apns.get("headers", {}).get("apns-collapse-id", "").encode()) > 64:
+        raise InvalidArgument("apns-collapse-id must not exceed 64 bytes", "message.apns.headers")
+    webpush = message.get("webpush", {})
+    _only(webpush, {"headers", "data", "notification", "fcm_options"}, "message.webpush")
+    _strings(webpush.get("headers", {}), "message.webpush.headers")
+    topic = webpush.get("headers", {}).get("Topic")
+    if topic is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", topic):
+        raise InvalidArgument("Invalid webpush Topic header", "message.webpush.headers")
     if "payload" in apns and not isinstance(apns["payload"].get("aps"), dict):
         raise InvalidArgument(
             "apns.payload must contain an 'aps' dictionary", "message.apns.payload"

@@ -7,12 +7,14 @@ is this fake. Every accepted request is decrypted and recorded in `received`.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
 import re
 import secrets
 import time
+import zlib
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -91,7 +93,10 @@ class FakePushService(AiohttpFake):
         self.vapid_public_key = vapid_public_key
         self.subscribers: dict[str, Subscriber] = {}
         self.received: list[Received] = []
+        # Requests that followed a REDIRECT answer: a client that never follows keeps it 0.
+        self.redirects_followed = 0
         self.app.router.add_post("/push/{sub_id}", self._push)
+        self.app.router.add_route("*", "/redirected/{sub_id}", self._redirected)
 
     def subscribe(self, *modes: Mode) -> str:
         """A new subscription (its JSON is the device token), answering `modes` in turn."""
@@ -148,6 +153,20 @@ class FakePushService(AiohttpFake):
         if mode is Mode.DOWN:
             record.status = 503
             return _error(503, 202, "Service unavailable")
+        if mode is Mode.REDIRECT:
+            record.status = 307
+            location = f"{self.base_url}/redirected/{sub.sub_id}"
+            return web.Response(status=307, headers={"Location": location})
+        if mode is Mode.GZIP_BOMB:
+            record.status = 400
+            return web.Response(
+                status=400,
+                body=gzip_bomb(),
+                headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+            )
+        if mode is Mode.ENDLESS:
+            record.status = 201
+            return await self._endless(request)
         try:
             plain = http_ece.decrypt(
                 body, private_key=sub.private_key, auth_secret=sub.auth, version="aes128gcm"
@@ -160,6 +179,22 @@ class FakePushService(AiohttpFake):
         return web.Response(
             status=201, headers={"Location": f"{self.base_url}/m/{secrets.token_hex(8)}"}
         )
+
+    async def _redirected(self, request: web.Request) -> web.Response:
+        self.redirects_followed += 1
+        return web.Response(status=201)
+
+    async def _endless(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=201)
+        await response.prepare(request)
+        chunk = b"x" * 65536
+        try:
+            while not self._stopping.is_set():
+                await response.write(chunk)
+                await asyncio.sleep(0)
+        except (ConnectionError, RuntimeError):
+            pass  # the client hung up: what a client that reads a bounded answer does
+        return response
 
     def _check_vapid(self, authorization: str) -> tuple[dict[str, Any], web.Response | None]:
         try:
@@ -180,6 +215,18 @@ class FakePushService(AiohttpFake):
         if not str(claims.get("sub", "")).startswith(("mailto:", "https:")):
             return claims, _error(401, 109, "VAPID sub must be a mailto: or https: URL")
         return claims, None
+
+
+_BOMB: list[bytes] = []
+
+
+def gzip_bomb() -> bytes:
+    """About 100 KB of gzip that inflates to 100 MiB of zeros (made once)."""
+    if not _BOMB:
+        packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: the gzip container
+        zeros = bytes(1 << 20)
+        _BOMB.append(b"".join(packer.compress(zeros) for _ in range(100)) + packer.flush())
+    return _BOMB[0]
 
 
 def _error(

@@ -23,7 +23,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from app.config import ConfigError
 from app.messenger.push import apns_compat
-from app.messenger.push.base import LOG_LEVEL, Device, Notification, Outcome, Result
+from app.messenger.push.base import (
+    LOG_LEVEL,
+    Device,
+    Notification,
+    Outcome,
+    Result,
+    collapse_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +115,9 @@ class APNsProvider:
             time_to_live=self._config.ttl_seconds,
             priority=10,
             push_type=PushType.ALERT,
-            # No collapse id: every message is its own notification, grouped by thread-id.
+            # Every message is its own notification, grouped by thread-id; a second
+            # delivery of one message replaces the first (apns-collapse-id).
+            collapse_key=collapse_id(notification.message_id),
         )
         try:
             async with asyncio.timeout(self._config.timeout_seconds):

@@ -6,7 +6,10 @@ One module per provider (webpush, fcm, apns), the way Matrix's Sygnal has one
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
+import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -27,6 +30,7 @@ LOG_LEVEL = {
     Outcome.DEAD_TOKEN: logging.INFO,
     Outcome.RETRY: logging.INFO,
     Outcome.FAILED: logging.WARNING,
+    Outcome.GAVE_UP: logging.WARNING,
 }
 
 
@@ -52,6 +56,22 @@ class Notification:
     # The conversation's page in the web client.
     url: str
     badge: int | None = None
+
+
+def collapse_id(key: object) -> str:
+    """A provider's collapse id (APNs apns-collapse-id, a Web Push Topic) for a message or
+    conversation id: the same every time, so a second delivery replaces the first instead
+    of showing twice. Each provider collapses by what it shows as one notification: APNs
+    a message (grouped by thread-id), Android and browsers a conversation (their tag).
+
+    32 URL-safe characters: a Web Push Topic's limit (RFC 8030 5.4), within APNs' 64 bytes.
+    """
+    text = str(key)
+    try:
+        return uuid.UUID(text).hex
+    except ValueError:
+        digest = hashlib.sha256(text.encode()).digest()[:24]
+        return base64.urlsafe_b64encode(digest).decode()
 
 
 @dataclass(frozen=True, slots=True)

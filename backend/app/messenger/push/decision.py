@@ -1,9 +1,11 @@
 """Who gets a push for a message, and what it says. No provider is spoken to here.
 
 A participant gets one when they are not the sender, have no socket on any node,
-have not muted the conversation (now), and have push enabled. Then every active
-device of theirs gets one, unless a device already has an outcome for the message
-(a job taken up again after a crash).
+have not muted the conversation (now), have push enabled, and have not read it (on
+a socket that has gone since). Then every active device of theirs gets one, unless
+a device already has an outcome for the message (a job taken up again after a
+crash). A recipient skipped because they looked online may get it later, once they
+are gone with the message still unread (push.recheck).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ _users = User.__table__
 _conversations = Conversation.__table__
 
 PREVIEW_LENGTH = 200
+CHUNK = 500  # values per IN list
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,23 +70,66 @@ def build_notification(
     )
 
 
-async def offline_recipients(
-    presence: Presence,
-    messages: Collection[Mapping[str, Any]],
-    participants: Mapping[str, Collection[int]],
+def recipients(
+    messages: Collection[Mapping[str, Any]], participants: Mapping[str, Collection[int]]
 ) -> set[tuple[str, int]]:
-    """(conversation, user) of each recipient who is not the sender and has no socket on
-    any node: one presence round trip for every recipient of every message."""
-    wanted = {
+    """(conversation, user) of each participant of these messages who is not the sender."""
+    return {
         (m["conversation_id"], user_id)
         for m in messages
         for user_id in participants[m["conversation_id"]]
         if user_id != m["sender_id"]
     }
+
+
+async def offline_recipients(
+    presence: Presence, wanted: Collection[tuple[str, int]]
+) -> set[tuple[str, int]]:
+    """Those of the (conversation, user) pairs whose user has no socket on any node: one
+    presence round trip for all of them."""
     if not wanted:
         return set()
     online = await presence.online({user_id for _, user_id in wanted})
     return {(c, u) for c, u in wanted if u not in online}
+
+
+async def unread(
+    conn: AsyncConnection, wanted: Collection[tuple[str, int, int]]
+) -> set[tuple[str, int, int]]:
+    """Those of the (conversation, user, seq) whose user is still a participant and has not
+    read that far."""
+    marks: dict[tuple[str, int], int] = {}
+    pairs = list({(c, u) for c, u, _ in wanted})
+    for i in range(0, len(pairs), CHUNK):
+        rows = await conn.execute(
+            select(
+                _participants.c.conversation_id,
+                _participants.c.user_id,
+                _participants.c.last_read_seq,
+            ).where(
+                tuple_(_participants.c.conversation_id, _participants.c.user_id).in_(
+                    pairs[i : i + CHUNK]
+                )
+            )
+        )
+        marks.update({(r.conversation_id, r.user_id): r.last_read_seq for r in rows})
+    return {(c, u, seq) for c, u, seq in wanted if (c, u) in marks and marks[(c, u)] < seq}
+
+
+async def pushed(
+    conn: AsyncConnection, wanted: Collection[tuple[str, int]]
+) -> set[tuple[str, int]]:
+    """Those of the (message, user) pairs with a push outcome on any device of the user."""
+    message_ids = list({m for m, _ in wanted})
+    done: set[tuple[str, int]] = set()
+    for i in range(0, len(message_ids), CHUNK):
+        rows = await conn.execute(
+            select(_attempts.c.message_id, _attempts.c.user_id).where(
+                _attempts.c.message_id.in_(message_ids[i : i + CHUNK])
+            )
+        )
+        done.update((r.message_id, r.user_id) for r in rows)
+    return done & set(wanted)
 
 
 async def plan_for_offline(
@@ -94,19 +140,25 @@ async def plan_for_offline(
     base_url: str,
     skip_done: bool = False,
 ) -> list[PlannedPush]:
-    """The rest of the decision for the offline recipients `wanted`: settings, devices."""
+    """The rest of the decision for the offline recipients `wanted`: settings, what they
+    have read already (on a socket that has gone since), devices."""
     if not wanted:
         return []
     now = utcnow()
     rows = await conn.execute(
-        select(_participants.c.conversation_id, _participants.c.user_id).where(
+        select(
+            _participants.c.conversation_id,
+            _participants.c.user_id,
+            _participants.c.last_read_seq,
+        ).where(
             tuple_(_participants.c.conversation_id, _participants.c.user_id).in_(wanted),
             _participants.c.push_enabled.is_(True),
             _participants.c.muted.is_(False),
             or_(_participants.c.mute_until.is_(None), _participants.c.mute_until <= now),
         )
     )
-    pushable = {(r.conversation_id, r.user_id) for r in rows}
+    read_up_to = {(r.conversation_id, r.user_id): r.last_read_seq for r in rows}
+    pushable = set(read_up_to)
     if not pushable:
         return []
     users = {u for _, u in pushable}
@@ -158,7 +210,8 @@ async def plan_for_offline(
     for m in messages:
         sender_name = names.get(m["sender_id"], "Someone")
         for user_id in participants[m["conversation_id"]]:
-            if (m["conversation_id"], user_id) not in pushable:
+            key = (m["conversation_id"], user_id)
+            if key not in pushable or m["seq"] <= read_up_to[key]:
                 continue
             for device in devices_by_user.get(user_id, ()):
                 if (m["id"], device.id) in done:

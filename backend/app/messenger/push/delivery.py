@@ -9,12 +9,15 @@ own pushes and never the other providers'.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 from app.messenger.push.base import Device, Notification, Outcome, Provider, Result
+from app.messenger.push.host_limit import PerHostLimited
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +62,9 @@ async def deliver(
     attempt = 0
     while True:
         attempt += 1
-        async with limit:
+        # A host's slot first, then the provider's: a push queued behind a busy host
+        # holds none of the provider's slots meanwhile.
+        async with _host_slot(provider, device), limit:
             result = await _attempt(provider, device, notification, policy)
         if result.outcome != Outcome.RETRY:
             break
@@ -94,6 +99,14 @@ async def _attempt(
     except Exception as exc:
         log.exception("push provider raised provider=%s device=%s", provider.name, device.id)
         return Result(Outcome.FAILED, error=f"{exc.__class__.__name__}: {exc}"[:500])
+
+
+def _host_slot(provider: Provider, device: Device) -> AbstractAsyncContextManager[None]:
+    """The per-host limit of a provider that reaches many hosts (Web Push); others have
+    one host each, and the provider's limit is its limit."""
+    if isinstance(provider, PerHostLimited):
+        return provider.host_slot(device)
+    return contextlib.nullcontext()
 
 
 def _ms(started: float) -> float:

@@ -33,7 +33,14 @@ from pyfcm.errors import (
 from requests.adapters import HTTPAdapter
 
 from app.config import ConfigError
-from app.messenger.push.base import LOG_LEVEL, Device, Notification, Outcome, Result
+from app.messenger.push.base import (
+    LOG_LEVEL,
+    Device,
+    Notification,
+    Outcome,
+    Result,
+    collapse_id,
+)
 from app.messenger.push.retry_after import parse_retry_after
 
 log = logging.getLogger(__name__)
@@ -190,13 +197,25 @@ class FCMProvider:
             "android_config": {
                 "priority": "high",
                 "ttl": f"{self._config.ttl_seconds}s",
-                # While the device is offline, keep the newest message per conversation.
+                # While the device is offline, keep the newest message per conversation
+                # (FCM keeps at most four collapse keys per device: one per message would
+                # keep four arbitrary messages).
                 "collapse_key": tag,
-                # One notification in the tray per conversation, replaced by the next.
+                # One notification in the tray per conversation, replaced by the next (or
+                # by a second delivery of the same message).
                 "notification": {"tag": tag},
             },
-            # For iOS devices registered through FCM.
-            "apns_config": {"headers": {"apns-priority": "10"}, "payload": {"aps": aps}},
+            # For iOS devices registered through FCM: a notification per message, so a
+            # second delivery of it replaces the first (as the APNs provider does).
+            "apns_config": {
+                "headers": {
+                    "apns-priority": "10",
+                    "apns-collapse-id": collapse_id(notification.message_id),
+                },
+                "payload": {"aps": aps},
+            },
+            # For browsers registered through FCM: as the Web Push provider does.
+            "webpush_config": {"headers": {"Topic": collapse_id(notification.conversation_id)}},
         }
 
     def _classify(self, response: requests.Response) -> Result:

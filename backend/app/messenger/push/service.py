@@ -1,10 +1,20 @@
 """The push service: takes committed messages, decides, delivers, records.
 
-The push work of each commit is a `push_jobs` row written in that transaction
-and leased to the node that wrote it. This node works its jobs in the background
-(the WebSocket handler never waits on it), renews their leases while they run,
-and deletes a job once every device of every message in it has an outcome. A job
-whose lease ran out (its node died) is claimed by whichever node asks first.
+The push work of each commit is a `push_jobs` row written in that transaction and
+leased to the node that wrote it. This node works its jobs in the background (the
+WebSocket handler never waits on it), renews the lease of every job it holds until
+the job is recorded done, and then deletes it, unless another node has taken it
+over meanwhile. A job whose lease ran out (its node died or stalled) is claimed by
+whichever node asks first.
+
+Deliveries planned and not finished are bounded per node: beyond the bound, planning
+waits, and the jobs waiting keep their leases. So are the messages waiting to be
+planned: beyond as many again, a new job stays in the database until its lease runs
+out and a node with room claims it.
+
+A recipient skipped because they looked online is remembered for a while (recheck);
+once presence says they are gone, the messages they have not read get a job of their
+own, written and held like any other, so a crash in between loses nothing.
 """
 
 from __future__ import annotations
@@ -12,42 +22,58 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from sqlalchemy import delete, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app import metrics
 from app.config import Settings
 from app.db import one_of, utcnow
-from app.messenger.message_store import Committed, message_dict
-from app.messenger.models import DeviceToken, Message, Participant, PushAttempt, PushJob
+from app.messenger.message_store import Committed
+from app.messenger.models import DeviceToken, PushAttempt, PushJob
 from app.messenger.presence import Presence
 from app.messenger.push.base import Outcome, Provider
-from app.messenger.push.decision import PlannedPush, offline_recipients, plan_for_offline
+from app.messenger.push.decision import (
+    PlannedPush,
+    offline_recipients,
+    plan_for_offline,
+    recipients,
+)
 from app.messenger.push.delivery import Delivery, RetryPolicy, deliver
+from app.messenger.push.jobs import CHUNK, load_committed
 from app.messenger.push.providers import start_providers
+from app.messenger.push.recheck import Recheck, Skipped
 
 log = logging.getLogger(__name__)
 
 _jobs = PushJob.__table__
-_messages = Message.__table__
-_participants = Participant.__table__
 _devices = DeviceToken.__table__
 BATCH = 500
 RECOVER_JOBS = 50  # jobs claimed per round (each holds up to one commit's messages)
 PLAN_DELAY = 0.01  # seconds a committed message may wait to be planned with others
 RECORD_DELAY = 0.05  # seconds an outcome may wait to be written with others
+PLAN_ATTEMPTS = 3  # a batch whose planning fails this often in a row is let go
+
+# One message of one job.
+Item = tuple[str, str]
 
 
 class Queued(NamedTuple):
-    """A committed message waiting to be planned."""
+    """A committed message of a job this node holds, waiting to be planned."""
 
+    job_id: str
     committed: Committed
-    # Taken up from a node that stopped: devices that already have an outcome are skipped.
-    recovered: bool
+    # Taken up again (recovered, or a re-check): devices with an outcome are skipped.
+    skip_done: bool
+    # A re-check job's one recipient, pushed only while the message is unread; None: all.
+    recipient: int | None
+
+    @property
+    def item(self) -> Item:
+        return (self.job_id, self.committed.message["id"])
 
 
 class PushService:
@@ -63,6 +89,7 @@ class PushService:
         self._presence = presence
         self._providers: dict[str, Provider] = dict(providers or {})
         self._own_providers = providers is None
+        self._node = settings.node_id
         self._policy = RetryPolicy(
             max_attempts=settings.push_max_attempts,
             base_seconds=settings.push_backoff_base_seconds,
@@ -71,18 +98,24 @@ class PushService:
         )
         # Each provider's in-flight limit (made at start, once the providers are known).
         self._limits: dict[str, asyncio.Semaphore] = {}
+        # Deliveries planned and not finished, whatever the provider.
+        self._room = asyncio.Semaphore(settings.push_max_pending_deliveries)
         self._queue: list[Queued] = []
         self._wake = asyncio.Event()
-        # Jobs this node holds: job id -> its messages still without outcomes, and back.
+        # Jobs this node holds, from commit (or claim) until recorded done: job id -> its
+        # messages still without an outcome on every device. All of them are kept leased.
         self._jobs: dict[str, set[str]] = {}
-        self._job_of: dict[str, str] = {}
-        # Messages being pushed: message id -> devices still without an outcome.
-        self._in_flight: dict[str, int] = {}
+        # Items being pushed: devices still without an outcome.
+        self._in_flight: dict[Item, int] = {}
         self._outcomes: list[tuple[PlannedPush, Delivery]] = []
-        self._finished: list[str] = []
+        self._finished: list[Item] = []
         self._flush = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._deliveries: set[asyncio.Task[None]] = set()
+        # Recipients skipped because they looked online, looked at again until they go.
+        self.recheck = Recheck(settings, engine, presence, hold=self._hold_recheck)
+        # Jobs being deleted as done right now: not lost when a renewal misses them.
+        self._closing: set[str] = set()
 
     @property
     def providers(self) -> Mapping[str, Provider]:
@@ -100,8 +133,10 @@ class PushService:
             asyncio.create_task(self._record_loop(), name="push-record"),
             asyncio.create_task(self._lease_loop(), name="push-lease"),
         ]
+        await self.recheck.start()
 
     async def stop(self) -> None:
+        await self.recheck.stop()
         # Let deliveries under way finish briefly; what is cut off stays leased and is
         # taken up again (by this node on its next start or another) once the lease ends.
         if self._deliveries:
@@ -120,22 +155,39 @@ class PushService:
 
     def job_committed(self, job_id: str, committed: list[Committed]) -> None:
         """A commit of this node wrote a job (leased to this node) for these new messages:
-        hold the job and queue its messages for planning."""
-        self._take(job_id, committed, recovered=False)
+        hold the job and queue its messages for planning. With the queue full, the job is
+        left in the database: once its lease runs out, a node with room takes it up."""
+        if len(self._queue) >= self._settings.push_max_pending_deliveries:
+            metrics.push_jobs_deferred.inc()
+            return
+        self._take(job_id, committed, skip_done=False)
 
-    def _take(self, job_id: str, committed: Iterable[Committed], recovered: bool) -> None:
-        """The one way a job reaches this node's push work: committed here, or recovered."""
-        queued = [Queued(c, recovered) for c in committed]
+    def _hold_recheck(self, job_id: str, committed: list[Committed], recipient: int) -> None:
+        """The re-check wrote a job (leased to this node) for one recipient's messages."""
+        self._take(job_id, committed, skip_done=True, recipient=recipient)
+
+    def _take(
+        self,
+        job_id: str,
+        committed: Iterable[Committed],
+        skip_done: bool,
+        recipient: int | None = None,
+    ) -> None:
+        """The one way a job reaches this node's push work: committed here, claimed, or
+        written by the re-check."""
+        queued = [Queued(job_id, c, skip_done, recipient) for c in committed]
         if not queued:
             return
         self._jobs[job_id] = {q.committed.message["id"] for q in queued}
-        for q in queued:
-            self._job_of[q.committed.message["id"]] = job_id
         self._queue += queued
         self._wake.set()
 
+    # -- taking up jobs left behind ---------------------------------------------------
+
     async def recover(self) -> int:
         """Claim jobs whose lease ran out and queue them; how many were claimed."""
+        if self._room.locked() or len(self._queue) >= BATCH:
+            return 0  # busy: leave them to a node with room (or to a later round)
         now = utcnow()
         expired = (
             select(_jobs.c.id)
@@ -145,56 +197,91 @@ class PushService:
             .with_for_update(skip_locked=True)
         )
         async with self._engine.begin() as conn:
-            claimed: list[tuple[str, list[str]]] = [
-                (r.id, r.message_ids)
+            claimed = [
+                (r.id, r.message_ids, r.recipient_id)
                 for r in await conn.execute(
                     update(PushJob)
                     .where(_jobs.c.id.in_(expired), _jobs.c.lease_until < now)
-                    .values(claimed_by=self._settings.node_id, lease_until=self._lease_end())
-                    .returning(_jobs.c.id, _jobs.c.message_ids)
+                    .values(claimed_by=self._node, lease_until=self._lease_end())
+                    .returning(_jobs.c.id, _jobs.c.message_ids, _jobs.c.recipient_id)
                 )
+                # One of ours whose renewal came late: held already, now renewed.
+                if r.id not in self._jobs
             ]
             if not claimed:
                 return 0
-            wanted = [m for _, message_ids in claimed for m in message_ids]
-            messages = {
-                r.id: message_dict(r)
-                for r in await conn.execute(select(_messages).where(_messages.c.id.in_(wanted)))
-            }
-            members: dict[str, set[int]] = {}
-            for r in await conn.execute(
-                select(_participants.c.conversation_id, _participants.c.user_id).where(
-                    _participants.c.conversation_id.in_(
-                        {m["conversation_id"] for m in messages.values()}
-                    )
-                )
-            ):
-                members.setdefault(r.conversation_id, set()).add(r.user_id)
-            jobs = {
-                job_id: [
-                    Committed(m, frozenset(members.get(m["conversation_id"], ())))
-                    for m in (messages[i] for i in message_ids if i in messages)
-                ]
-                for job_id, message_ids in claimed
-            }
+            committed = await load_committed(conn, [m for _, ids, _ in claimed for m in ids])
             # A job whose messages are all gone (their conversation deleted) has nothing left.
-            if empty := [job_id for job_id, committed in jobs.items() if not committed]:
+            empty = [job_id for job_id, ids, _ in claimed if not any(m in committed for m in ids)]
+            if empty:
                 await conn.execute(delete(PushJob).where(_jobs.c.id.in_(empty)))
-        for job_id, committed in jobs.items():
-            self._take(job_id, committed, recovered=True)
+        for job_id, ids, recipient in claimed:
+            self._take(
+                job_id, [committed[m] for m in ids if m in committed], True, recipient=recipient
+            )
         metrics.push_jobs_recovered.inc(len(claimed))
         log.info(
             "push jobs recovered jobs=%d messages=%d node=%s",
             len(claimed),
-            len(messages),
-            self._settings.node_id,
+            len(committed),
+            self._node,
         )
         return len(claimed)
 
     def _lease_end(self) -> datetime:
         return utcnow() + timedelta(seconds=self._settings.push_lease_seconds)
 
+    async def _lease_loop(self) -> None:
+        """Keep every job this node holds leased, and take up those whose node is gone."""
+        interval = self._settings.push_recovery_interval_seconds
+        while True:
+            try:
+                await self._renew()
+                await self.recover()
+            except Exception:
+                log.exception("push lease loop failed node=%s", self._node)
+            await asyncio.sleep(interval)
+
+    async def _renew(self) -> None:
+        """Renew the lease of every job held: queued, being planned, waiting for room,
+        delivering, or done and not yet recorded. A job another node has taken over (this
+        node stalled past its lease) is let go: its messages not yet planned are left to
+        that node."""
+        held = list(self._jobs)
+        if not held:
+            return
+        kept: set[str] = set()
+        dialect = self._engine.dialect.name
+        async with self._engine.begin() as conn:
+            for i in range(0, len(held), CHUNK):
+                result = await conn.execute(
+                    update(PushJob)
+                    .where(
+                        one_of(_jobs.c.id, held[i : i + CHUNK], dialect),
+                        _jobs.c.claimed_by == self._node,
+                    )
+                    .values(lease_until=self._lease_end())
+                    .returning(_jobs.c.id)
+                )
+                kept.update(result.scalars())
+        lost = {j for j in held if j not in kept and j in self._jobs and j not in self._closing}
+        if lost:
+            self._let_go(lost)
+            log.warning(
+                "push jobs taken over by another node jobs=%d node=%s", len(lost), self._node
+            )
+
+    def _let_go(self, jobs: Collection[str]) -> None:
+        """Stop holding these jobs: unplanned messages leave the queue, and nothing this
+        node records for them deletes them."""
+        for job in jobs:
+            self._jobs.pop(job, None)
+        self._queue = [q for q in self._queue if q.job_id not in jobs]
+
+    # -- planning -----------------------------------------------------------------------
+
     async def _plan_loop(self) -> None:
+        failures = 0
         while True:
             await self._wake.wait()
             # Let the messages of a few commits gather: one presence round trip (and at
@@ -205,55 +292,128 @@ class PushService:
                 batch, self._queue = self._queue[:BATCH], self._queue[BATCH:]
                 try:
                     await self._plan(batch)
+                    failures = 0
                 except Exception:
-                    # The jobs stay leased and are taken up again when the lease ends.
-                    log.exception("push planning failed messages=%d", len(batch))
+                    failures += 1
+                    log.exception(
+                        "push planning failed messages=%d attempt=%d", len(batch), failures
+                    )
+                    if failures < PLAN_ATTEMPTS:
+                        self._queue[:0] = batch
+                        await asyncio.sleep(failures)
+                    else:
+                        # Let go: their leases run out and they are taken up again.
+                        self._let_go({q.job_id for q in batch})
+                        failures = 0
+
+    def _wanted(self, q: Queued) -> set[tuple[str, int]]:
+        """(conversation, user) of each recipient this item may push."""
+        message = q.committed.message
+        wanted = recipients([message], {message["conversation_id"]: q.committed.participants})
+        if q.recipient is not None:
+            wanted = {(c, u) for c, u in wanted if u == q.recipient}
+        return wanted
 
     async def _plan(self, batch: list[Queued]) -> None:
-        participants = {
-            q.committed.message["conversation_id"]: q.committed.participants for q in batch
-        }
-        plans: list[PlannedPush] = []
+        wanted = [self._wanted(q) for q in batch]
         # Presence first, once for the whole batch: when every recipient is online (the
         # common case under load) the database is not asked at all.
-        offline = await offline_recipients(
-            self._presence, [q.committed.message for q in batch], participants
+        offline = await offline_recipients(self._presence, set[tuple[str, int]]().union(*wanted))
+        self.recheck.skipped(
+            Skipped(u, q.committed.message["id"], c, q.committed.message["seq"])
+            for q, w in zip(batch, wanted, strict=True)
+            for c, u in w - offline
         )
-        if offline:
+        reach = [w & offline for w in wanted]
+        plans: list[list[PlannedPush]] = [[] for _ in batch]
+        if any(reach):
             async with self._engine.connect() as conn:
-                for recovered in (False, True):
-                    messages = [q.committed.message for q in batch if q.recovered is recovered]
-                    conversations = {m["conversation_id"] for m in messages}
-                    wanted = {(c, u) for c, u in offline if c in conversations}
-                    if wanted:
-                        plans += await plan_for_offline(
-                            conn,
-                            messages,
-                            participants,
-                            wanted,
-                            self._settings.public_base_url,
-                            skip_done=recovered,
-                        )
-        # Devices whose provider is off are left alone (that was said once, at start).
-        plans = [p for p in plans if p.device.provider in self._providers]
-        per_message: dict[str, int] = {}
-        for plan in plans:
-            per_message[plan.message_id] = per_message.get(plan.message_id, 0) + 1
-        for q in batch:
-            message_id = q.committed.message["id"]
-            count = per_message.get(message_id, 0)
-            if count:
-                self._in_flight[message_id] = count
+                for skip_done in (False, True):
+                    group = [
+                        i for i, q in enumerate(batch) if q.skip_done is skip_done and reach[i]
+                    ]
+                    if group:
+                        await self._plan_group(conn, batch, reach, group, skip_done, plans)
+        for q, item_plans in zip(batch, plans, strict=True):
+            if item_plans:
+                self._in_flight[q.item] = len(item_plans)
             else:
-                self._finished.append(message_id)
-        committed_at = message_times(batch)
-        for plan in plans:
-            task = asyncio.create_task(self._deliver(plan, committed_at))
-            self._deliveries.add(task)
-            task.add_done_callback(self._deliveries.discard)
+                self._finished.append(q.item)
         self._flush.set()
+        # Re-checks are left out of the commit-to-accepted time: they waited on purpose.
+        committed_at = {
+            q.committed.message["id"]: q.committed.message["created_at"].timestamp()
+            for q in batch
+            if q.recipient is None
+        }
+        for q, item_plans in zip(batch, plans, strict=True):
+            for plan in item_plans:
+                if q.job_id not in self._jobs:
+                    # Let go while waiting for room: the node that took it over pushes it.
+                    self._in_flight.pop(q.item, None)
+                    break
+                await self._start_delivery(q.item, plan, committed_at)
 
-    async def _deliver(self, plan: PlannedPush, committed_at: Mapping[str, float]) -> None:
+    async def _plan_group(
+        self,
+        conn: AsyncConnection,
+        batch: list[Queued],
+        reach: list[set[tuple[str, int]]],
+        group: list[int],
+        skip_done: bool,
+        plans: list[list[PlannedPush]],
+    ) -> None:
+        """Plan these items together, then hand each plan to the item it is for."""
+        messages = {batch[i].committed.message["id"]: batch[i].committed.message for i in group}
+        participants = {
+            batch[i].committed.message["conversation_id"]: batch[i].committed.participants
+            for i in group
+        }
+        owner: dict[tuple[str, int], int] = {}
+        for i in group:
+            for _, user_id in reach[i]:
+                owner.setdefault((batch[i].committed.message["id"], user_id), i)
+        planned = await plan_for_offline(
+            conn,
+            list(messages.values()),
+            participants,
+            set[tuple[str, int]]().union(*(reach[i] for i in group)),
+            self._settings.public_base_url,
+            skip_done=skip_done,
+        )
+        for plan in planned:
+            # Devices whose provider is off are left alone (that was said once, at start).
+            i_owner = owner.get((plan.message_id, plan.device.user_id))
+            if i_owner is not None and plan.device.provider in self._providers:
+                plans[i_owner].append(plan)
+
+    # -- delivering -----------------------------------------------------------------------
+
+    async def _start_delivery(
+        self, item: Item, plan: PlannedPush, committed_at: Mapping[str, float]
+    ) -> None:
+        """Start one delivery once there is room for it: until then planning waits."""
+        if self._room.locked():
+            metrics.push_deliveries_waiting.inc()
+            try:
+                await self._room.acquire()
+            finally:
+                metrics.push_deliveries_waiting.dec()
+        else:
+            await self._room.acquire()
+        metrics.push_deliveries_pending.inc()
+        task = asyncio.create_task(self._deliver(item, plan, committed_at))
+        self._deliveries.add(task)
+        task.add_done_callback(self._delivery_done)
+
+    def _delivery_done(self, task: asyncio.Task[None]) -> None:
+        self._deliveries.discard(task)
+        self._room.release()
+        metrics.push_deliveries_pending.dec()
+
+    async def _deliver(
+        self, item: Item, plan: PlannedPush, committed_at: Mapping[str, float]
+    ) -> None:
         name = plan.device.provider
         delivery = await deliver(
             self._providers[name], plan.device, plan.notification, self._policy, self._limits[name]
@@ -275,13 +435,15 @@ class PushService:
             f" error={delivery.error}" if delivery.error else "",
         )
         self._outcomes.append((plan, delivery))
-        left = self._in_flight.get(plan.message_id, 1) - 1
+        left = self._in_flight.get(item, 1) - 1
         if left > 0:
-            self._in_flight[plan.message_id] = left
+            self._in_flight[item] = left
         else:
-            self._in_flight.pop(plan.message_id, None)
-            self._finished.append(plan.message_id)
+            self._in_flight.pop(item, None)
+            self._finished.append(item)
         self._flush.set()
+
+    # -- recording ------------------------------------------------------------------------
 
     async def _record_loop(self) -> None:
         while True:
@@ -304,6 +466,8 @@ class PushService:
         if not outcomes and not finished:
             return
         now = utcnow()
+        done = self._jobs_done(finished)
+        self._closing = set(done)
         try:
             async with self._engine.begin() as conn:
                 if outcomes:
@@ -340,53 +504,34 @@ class PushService:
                         .values(is_active=False)
                     )
                     log.info("devices deactivated (dead token) count=%d", len(dead))
-                if done := self._jobs_done(finished):
-                    await conn.execute(delete(PushJob).where(one_of(_jobs.c.id, done, dialect)))
+                if done:
+                    # Only while still ours: a node that took the job over finishes it.
+                    await conn.execute(
+                        delete(PushJob).where(
+                            one_of(_jobs.c.id, done, dialect), _jobs.c.claimed_by == self._node
+                        )
+                    )
         except Exception:
             # Put them back so the next flush tries again.
             self._outcomes[:0] = outcomes
             self._finished[:0] = finished
             raise
+        finally:
+            self._closing = set()
         self._forget(finished)
 
-    def _jobs_done(self, finished: list[str]) -> list[str]:
-        """The jobs whose messages still open are all among these."""
-        done = set(finished)
-        jobs = {self._job_of[m] for m in finished if m in self._job_of}
-        return [job for job in jobs if self._jobs[job] <= done]
+    def _jobs_done(self, finished: list[Item]) -> list[str]:
+        """The held jobs whose messages still open are all among these."""
+        closing: dict[str, set[str]] = {}
+        for job, message_id in finished:
+            closing.setdefault(job, set()).add(message_id)
+        return [job for job, ids in closing.items() if job in self._jobs and self._jobs[job] <= ids]
 
-    def _forget(self, finished: list[str]) -> None:
+    def _forget(self, finished: list[Item]) -> None:
         """Once recorded: these messages are done, and the jobs they emptied gone."""
-        for message_id in finished:
-            job_id = self._job_of.pop(message_id, None)
-            if job_id is not None and job_id in self._jobs:
-                left = self._jobs[job_id]
+        for job, message_id in finished:
+            left = self._jobs.get(job)
+            if left is not None:
                 left.discard(message_id)
                 if not left:
-                    del self._jobs[job_id]
-
-    async def _lease_loop(self) -> None:
-        """Keep this node's jobs leased, and take up those whose node is gone."""
-        interval = self._settings.push_recovery_interval_seconds
-        while True:
-            try:
-                await self.recover()
-                working = {self._job_of[m] for m in self._in_flight if m in self._job_of}
-                if working:
-                    async with self._engine.begin() as conn:
-                        await conn.execute(
-                            update(PushJob)
-                            .where(
-                                _jobs.c.id.in_(working),
-                                _jobs.c.claimed_by == self._settings.node_id,
-                            )
-                            .values(lease_until=self._lease_end())
-                        )
-            except Exception:
-                log.exception("push lease loop failed node=%s", self._settings.node_id)
-            await asyncio.sleep(interval)
-
-
-def message_times(batch: list[Queued]) -> dict[str, float]:
-    """When each message was committed, as time.time() (its created_at, set at commit)."""
-    return {q.committed.message["id"]: q.committed.message["created_at"].timestamp() for q in batch}
+                    del self._jobs[job]

@@ -1,39 +1,56 @@
 """Web Push (RFC 8030, payload encrypted per RFC 8291, signed with VAPID per RFC 8292).
 
 The device token is the browser's PushSubscription as JSON. pywebpush encrypts the
-payload for it and signs a VAPID JWT for the endpoint's origin; we speak to every
-push service (Google, Mozilla, Apple, ...) through one shared aiohttp session.
+payload for it and py_vapid signs a VAPID JWT for the endpoint's origin; the POST is
+ours, through one shared aiohttp session, because the endpoint is chosen by a client:
+it must be a known push service (endpoints.py), redirects are not followed, and an
+answer is read only up to a few KiB, never decompressed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
+import contextlib
 import json
 import logging
 import os
-import re
-import uuid
-from dataclasses import dataclass
+import time
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import Vapid
-from pywebpush import WebPushException, webpush_async
+from pywebpush import WebPusher, WebPushException
 
 from app.config import ConfigError
-from app.messenger.push.base import LOG_LEVEL, Device, Notification, Outcome, Result
+from app.messenger.push.base import (
+    LOG_LEVEL,
+    Device,
+    Notification,
+    Outcome,
+    Result,
+    collapse_id,
+)
+from app.messenger.push.endpoints import (
+    EndpointPolicy,
+    NonPublicAddress,
+    PublicAddressResolver,
+    PushTarget,
+)
+from app.messenger.push.host_limit import HostLimits
 from app.messenger.push.retry_after import parse_retry_after
 
 log = logging.getLogger(__name__)
 
-# RFC 8030 5.4: a Topic is at most 32 characters of the URL-safe base64 alphabet.
-_TOPIC_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
+# How much of a push service's answer is read: its error bodies are a few hundred bytes;
+# reading them to the end keeps the connection reusable, and nothing more is needed.
+MAX_ANSWER_BYTES = 4096
+VAPID_EXPIRY_SECONDS = 12 * 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +61,9 @@ class WebPushConfig:
     ttl_seconds: int = 24 * 3600  # > 0: with TTL 0 an offline browser never gets it
     timeout_seconds: float = 10.0
     max_connections: int = 100
+    # Which endpoints may be contacted; the default allows the known push services only.
+    endpoints: EndpointPolicy = field(default_factory=EndpointPolicy)
+    per_host_concurrency: int = 100
 
 
 class WebPushProvider:
@@ -65,55 +85,94 @@ class WebPushProvider:
         if config.public_key and config.public_key.rstrip("=") != self.public_key:
             raise ConfigError("VAPID_PUBLIC_KEY does not belong to VAPID_PRIVATE_KEY")
         self._session: aiohttp.ClientSession | None = None
+        self._resolver: PublicAddressResolver | None = None
+        self._hosts = HostLimits(config.per_host_concurrency)
 
     async def start(self) -> None:
-        # One session for every push service: keeps connections (and TLS) alive.
+        # One session for every push service: keeps connections (and TLS) alive. No
+        # cookies, no decompression; resolved addresses must be public unless any
+        # endpoint is allowed (staging: the fakes listen on 127.0.0.1).
+        if not self._config.endpoints.allow_any:
+            self._resolver = PublicAddressResolver()
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self._config.max_connections),
+            connector=aiohttp.TCPConnector(
+                limit=self._config.max_connections, resolver=self._resolver
+            ),
             timeout=aiohttp.ClientTimeout(total=self._config.timeout_seconds),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
         )
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._resolver is not None:  # the connector closes only a resolver it made
+            await self._resolver.close()
+            self._resolver = None
+
+    def host_slot(self, device: Device) -> AbstractAsyncContextManager[None]:
+        """Held while this device's push is in flight to its push service."""
+        try:
+            target = self._config.endpoints.check(_subscription(device.token)["endpoint"])
+        except ValueError:
+            return contextlib.nullcontext()  # send() refuses it without contacting anyone
+        return self._hosts.slot(target.service)
 
     async def send(self, device: Device, notification: Notification) -> Result:
         if self._session is None:
             raise RuntimeError("WebPushProvider.send() before start()")
         try:
             subscription = _subscription(device.token)
+            target = self._config.endpoints.check(subscription["endpoint"])
         except ValueError as exc:
-            # Nothing we can ever send to: the registration is unusable.
+            # Nothing we can ever send to (unusable, or not a push service: never contacted).
             return self._log(device, notification, Result(Outcome.DEAD_TOKEN, error=str(exc)), "")
-        origin = _origin(subscription["endpoint"])
-        timeout = self._config.timeout_seconds
+        service = target.origin
         try:
-            async with asyncio.timeout(timeout):
-                response = await webpush_async(
-                    subscription,
-                    data=_payload(notification),
-                    vapid_private_key=self._vapid,
-                    # A fresh dict each call: pywebpush writes aud and exp into it.
-                    vapid_claims={"sub": self._config.subject},
-                    content_encoding="aes128gcm",
-                    ttl=self._config.ttl_seconds,
-                    headers={"Urgency": "high", "Topic": topic_for(notification.conversation_id)},
-                    timeout=timeout,
-                    aiohttp_session=self._session,
-                )
-            result = Result(Outcome.DELIVERED, status=response.status)
-        except WebPushException as exc:
-            result = _classify(exc)
+            async with asyncio.timeout(self._config.timeout_seconds):
+                result = await self._post(self._session, target, subscription, notification)
+        except WebPushException as exc:  # raised before sending: the keys are unusable
+            result = Result(Outcome.DEAD_TOKEN, error=exc.message[:200])
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            result = Result(Outcome.RETRY, error=_describe(exc, subscription["endpoint"]))
+            if _refused_address(exc):  # not connected to: retrying would not change that
+                result = Result(Outcome.FAILED, error="the push service has no public address")
+            else:
+                result = Result(Outcome.RETRY, error=_describe(exc, target))
         except Exception as exc:  # a bug here must not look like a dead token
             log.exception("web_push send failed device=%s", device.id)
-            result = Result(Outcome.FAILED, error=_describe(exc, subscription["endpoint"]))
-        return self._log(device, notification, result, origin)
+            result = Result(Outcome.FAILED, error=_describe(exc, target))
+        return self._log(device, notification, result, service)
+
+    async def _post(
+        self,
+        session: aiohttp.ClientSession,
+        target: PushTarget,
+        subscription: dict[str, Any],
+        notification: Notification,
+    ) -> Result:
+        body = WebPusher(subscription).encode(_payload(notification).encode(), "aes128gcm")["body"]
+        claims = {
+            "sub": self._config.subject,
+            "aud": target.origin,
+            "exp": int(time.time()) + VAPID_EXPIRY_SECONDS,
+        }
+        headers = {
+            **self._vapid.sign(claims),
+            "TTL": str(self._config.ttl_seconds),
+            "Urgency": "high",
+            "Topic": collapse_id(notification.conversation_id),
+            "Content-Encoding": "aes128gcm",
+            "Content-Type": "application/octet-stream",
+        }
+        async with session.post(
+            target.url, data=body, headers=headers, allow_redirects=False
+        ) as response:
+            await _read_some(response)
+            return _classify(response.status, response.reason, response.headers)
 
     def _log(
-        self, device: Device, notification: Notification, result: Result, origin: str
+        self, device: Device, notification: Notification, result: Result, service: str
     ) -> Result:
         log.log(
             LOG_LEVEL[result.outcome],
@@ -121,7 +180,7 @@ class WebPushProvider:
             result.outcome,
             device.id,
             notification.message_id,
-            origin,
+            service or "-",
             result.status,
             result.retry_after,
             result.error,
@@ -142,7 +201,11 @@ def from_settings(settings: Any) -> WebPushProvider | None:
             public_key=settings.vapid_public_key,
             ttl_seconds=settings.push_ttl_seconds,
             timeout_seconds=settings.push_timeout_seconds,
-            max_connections=min(settings.push_concurrency_for("web_push"), 100),
+            # As many connections as pushes may be in flight: a host that holds its share
+            # of them leaves the others' connections alone.
+            max_connections=settings.push_concurrency_for("web_push"),
+            endpoints=EndpointPolicy.from_settings(settings),
+            per_host_concurrency=settings.web_push_per_host_concurrency,
         )
     )
 
@@ -172,18 +235,6 @@ def load_vapid_key(value: str) -> Vapid:
     return Vapid(private_key=key)
 
 
-def topic_for(conversation_id: object) -> str:
-    """One Topic per conversation, so a push service keeps only the newest while offline."""
-    text = str(conversation_id)
-    try:
-        return uuid.UUID(text).hex  # 32 hex characters
-    except ValueError:
-        pass
-    if _TOPIC_RE.fullmatch(text):
-        return text
-    return _b64url(hashlib.sha256(text.encode()).digest()[:24])  # 32 characters
-
-
 def _payload(notification: Notification) -> str:
     return json.dumps(
         {
@@ -208,42 +259,55 @@ def _subscription(token: str) -> dict[str, Any]:
         ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), p256dh)
     except (ValueError, TypeError, KeyError):
         raise ValueError("malformed subscription (endpoint, keys.p256dh, keys.auth)") from None
-    if not (isinstance(endpoint, str) and endpoint.startswith(("https://", "http://"))):
-        raise ValueError("subscription endpoint is not an http(s) URL")
+    if not isinstance(endpoint, str):
+        raise ValueError("subscription endpoint is not a URL")
     if len(auth) != 16:
         raise ValueError("subscription auth secret is not 16 bytes")
     return {"endpoint": endpoint, "keys": {"p256dh": keys["p256dh"], "auth": keys["auth"]}}
 
 
-def _classify(exc: WebPushException) -> Result:
-    status = exc.status_code
-    if status is None:  # raised before sending: the subscription keys are unusable
-        return Result(Outcome.DEAD_TOKEN, error=exc.message[:200])
-    error = exc.message.splitlines()[0][:200]
+async def _read_some(response: aiohttp.ClientResponse) -> None:
+    """Read the answer up to MAX_ANSWER_BYTES (raw: the session never decompresses);
+    a longer one is cut off and its connection dropped rather than read on."""
+    read = 0
+    while read < MAX_ANSWER_BYTES:
+        chunk = await response.content.read(MAX_ANSWER_BYTES - read)
+        if not chunk:
+            return  # all of it: the connection goes back to the pool
+        read += len(chunk)
+    response.close()
+
+
+def _classify(status: int, reason: str | None, headers: Any) -> Result:
+    error = f"{status} {reason or ''}".strip()[:100]
+    if 200 <= status < 300:
+        return Result(Outcome.DELIVERED, status=status)
     if status in (404, 410):  # the subscription expired or the user unsubscribed
         return Result(Outcome.DEAD_TOKEN, status=status, error=error)
     if status == 429 or status >= 500:
         return Result(
             Outcome.RETRY,
             status=status,
-            retry_after=parse_retry_after(exc.retry_after),
+            retry_after=parse_retry_after(headers.get("Retry-After")),
             error=error,
         )
+    if 300 <= status < 400:  # a push service does not redirect: not followed
+        return Result(Outcome.FAILED, status=status, error=f"{error} (redirect not followed)")
     # 400 bad headers, 401/403 VAPID rejected, 413 payload too large: our side.
     return Result(Outcome.FAILED, status=status, error=error)
 
 
-def _describe(exc: BaseException, endpoint: str) -> str:
-    # aiohttp puts the whole URL in some messages: keep the subscription's path out.
-    text = f"{type(exc).__name__}: {exc}"
-    path = urlsplit(endpoint).path
+def _refused_address(exc: BaseException) -> bool:
+    return isinstance(exc, aiohttp.ClientConnectorError) and isinstance(
+        exc.os_error, NonPublicAddress
+    )
+
+
+def _describe(exc: BaseException, target: PushTarget) -> str:
+    # aiohttp puts the whole URL in some messages: the path is the subscription's secret.
+    text = f"{type(exc).__name__}: {exc}".replace(str(target.url), target.origin)
+    path = target.url.raw_path_qs
     return (text.replace(path, "/…") if len(path) > 1 else text)[:200]
-
-
-def _origin(endpoint: str) -> str:
-    # The endpoint path is the subscription's secret: log only where it goes.
-    parts = urlsplit(endpoint)
-    return f"{parts.scheme}://{parts.netloc}"
 
 
 def _b64decode(text: str) -> bytes:

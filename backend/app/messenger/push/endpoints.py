@@ -1,0 +1,179 @@
+"""Where Web Push may send: the push services browsers subscribe with, and nowhere else.
+
+A subscription's endpoint is a URL the client chose; without these checks the node
+would POST to any address a user names (its own database, a cloud metadata service,
+an intranet admin page) and tell them from the outcome whether it answered. So an
+endpoint must be https on port 443 of a known push service's host name, with no user
+name or password; the resolved addresses must be public; nothing else is contacted.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from dataclasses import dataclass
+
+from aiohttp import DefaultResolver
+from aiohttp.abc import AbstractResolver, ResolveResult
+from yarl import URL
+
+from app.config import ConfigError, Settings
+
+# The hosts browsers' PushSubscription endpoints point at; `*.suffix` is any name under it.
+KNOWN_PUSH_HOSTS: tuple[str, ...] = (
+    "fcm.googleapis.com",  # Chrome, Edge on Android, Opera, Samsung Internet, Brave
+    "android.googleapis.com",  # subscriptions made by older Chrome versions
+    "jmt17.google.com",  # Chromium builds without Google's API keys (Debian, Ubuntu)
+    "updates.push.services.mozilla.com",  # Firefox
+    "push.services.mozilla.com",
+    "*.notify.windows.com",  # Edge on Windows (WNS)
+    "web.push.apple.com",  # Safari on macOS and iOS
+    "*.push.apple.com",
+)
+
+# Only what RFC 3986 allows, nothing a parser could read two ways (no backslash, no
+# whitespace, no fragment): the URL checked here is the URL aiohttp connects to.
+_URL = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<authority>[^/?#\\\s]*)"
+    r"(?P<rest>/[A-Za-z0-9\-._~!$&'()*+,;=:@/%?]*)",
+    re.ASCII,
+)
+_HOST_PORT = re.compile(
+    r"(?P<host>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{1,5}))?", re.ASCII
+)
+_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", re.ASCII)
+
+
+class EndpointRefused(ValueError):
+    """The endpoint is not one this server sends to; the message says why (no URL in it)."""
+
+
+class NonPublicAddress(OSError):
+    """A push service's name resolved only to private, loopback or reserved addresses."""
+
+
+@dataclass(frozen=True, slots=True)
+class PushTarget:
+    url: URL  # what to POST to: exactly what was checked
+    service: str  # the allowed-hosts entry it matched (the host itself when any is allowed)
+
+    @property
+    def origin(self) -> str:
+        """scheme://host[:port], lower case: the VAPID audience, and what a log may name."""
+        return str(self.url.origin()).lower()
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointPolicy:
+    """Which subscription endpoints are allowed.
+
+    `extra_hosts` extends KNOWN_PUSH_HOSTS (exact names or `*.suffix`).
+    `allow_any` is for staging and tests only: any http(s) URL on any host, address and
+    port (the local push service fakes listen on http://127.0.0.1:<port>).
+    """
+
+    extra_hosts: tuple[str, ...] = ()
+    allow_any: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EndpointPolicy:
+        """WEB_PUSH_EXTRA_HOSTS (comma-separated) and WEB_PUSH_ALLOW_ANY_ENDPOINT."""
+        extra = settings.web_push_extra_hosts.split(",")
+        hosts = tuple(h.strip().lower() for h in extra if h.strip())
+        for entry in hosts:
+            if not _is_host_name(entry.removeprefix("*.")):
+                raise ConfigError(f"WEB_PUSH_EXTRA_HOSTS: {entry!r} is not a host name or *.suffix")
+        return cls(extra_hosts=hosts, allow_any=settings.web_push_allow_any_endpoint)
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        return KNOWN_PUSH_HOSTS + self.extra_hosts
+
+    def check(self, endpoint: object) -> PushTarget:
+        """The target to send to, or EndpointRefused saying what is wrong."""
+        match = _URL.fullmatch(endpoint) if isinstance(endpoint, str) else None
+        if match is None or not isinstance(endpoint, str):
+            raise EndpointRefused("the subscription endpoint is not an https URL")
+        scheme = match["scheme"].lower()
+        if scheme != "https" and not (self.allow_any and scheme == "http"):
+            raise EndpointRefused("the subscription endpoint is not an https URL")
+        authority = match["authority"]
+        if "@" in authority:
+            raise EndpointRefused("the subscription endpoint must not carry a user name")
+        host_port = _HOST_PORT.fullmatch(authority)
+        if host_port is None:
+            raise EndpointRefused("the subscription endpoint has no valid host name")
+        host = host_port["host"].lower()
+        port = int(host_port["port"]) if host_port["port"] else None
+        # yarl is what aiohttp connects with: it must read the same host and no user name.
+        try:
+            url = URL(endpoint, encoded=True)  # sent as the push service wrote it
+            same = url.host == host.strip("[]") and url.user is None and url.password is None
+        except ValueError:  # a port out of range, say
+            same = False
+        if not same:
+            raise EndpointRefused("the subscription endpoint is not an https URL")
+        if self.allow_any:
+            return PushTarget(url, f"{host}:{url.port}")
+        if port not in (None, 443):
+            raise EndpointRefused("the subscription endpoint must use the https port, 443")
+        if _is_ip_address(host):
+            raise EndpointRefused(
+                "the subscription endpoint is an IP address, not a push service's host name"
+            )
+        if not _is_host_name(host):
+            raise EndpointRefused("the subscription endpoint has no valid host name")
+        service = self.service_for(host)
+        if service is None:
+            raise EndpointRefused(
+                "the subscription endpoint is not on a known push service "
+                "(FCM, Mozilla, Windows or Apple)"
+            )
+        return PushTarget(url, service)
+
+    def service_for(self, host: str) -> str | None:
+        for entry in self.hosts:
+            if entry.startswith("*."):
+                if host.endswith(entry[1:]):
+                    return entry
+            elif host == entry:
+                return entry
+        return None
+
+
+class PublicAddressResolver(AbstractResolver):
+    """aiohttp's resolver, keeping only globally routable addresses: a push service's
+    name that resolves into a private network is never connected to."""
+
+    def __init__(self) -> None:
+        self._resolver = DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        found = await self._resolver.resolve(host, port, family)
+        public = [r for r in found if ipaddress.ip_address(r["host"]).is_global]
+        if not public:
+            raise NonPublicAddress("the push service's name has no public address")
+        return public
+
+    async def close(self) -> None:
+        await self._resolver.close()
+
+
+def _is_ip_address(host: str) -> bool:
+    """An IP address in any spelling (dotted, decimal, octal, hex, [IPv6]): no top-level
+    domain starts with a digit."""
+    last = host.rstrip(".").rsplit(".", 1)[-1]
+    return host.startswith("[") or not last or last[0].isdigit()
+
+
+def _is_host_name(host: str) -> bool:
+    """A DNS name whose top-level domain starts with a letter (so not an IP address)."""
+    labels = host.split(".")
+    return (
+        len(host) <= 253
+        and all(_LABEL.fullmatch(label) for label in labels)
+        and labels[-1][0].isalpha()
+    )

@@ -1,0 +1,335 @@
+"""Sign-in sessions: short-lived access tokens minted by rotating refresh tokens.
+
+A refresh token is "<session id>.<secret>", the secret being "<nonce>.<mac>": the MAC
+(of the session id and nonce, under the signing key) tells a spent token of ours from
+a made-up one. Only the SHA-256 of the current secret is stored. A spent token that
+comes back (stolen, or replayed) revokes its whole session; a forged one naming
+someone's session id is only refused, so knowing an id is not enough to end a session.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel, Field
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from app.auth import AccessClaims, InvalidToken, create_access_token, decode_access_token
+from app.config import Settings
+from app.db import utcnow
+from app.errors import ApiError
+from app.jsonutil import JSONResponse
+from app.models import Session
+from app.web import RequestReader
+
+log = logging.getLogger(__name__)
+
+_sessions = Session.__table__
+_REFRESH_TOKEN = re.compile(
+    r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
+    r"\.([A-Za-z0-9_-]{43}\.[A-Za-z0-9_-]{22})"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    """A fresh pair of tokens for a session."""
+
+    session_id: str
+    access_token: str
+    refresh_token: str
+    expires_in: int  # the access token's life, in seconds
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "access_token": self.access_token,
+            "token_type": "bearer",
+            "expires_in": self.expires_in,
+            "refresh_token": self.refresh_token,
+            "session_id": self.session_id,
+        }
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class SessionStore:
+    """The sessions table: opening, refreshing, checking and revoking sessions."""
+
+    def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
+        self._engine = engine
+        self._settings = settings
+
+    # -- tokens -------------------------------------------------------------------------
+
+    def _mac(self, session_id: str, nonce: str) -> str:
+        key = self._settings.signing_key.encode()
+        mac = hmac.new(key, f"refresh:{session_id}:{nonce}".encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(mac[:16]).rstrip(b"=").decode()
+
+    def _new_secret(self, session_id: str) -> str:
+        nonce = secrets.token_urlsafe(32)
+        return f"{nonce}.{self._mac(session_id, nonce)}"
+
+    def _is_ours(self, session_id: str, secret: str) -> bool:
+        nonce, _, mac = secret.partition(".")
+        return hmac.compare_digest(mac, self._mac(session_id, nonce))
+
+    def _issue(self, user_id: int, session_id: str, secret: str) -> Issued:
+        ttl = self._settings.access_token_ttl_seconds
+        token = create_access_token(user_id, self._settings.signing_key, ttl, session_id=session_id)
+        return Issued(session_id, token, f"{session_id}.{secret}", ttl)
+
+    # -- the store ------------------------------------------------------------------------
+
+    async def open(self, user_id: int, user_agent: str | None, ip: str | None) -> Issued:
+        """A new session for a user who just proved who they are."""
+        session_id = str(uuid.uuid4())
+        secret = self._new_secret(session_id)
+        now = utcnow()
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                insert(_sessions).values(
+                    id=session_id,
+                    user_id=user_id,
+                    refresh_hash=_digest(secret),
+                    created_at=now,
+                    last_used_at=now,
+                    expires_at=now + timedelta(seconds=self._settings.refresh_token_ttl_seconds),
+                    user_agent=(user_agent or "")[:256] or None,
+                    ip=(ip or "")[:64] or None,
+                )
+            )
+            # Past the cap, the least recently used sessions end.
+            stale = (
+                await conn.scalars(
+                    select(_sessions.c.id)
+                    .where(
+                        _sessions.c.user_id == user_id,
+                        _sessions.c.id != session_id,
+                        _sessions.c.revoked_at.is_(None),
+                        _sessions.c.expires_at > now,
+                    )
+                    .order_by(_sessions.c.last_used_at.desc(), _sessions.c.id)
+                    .offset(self._settings.max_sessions_per_user - 1)
+                )
+            ).all()
+            if stale:
+                await conn.execute(
+                    update(_sessions).where(_sessions.c.id.in_(stale)).values(revoked_at=now)
+                )
+        if stale:
+            log.info("sessions over the cap revoked user=%s count=%d", user_id, len(stale))
+        return self._issue(user_id, session_id, secret)
+
+    async def refresh(self, refresh_token: str) -> Issued:
+        """New tokens for the session, whose refresh token then changes; InvalidToken
+        if this one is not its current one. A spent one revokes the session."""
+        match = _REFRESH_TOKEN.fullmatch(refresh_token)
+        if match is None:
+            raise InvalidToken("malformed refresh token")
+        session_id, secret = match.groups()
+        now = utcnow()
+        reused = False
+        async with self._engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    select(
+                        _sessions.c.user_id,
+                        _sessions.c.refresh_hash,
+                        _sessions.c.revoked_at,
+                        _sessions.c.expires_at,
+                    ).where(_sessions.c.id == session_id)
+                )
+            ).first()
+            if row is None or row.revoked_at is not None:
+                raise InvalidToken("no such session")
+            if not hmac.compare_digest(row.refresh_hash, _digest(secret)):
+                if not self._is_ours(session_id, secret):
+                    raise InvalidToken("not a refresh token of this session")
+                reused = True
+            elif row.expires_at <= now:
+                raise InvalidToken("the session has expired")
+            else:
+                new_secret = self._new_secret(session_id)
+                rotated = await conn.execute(
+                    update(_sessions)
+                    .where(
+                        _sessions.c.id == session_id,
+                        _sessions.c.refresh_hash == row.refresh_hash,
+                        _sessions.c.revoked_at.is_(None),
+                    )
+                    .values(
+                        refresh_hash=_digest(new_secret),
+                        last_used_at=now,
+                        expires_at=now
+                        + timedelta(seconds=self._settings.refresh_token_ttl_seconds),
+                    )
+                )
+                # Another refresh with this same token got there first: spent twice.
+                reused = rotated.rowcount != 1
+            if reused:
+                await conn.execute(
+                    update(_sessions)
+                    .where(_sessions.c.id == session_id, _sessions.c.revoked_at.is_(None))
+                    .values(revoked_at=now)
+                )
+        if reused:
+            log.warning(
+                "refresh token reused, session revoked session=%s user=%s",
+                session_id,
+                row.user_id,
+            )
+            raise InvalidToken("refresh token reused")
+        return self._issue(row.user_id, session_id, new_secret)
+
+    async def verify(self, access_token: str) -> AccessClaims:
+        """The token's claims if it is valid and its session still stands; else InvalidToken."""
+        claims = decode_access_token(access_token, self._settings.signing_key)
+        async with self._engine.connect() as conn:
+            standing = await conn.scalar(
+                select(_sessions.c.id).where(
+                    _sessions.c.id == claims.session_id,
+                    _sessions.c.user_id == claims.user_id,
+                    _sessions.c.revoked_at.is_(None),
+                )
+            )
+        if standing is None:
+            raise InvalidToken("the session has ended")
+        return claims
+
+    async def revoke(self, user_id: int, session_id: str) -> bool:
+        """End one of the user's sessions; False if they have no such standing session."""
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                update(_sessions)
+                .where(
+                    _sessions.c.id == session_id,
+                    _sessions.c.user_id == user_id,
+                    _sessions.c.revoked_at.is_(None),
+                )
+                .values(revoked_at=utcnow())
+            )
+        return bool(result.rowcount == 1)
+
+    async def revoke_others(self, user_id: int, keep: str) -> int:
+        """End every session of the user but `keep`; how many ended."""
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                update(_sessions)
+                .where(
+                    _sessions.c.user_id == user_id,
+                    _sessions.c.id != keep,
+                    _sessions.c.revoked_at.is_(None),
+                )
+                .values(revoked_at=utcnow())
+            )
+        return int(result.rowcount)
+
+    async def standing(self, user_id: int) -> list[dict[str, Any]]:
+        """The user's sessions that are neither revoked nor expired, most recent first."""
+        async with self._engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(
+                        _sessions.c.id,
+                        _sessions.c.created_at,
+                        _sessions.c.last_used_at,
+                        _sessions.c.user_agent,
+                        _sessions.c.ip,
+                    )
+                    .where(
+                        _sessions.c.user_id == user_id,
+                        _sessions.c.revoked_at.is_(None),
+                        _sessions.c.expires_at > utcnow(),
+                    )
+                    .order_by(_sessions.c.last_used_at.desc(), _sessions.c.id)
+                )
+            ).all()
+        return [dict(row._mapping) for row in rows]
+
+    async def revoked_since(self, since: datetime) -> list[str]:
+        """Sessions revoked after `since` (by any node)."""
+        async with self._engine.connect() as conn:
+            return list(
+                await conn.scalars(select(_sessions.c.id).where(_sessions.c.revoked_at > since))
+            )
+
+
+class RefreshBody(BaseModel):
+    refresh_token: str = Field(max_length=512)
+
+
+class SessionRoutes:
+    """/api/v1/auth/refresh, /api/v1/auth/logout and /api/v1/me/sessions."""
+
+    def __init__(self, store: SessionStore, reader: RequestReader) -> None:
+        self._store = store
+        self._reader = reader
+
+    @property
+    def routes(self) -> list[Route]:
+        return [
+            Route("/api/v1/auth/refresh", self.refresh, methods=["POST"]),
+            Route("/api/v1/auth/logout", self.logout, methods=["POST"]),
+            Route("/api/v1/me/sessions", self.list_sessions, methods=["GET"]),
+            Route("/api/v1/me/sessions", self.revoke_others, methods=["DELETE"]),
+            Route("/api/v1/me/sessions/{session_id}", self.revoke, methods=["DELETE"]),
+        ]
+
+    async def refresh(self, request: Request) -> Response:
+        body = await self._reader.json(request, RefreshBody)
+        try:
+            issued = await self._store.refresh(body.refresh_token)
+        except InvalidToken:
+            raise ApiError(
+                401, "invalid_token", "the refresh token is invalid, spent or expired"
+            ) from None
+        return JSONResponse(issued.body())
+
+    async def logout(self, request: Request) -> Response:
+        caller = await self._reader.caller(request)
+        await self._store.revoke(caller.user_id, caller.session_id)
+        log.info("logout user=%s session=%s", caller.user_id, caller.session_id)
+        return JSONResponse({"success": True})
+
+    async def list_sessions(self, request: Request) -> Response:
+        caller = await self._reader.caller(request)
+        sessions = await self._store.standing(caller.user_id)
+        for session in sessions:
+            session["current"] = session["id"] == caller.session_id
+        return JSONResponse({"sessions": sessions})
+
+    async def revoke(self, request: Request) -> Response:
+        caller = await self._reader.caller(request)
+        session_id = request.path_params["session_id"]
+        # Someone else's session is as unknown as one that never was.
+        if len(session_id) > 64 or not await self._store.revoke(caller.user_id, session_id):
+            raise ApiError(404, "session_not_found", "you have no such session")
+        log.info("session revoked user=%s session=%s", caller.user_id, session_id)
+        return JSONResponse({"success": True})
+
+    async def revoke_others(self, request: Request) -> Response:
+        caller = await self._reader.caller(request)
+        count = await self._store.revoke_others(caller.user_id, caller.session_id)
+        log.info(
+            "other sessions revoked user=%s kept=%s count=%d",
+            caller.user_id,
+            caller.session_id,
+            count,
+        )
+        return JSONResponse({"success": True, "revoked": count})

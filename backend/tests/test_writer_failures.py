@@ -1,0 +1,147 @@
+"""The send path when PostgreSQL is stuck: a statement that hangs on a lock is cancelled
+and its senders get 503 `unavailable`; the writer's queue and each socket's sends in
+flight are bounded. Another connection holding the conversation's row lock (as a stuck
+transaction would) is what makes the writer hang."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from tests.cluster import send_frame
+from tests.helpers import Client, Node, Socket, eventually, make_settings, start_node
+
+
+@contextlib.asynccontextmanager
+async def row_locked(database_url: str, conversation_id: str) -> AsyncIterator[None]:
+    """Another connection holds the conversation's row lock until the block ends."""
+    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                "SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", conversation_id
+            )
+            yield
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def impatient_node(postgresql_url: str) -> AsyncIterator[Node]:
+    node = await start_node(make_settings(postgresql_url, database_statement_timeout_seconds=1))
+    yield node
+    await node.stop()
+
+
+@pytest.fixture
+async def patient_node(postgresql_url: str) -> AsyncIterator[Node]:
+    """A statement timeout longer than any test: the writer stays stuck until released."""
+    settings = make_settings(
+        postgresql_url,
+        database_statement_timeout_seconds=60,
+        writer_queue_limit=4,
+        websocket_sends_in_flight=3,
+    )
+    node = await start_node(settings)
+    yield node
+    await node.stop()
+
+
+async def test_a_send_stuck_on_a_lock_fails_clearly_and_the_writer_goes_on(
+    impatient_node: Node, postgresql_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    api = Client(impatient_node)
+    alice, bob = await api.user(), await api.user()
+    conversation = (await api.conversation(alice, bob))["id"]
+    socket = await Socket.connect(impatient_node, alice)
+    async with row_locked(postgresql_url, conversation):
+        await socket.send(send_frame(conversation, "secret words", "m1"))
+        error = await socket.expect("error", timeout=15)
+        assert (error["code"], error["ref"]) == ("unavailable", "m1")
+        assert error["retry_after"] >= 1
+        r = await api.send(alice, conversation, "more secret words", client_msg_id="m2")
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "unavailable"
+        assert int(r.headers["Retry-After"]) >= 1
+
+    # The lock is gone: the same sends, repeated, go through, each once.
+    await socket.send(send_frame(conversation, "secret words", "m1"))
+    ack = await socket.expect("message.ack", client_msg_id="m1")
+    assert ack["message"]["seq"] == 1
+    r = await api.send(alice, conversation, "more secret words", client_msg_id="m2")
+    assert r.status_code == 201, r.text
+    messages = await api.messages(alice, conversation)
+    assert [m["content"] for m in messages] == ["secret words", "more secret words"]
+    # One line per failed batch: no traceback, nothing of the message.
+    lines = [r for r in caplog.records if r.name == "app.messenger.writer"]
+    assert len(lines) == 2, [r.getMessage() for r in lines]
+    for record in lines:
+        assert record.levelno == logging.WARNING and record.exc_info is None
+        assert "database unavailable" in record.getMessage()
+        assert "secret" not in record.getMessage()
+    await socket.close()
+    await api.close()
+
+
+async def test_a_full_writer_queue_refuses_sends_at_once(
+    patient_node: Node, postgresql_url: str
+) -> None:
+    writer = patient_node.services.writer
+    api = Client(patient_node)
+    alice, bob = await api.user(), await api.user()
+    conversation = (await api.conversation(alice, bob))["id"]
+    socket = await Socket.connect(patient_node, bob)
+    async with row_locked(postgresql_url, conversation):
+        stuck = [
+            asyncio.create_task(api.send(alice, conversation, f"queued {i}", client_msg_id=f"q{i}"))
+            for i in range(4)
+        ]
+        await eventually(lambda: writer.pending == 4, what="four sends in the writer")
+        r = await api.send(alice, conversation, "one too many")
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "overloaded"
+        assert int(r.headers["Retry-After"]) >= 1
+        await socket.send(send_frame(conversation, "one too many", "over"))
+        error = await socket.expect("error")
+        assert (error["code"], error["ref"]) == ("overloaded", "over")
+        assert error["retry_after"] >= 1
+        assert not any(task.done() for task in stuck)
+    # Released: what was queued is written, and nothing else.
+    assert [r.status_code for r in await asyncio.gather(*stuck)] == [201] * 4
+    messages = await api.messages(alice, conversation)
+    assert sorted(m["content"] for m in messages) == [f"queued {i}" for i in range(4)]
+    await socket.close()
+    await api.close()
+
+
+async def test_a_socket_with_its_sends_in_flight_is_not_read_further(
+    patient_node: Node, postgresql_url: str
+) -> None:
+    writer = patient_node.services.writer
+    api = Client(patient_node)
+    alice, bob = await api.user(), await api.user()
+    conversation = (await api.conversation(alice, bob))["id"]
+    socket = await Socket.connect(patient_node, alice)
+    other = await Socket.connect(patient_node, bob)
+    async with row_locked(postgresql_url, conversation):
+        for i in range(8):
+            await socket.send(send_frame(conversation, f"burst {i}", f"b{i}"))
+        await eventually(lambda: writer.pending == 3, what="three sends in the writer")
+        # The node has gone on reading other sockets meanwhile; this one's five other
+        # sends are still unread.
+        for _ in range(3):
+            await other.send({"type": "ping"})
+            await other.expect("pong")
+        assert writer.pending == 3
+    # Released: the rest is read, every send answered in order.
+    acks = [await socket.expect("message.ack", timeout=10) for _ in range(8)]
+    assert [a["client_msg_id"] for a in acks] == [f"b{i}" for i in range(8)]
+    assert [a["message"]["seq"] for a in acks] == list(range(1, 9))
+    for s in (socket, other):
+        await s.close()
+    await api.close()
