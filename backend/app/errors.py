@@ -13,11 +13,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.db import database_unavailable
 from app.jsonutil import JSONResponse
 
 log = logging.getLogger(__name__)
 _APP_DIR = str(Path(__file__).resolve().parent)
 CLOSE_INTERNAL_ERROR = 1011
+CLOSE_TRY_AGAIN = 1013
 
 HTTP_CODES = {
     400: "bad_request",
@@ -119,24 +121,39 @@ class AnswerUnexpected:
             await self.app(scope, receive, tracked)
         except Exception as exc:
             what = "request failed " + scope["method"] if "method" in scope else "socket failed"
-            log.error("%s %s %s", what, _endpoint(scope), describe_unexpected(exc))
+            # The database down or too slow is no bug: worth a retry, and no ERROR line.
+            busy = database_unavailable(exc)
+            level = logging.WARNING if busy else logging.ERROR
+            log.log(level, "%s %s %s", what, _endpoint(scope), describe_unexpected(exc))
             try:
-                await _answer_unexpected(scope, receive, send, started)
+                await _answer_unexpected(scope, receive, send, started, busy)
             except Exception:  # the client is gone
                 pass
 
 
-async def _answer_unexpected(scope: Scope, receive: Receive, send: Send, started: bool) -> None:
+async def _answer_unexpected(
+    scope: Scope, receive: Receive, send: Send, started: bool, busy: bool
+) -> None:
     if scope["type"] == "http":
         if not started:
-            answer = JSONResponse(error_body("internal_error", "internal server error"), 500)
+            if busy:
+                answer = JSONResponse(
+                    error_body("unavailable", "the database is not answering; try again"),
+                    503,
+                    headers={"Retry-After": "1"},
+                )
+            else:
+                answer = JSONResponse(error_body("internal_error", "internal server error"), 500)
             await answer(scope, receive, send)
         return
-    # A socket closes with 1011 (internal error), accepted first if need be: a close
-    # before the handshake would read as 403, a refusal the client should not retry.
+    # A socket closes with 1011 (internal error), or 1013 (try again later) when the
+    # database is away; accepted first if need be: a close before the handshake would
+    # read as 403, a refusal the client should not retry.
     if not started:
         await send({"type": "websocket.accept"})
-    await send({"type": "websocket.close", "code": CLOSE_INTERNAL_ERROR})
+    await send(
+        {"type": "websocket.close", "code": CLOSE_TRY_AGAIN if busy else CLOSE_INTERNAL_ERROR}
+    )
 
 
 def _endpoint(scope: Scope) -> str:

@@ -10,7 +10,6 @@ from pathlib import Path
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
-from starlette.staticfiles import StaticFiles
 
 from app.accounts import AccountRoutes
 from app.config import Settings
@@ -27,6 +26,7 @@ from app.migrations import check_schema_current
 from app.services import Services, build_services
 from app.sessions import SessionRoutes
 from app.web import RefuseNulInUrl, RequestReader
+from app.webclient import WebClient
 
 log = logging.getLogger(__name__)
 FRONTEND = Path(__file__).resolve().parents[2] / "frontend"
@@ -36,7 +36,7 @@ def build_routes(services: Services) -> list[BaseRoute]:
     """Every route, each given the parts of the node it uses."""
     s = services
     reader = RequestReader(s.settings, s.session_store)
-    return [
+    routes: list[BaseRoute] = [
         *AccountRoutes(
             s.sessionmaker, reader, s.limiter, s.settings, s.passwords, s.session_store
         ).routes,
@@ -74,14 +74,15 @@ def build_routes(services: Services) -> list[BaseRoute]:
                 s.reads,
                 s.fanout,
                 s.socket_auth,
+                s.blocks,
             ),
         ),
         Route("/health", Health(s.engine, s.redis).check, methods=["GET"]),
         Route("/metrics", MetricsEndpoint.from_settings(s.settings).serve, methods=["GET"]),
-        # The web client last, at the root: /sw.js must be served from there so its
-        # scope can be the whole site.
-        Mount("/", StaticFiles(directory=FRONTEND, html=True, check_dir=False)),
     ]
+    # The web client last, at the root: /sw.js must be served from there so its scope
+    # can be the whole site.
+    return [*routes, Mount("/", WebClient(FRONTEND, routes))]
 
 
 def create_app(settings: Settings | None = None) -> Starlette:

@@ -236,6 +236,9 @@ CASES = [
     ),
     ("unknown path", "GET", "/api/v1/nothing-here", None, 404, "not_found"),
     ("wrong method", "DELETE", "/api/v1/me", None, 405, "method_not_allowed"),
+    ("unknown path, not GET", "POST", "/api/v1/nothing-here", {}, 404, "not_found"),
+    ("id past 64 bits", "PUT", "/api/v1/me/blocks/99999999999999999999", None, 404, "not_found"),
+    ("id not a number", "DELETE", "/api/v1/me/blocks/abc", None, 404, "not_found"),
 ]
 
 

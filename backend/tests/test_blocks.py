@@ -322,3 +322,25 @@ async def test_no_presence_across_nodes_after_a_block(cluster: Cluster) -> None:
     finally:
         await theirs.close()
         await api.close()
+
+
+async def test_no_typing_into_a_direct_conversation_of_a_blocker(client: Client) -> None:
+    victim, pest = await client.user(), await client.user()
+    direct = (await client.conversation(pest, victim))["id"]
+    pair_group = (await client.conversation(pest, victim, title="two of us"))["id"]
+    await block(client, victim, pest)
+    watcher, typist = (
+        await Socket.connect(client.node, victim),
+        await Socket.connect(client.node, pest),
+    )
+    try:
+        await typist.send({"type": "typing", "conversation_id": direct})
+        await typist.send({"type": "typing", "conversation_id": pair_group})
+        # The group's typing comes through; the direct one was dropped before it.
+        await watcher.first("typing", "typing", conversation_id=pair_group, user_id=pest.id)
+        # The blocker may still type to the one they blocked.
+        await watcher.send({"type": "typing", "conversation_id": direct})
+        await typist.expect("typing", conversation_id=direct, user_id=victim.id)
+    finally:
+        await watcher.close()
+        await typist.close()

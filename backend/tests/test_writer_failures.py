@@ -145,3 +145,34 @@ async def test_a_socket_with_its_sends_in_flight_is_not_read_further(
     for s in (socket, other):
         await s.close()
     await api.close()
+
+
+async def test_a_request_stuck_on_the_database_answers_503_not_500(
+    impatient_node: Node, postgresql_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Any route, not only the send path: a statement cancelled by the timeout is the
+    database being unavailable (503 with Retry-After, a WARNING line), not a bug."""
+    api = Client(impatient_node)
+    alice, bob = await api.user(), await api.user()
+    conversation = (await api.conversation(alice, bob))["id"]
+    conn = await asyncpg.connect(postgresql_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        async with conn.transaction():
+            await conn.execute("LOCK TABLE participants IN ACCESS EXCLUSIVE MODE")
+            with caplog.at_level(logging.WARNING, logger="app.errors"):
+                r = await api.http.get(
+                    f"/api/v1/messenger/conversations/{conversation}/settings",
+                    headers=alice.headers,
+                )
+    finally:
+        await conn.close()
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "unavailable"
+    assert int(r.headers["Retry-After"]) >= 1
+    failed = [rec for rec in caplog.records if rec.name == "app.errors"]
+    assert failed and all(rec.levelno == logging.WARNING for rec in failed)
+    # Once the lock is gone the same request answers.
+    r = await api.http.get(
+        f"/api/v1/messenger/conversations/{conversation}/settings", headers=alice.headers
+    )
+    assert r.status_code == 200, r.text

@@ -23,6 +23,7 @@ from app.auth import AccessClaims, InvalidToken
 from app.config import Settings
 from app.errors import ApiError, describe_unexpected, describe_validation_error
 from app.jsonutil import dumps
+from app.messenger.blocks import Blocks
 from app.messenger.contacts import Contacts, presence_frame
 from app.messenger.fanout import Fanout
 from app.messenger.framewriter import SERVER_SEND, WriteFrames, frame_writer
@@ -106,8 +107,10 @@ class SocketEndpoint:
         reads: ReadMarks,
         fanout: Fanout,
         socket_auth: SocketAuth,
+        blocks: Blocks,
     ) -> None:
         self._socket_auth = socket_auth
+        self._blocks = blocks
         self._settings = settings
         self._hub = hub
         self._presence = presence
@@ -231,6 +234,10 @@ class SocketEndpoint:
         if isinstance(frame, TypingFrame):
             participants = await self._participants.of_member(conn.user_id, frame.conversation_id)
             if not self._typing.allow(conn.user_id, frame.conversation_id):
+                return
+            try:  # someone who blocked you does not see you typing either (dropped silently)
+                await self._blocks.check_send(conn.user_id, frame.conversation_id, participants)
+            except ApiError:
                 return
             typing = {
                 "type": "typing",
