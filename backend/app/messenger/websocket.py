@@ -211,12 +211,7 @@ class SocketEndpoint:
                 except WebSocketDisconnect:
                     return
                 except Exception as exc:
-                    log.error(
-                        "frame failed user=%s conn=%s %s",
-                        conn.user_id,
-                        conn.id,
-                        describe_unexpected(exc),
-                    )
+                    log_frame_failure(conn, exc)
                     await sends.drain()
                     conn.send(
                         error_frame(
@@ -319,6 +314,11 @@ def auth_ok_frame(claims: AccessClaims) -> str:
     )
 
 
+def log_frame_failure(conn: Connection, exc: BaseException) -> None:
+    """A frame that failed for no fault of the client: one line, no values or traceback."""
+    log.error("frame failed user=%s conn=%s %s", conn.user_id, conn.id, describe_unexpected(exc))
+
+
 def api_error_frame(exc: ApiError, ref: Any) -> str:
     extra = {}
     if exc.headers and "Retry-After" in exc.headers:  # rate_limited, overloaded, unavailable
@@ -383,12 +383,7 @@ class SendPipeline:
                 except ApiError as exc:
                     conn.send(api_error_frame(exc, client_msg_id))
                 except Exception as exc:
-                    log.error(
-                        "frame failed user=%s conn=%s %s",
-                        conn.user_id,
-                        conn.id,
-                        describe_unexpected(exc),
-                    )
+                    log_frame_failure(conn, exc)
                     conn.send(
                         error_frame(
                             "internal_error", "the frame could not be handled", client_msg_id
