@@ -106,12 +106,19 @@ class AccountRoutes:
         settings = self._settings
         username = body.username.strip().lower()
         client = request.client.host if request.client else "-"
+        async with self._sessions() as session:
+            user = await session.scalar(select(User).where(User.username == username))
         # Two buckets: guessing one account's password from many addresses, and trying
-        # many accounts from one address, each run out.
+        # many accounts from one address, each run out. An address the user already holds
+        # a live session from has the account's bucket to itself: whoever floods the
+        # account with wrong passwords from elsewhere cannot lock its owner out there.
         address_rate, address_burst = settings.login_address_limit
+        account = f"login:user:{username}"
+        if user is not None and await self._session_store.known_address(user.id, client):
+            account += f":{address_key(client)}"
         waits = await asyncio.gather(
             self._limiter.start_hit(
-                f"login:user:{username}", settings.login_rate_per_minute / 60, settings.login_burst
+                account, settings.login_rate_per_minute / 60, settings.login_burst
             ),
             self._limiter.start_hit(
                 f"login:addr:{address_key(client)}", address_rate / 60, address_burst
@@ -119,8 +126,6 @@ class AccountRoutes:
         )
         if max(waits) > 0:
             raise too_many_requests(max(waits), "too many login attempts; try again later")
-        async with self._sessions() as session:
-            user = await session.scalar(select(User).where(User.username == username))
         if (
             not await self._passwords.verify(user.password_hash if user else None, body.password)
             or not user

@@ -9,7 +9,7 @@ import secrets
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     # minted by a refresh token that rotates on each use and ends when unused this long.
     access_token_ttl_seconds: int = Field(default=900, ge=1, le=900)
     refresh_token_ttl_seconds: int = Field(default=30 * 24 * 3600, ge=60)
+    # How long after a refresh its spent token may come again (the client never got the
+    # answer) and still be renewed instead of counting as reuse; 0: never.
+    refresh_reuse_grace_seconds: float = Field(default=30.0, ge=0, le=300)
     # A user's open sessions; a new sign-in beyond this ends the least recently used.
     max_sessions_per_user: int = Field(default=100, ge=1)
     # Sessions revoked or expired this long ago are deleted by the daily cleanup.
@@ -53,7 +56,11 @@ class Settings(BaseSettings):
     # How often each node looks for sessions revoked anywhere, to close their sockets.
     session_revocation_poll_seconds: float = Field(default=1.0, gt=0, le=4)
     # A socket opened without a token must send `auth {access_token}` within this time.
-    websocket_auth_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    websocket_auth_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    # Sockets still waiting for that first frame, from one client address (an IPv6
+    # address's /64) and on the node: one more is closed at once (1008, 1013).
+    max_pending_auth_sockets_per_address: int = Field(default=8, ge=1)
+    max_pending_auth_sockets: int = Field(default=1000, ge=1)
     max_message_length: int = 4000
     # Transactions the message writer runs side by side (PostgreSQL; SQLite has one).
     # One lane makes the fewest, largest commits (each waits on a disk flush); more pay
@@ -152,6 +159,8 @@ class Settings(BaseSettings):
     # the node POST anywhere.
     web_push_extra_hosts: str = ""
     web_push_allow_any_endpoint: bool = False
+    # Its old name: still set, it would be ignored and the staging fakes refused.
+    web_push_allow_http: str | None = Field(default=None, exclude=True)
     # Pushes in flight to one push service host (one entry of the host list), so a slow
     # one cannot take every Web Push slot.
     web_push_per_host_concurrency: int = Field(default=100, ge=1)
@@ -174,6 +183,16 @@ class Settings(BaseSettings):
     metrics_allow_from: str = ""
 
     log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _no_renamed_settings(self) -> Settings:
+        if self.web_push_allow_http is not None:
+            raise ConfigError(
+                "WEB_PUSH_ALLOW_HTTP was renamed WEB_PUSH_ALLOW_ANY_ENDPOINT (and now allows "
+                "any host, address and port too): set that instead and remove the old name "
+                "from the environment and .env"
+            )
+        return self
 
     @cached_property
     def effective_database_url(self) -> str:

@@ -45,8 +45,10 @@ _RULES: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 # Libraries that log the data they are given (aiosqlite: every statement's parameters,
-# push tokens among them): nothing below INFO from them, whatever the node's level.
-_DATA_LOGGERS = ("aiosqlite",)
+# push tokens among them; hpack: every HTTP/2 header, an APNs `:path` of
+# /3/device/<token> among them): nothing below INFO from them, whatever the node's
+# level. A filter holds only for the logger it is on, so hpack's are named one by one.
+_DATA_LOGGERS = ("aiosqlite", "hpack.hpack", "hpack.table")
 
 
 # A line holding none of these holds nothing the rules above redact: most lines are

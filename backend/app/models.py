@@ -41,11 +41,16 @@ class Session(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     refresh_hash: Mapped[str] = mapped_column(String(64))
+    # The refresh token before the current one, and when it was spent: a client whose
+    # refresh answer was lost may present it again for a short while (see refresh()).
+    previous_hash: Mapped[str | None] = mapped_column(String(64))
+    rotated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_used_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     # Set once, when the session is revoked (logout, reuse, expiry of its refresh token).
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    # Where the session was last used from (its login, or its latest refresh).
     user_agent: Mapped[str | None] = mapped_column(String(256))
     ip: Mapped[str | None] = mapped_column(String(64))
 

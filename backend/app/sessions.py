@@ -136,9 +136,14 @@ class SessionStore:
             log.info("sessions over the cap revoked user=%s count=%d", user_id, len(stale))
         return self._issue(user_id, session_id, secret)
 
-    async def refresh(self, refresh_token: str) -> Issued:
+    async def refresh(
+        self, refresh_token: str, user_agent: str | None = None, ip: str | None = None
+    ) -> Issued:
         """New tokens for the session, whose refresh token then changes; InvalidToken
-        if this one is not its current one. A spent one revokes the session."""
+        if this one is not its current one. A spent one revokes the session, except the
+        one spent last, within REFRESH_REUSE_GRACE_SECONDS: a client whose answer was
+        lost on the way retries with it, and gets new tokens (those it never received
+        stop working)."""
         match = _REFRESH_TOKEN.fullmatch(refresh_token)
         if match is None:
             raise InvalidToken("malformed refresh token")
@@ -151,6 +156,8 @@ class SessionStore:
                     select(
                         _sessions.c.user_id,
                         _sessions.c.refresh_hash,
+                        _sessions.c.previous_hash,
+                        _sessions.c.rotated_at,
                         _sessions.c.revoked_at,
                         _sessions.c.expires_at,
                     ).where(_sessions.c.id == session_id)
@@ -158,7 +165,10 @@ class SessionStore:
             ).first()
             if row is None or row.revoked_at is not None:
                 raise InvalidToken("no such session")
-            if not hmac.compare_digest(row.refresh_hash, _digest(secret)):
+            presented = _digest(secret)
+            current = hmac.compare_digest(row.refresh_hash, presented)
+            retried = not current and self._lost_answer(row, presented, now)
+            if not current and not retried:
                 if not self._is_ours(session_id, secret):
                     raise InvalidToken("not a refresh token of this session")
                 reused = True
@@ -166,6 +176,8 @@ class SessionStore:
                 raise InvalidToken("the session has expired")
             else:
                 new_secret = self._new_secret(session_id)
+                # A retry keeps the spent token and its time: the grace does not stretch.
+                previous = {} if retried else {"previous_hash": row.refresh_hash, "rotated_at": now}
                 rotated = await conn.execute(
                     update(_sessions)
                     .where(
@@ -178,6 +190,9 @@ class SessionStore:
                         last_used_at=now,
                         expires_at=now
                         + timedelta(seconds=self._settings.refresh_token_ttl_seconds),
+                        user_agent=(user_agent or "")[:256] or None,
+                        ip=(ip or "")[:64] or None,
+                        **previous,
                     )
                 )
                 # Another refresh with this same token got there first: spent twice.
@@ -196,6 +211,33 @@ class SessionStore:
             )
             raise InvalidToken("refresh token reused")
         return self._issue(row.user_id, session_id, new_secret)
+
+    def _lost_answer(self, row: Any, presented: str, now: datetime) -> bool:
+        """Whether the token presented is the one spent by the latest refresh, back
+        within the grace: its answer was lost, not its token stolen (or so we allow)."""
+        grace = self._settings.refresh_reuse_grace_seconds
+        return (
+            grace > 0
+            and row.previous_hash is not None
+            and row.rotated_at is not None
+            and (now - row.rotated_at).total_seconds() <= grace
+            and hmac.compare_digest(row.previous_hash, presented)
+        )
+
+    async def known_address(self, user_id: int, ip: str) -> bool:
+        """Whether the user holds a live session last used from this address."""
+        async with self._engine.connect() as conn:
+            found = await conn.scalar(
+                select(_sessions.c.id)
+                .where(
+                    _sessions.c.user_id == user_id,
+                    _sessions.c.ip == ip[:64],
+                    _sessions.c.revoked_at.is_(None),
+                    _sessions.c.expires_at > utcnow(),
+                )
+                .limit(1)
+            )
+        return found is not None
 
     async def verify(self, access_token: str) -> AccessClaims:
         """The token's claims if it is valid and its session still stands; else InvalidToken."""
@@ -294,7 +336,11 @@ class SessionRoutes:
     async def refresh(self, request: Request) -> Response:
         body = await self._reader.json(request, RefreshBody)
         try:
-            issued = await self._store.refresh(body.refresh_token)
+            issued = await self._store.refresh(
+                body.refresh_token,
+                request.headers.get("user-agent"),
+                request.client.host if request.client else None,
+            )
         except InvalidToken:
             raise ApiError(
                 401, "invalid_token", "the refresh token is invalid, spent or expired"

@@ -85,6 +85,10 @@ async def test_login_is_limited_per_username_and_per_address(sqlite_url: str) ->
         # Guessing one password from many addresses: the username's bucket runs out.
         statuses = [await login(limited, victim.username, f"198.51.100.{i}") for i in (1, 2, 3)]
         assert statuses == [401, 401, 429]
+        # Even with the right password from a new address, while the bucket is empty...
+        assert await login(limited, victim.username, "198.51.100.9", PASSWORD) == 429
+        # ...but not where the victim already holds a session: no lockout by strangers.
+        assert await login(limited, victim.username, "127.0.0.1", PASSWORD) == 200
         # Trying many usernames from one address: the address's bucket runs out.
         names = []
         for _ in range(4):
@@ -104,7 +108,8 @@ async def test_the_address_bucket_can_be_set_apart(sqlite_url: str) -> None:
         users = [await limited.user() for _ in range(6)]  # six good logins from one address
         for user in users:
             assert await login(limited, user.username, "192.0.2.9", PASSWORD) == 200
-        assert await login(limited, users[0].username, "192.0.2.9", PASSWORD) == 429
+        # The username's own bucket still holds, from an address new to it.
+        assert await login(limited, users[0].username, "192.0.2.10", PASSWORD) == 429
 
 
 async def test_new_conversations_are_limited_per_user(sqlite_url: str) -> None:

@@ -85,3 +85,22 @@ def test_an_empty_key_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "secret_key").write_text("")
     with pytest.raises(ConfigError):
         config.read_or_create_key(tmp_path / "secret_key")
+
+
+@pytest.mark.parametrize("value", ["true", "false", ""])
+def test_the_old_web_push_switch_refuses_to_start(
+    value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    renamed = "renamed WEB_PUSH_ALLOW_ANY_ENDPOINT"
+    monkeypatch.setenv("WEB_PUSH_ALLOW_HTTP", value)
+    with pytest.raises(ConfigError, match=renamed):
+        Settings(_env_file=None)
+    monkeypatch.delenv("WEB_PUSH_ALLOW_HTTP")
+
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"WEB_PUSH_ALLOW_HTTP={value}\n")
+    with pytest.raises(ConfigError, match=renamed):
+        Settings(_env_file=env_file)
+
+    env_file.write_text("WEB_PUSH_ALLOW_ANY_ENDPOINT=true\n")
+    assert Settings(_env_file=env_file).web_push_allow_any_endpoint is True

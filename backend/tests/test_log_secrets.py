@@ -87,6 +87,8 @@ def node_env(db_url: str, level: str, port: int, world: PushWorld) -> dict[str, 
         "port": port,
         "log_level": level,
         "password_profile": "CHEAPEST",
+        # The spent refresh token presented again must count as reuse (and be logged).
+        "refresh_reuse_grace_seconds": 0,
         **OPEN_LIMITS,
         **world.settings,
     }

@@ -8,14 +8,17 @@ import base64
 import json
 import logging
 import os
+import socket
 import tracemalloc
 from collections.abc import AsyncIterator
 
 import pytest
+from aiohttp.abc import ResolveResult
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from app.config import ConfigError
+from app.messenger.push import endpoints
 from app.messenger.push.base import Outcome
 from app.messenger.push.delivery import RetryPolicy, deliver
 from app.messenger.push.endpoints import (
@@ -23,6 +26,7 @@ from app.messenger.push.endpoints import (
     EndpointRefused,
     NonPublicAddress,
     PublicAddressResolver,
+    is_public_address,
 )
 from app.messenger.push.webpush import WebPushConfig, WebPushProvider
 from tests.fakes import Mode, provider_maker, sample_device, sample_notification
@@ -141,6 +145,89 @@ async def test_resolver_keeps_only_public_addresses() -> None:
     try:
         with pytest.raises(NonPublicAddress):
             await resolver.resolve("localhost", 443)
+    finally:
+        await resolver.close()
+
+
+# IPv6 forms that lead to a private IPv4 address (10.0.0.1, 127.0.0.1, 169.254.169.254)
+# through a translator or a tunnel; Python's is_global passes most of them.
+PRIVATE_INSIDE_IPV6 = {
+    "NAT64 well-known prefix": "64:ff9b::a00:1",
+    "NAT64 well-known prefix, metadata": "64:ff9b::a9fe:a9fe",
+    "NAT64 local-use prefix": "64:ff9b:1::a00:1",
+    "6to4": "2002:a00:1::",
+    "6to4 of loopback": "2002:7f00:1::1",
+    "IPv4-compatible": "::10.0.0.1",
+    "IPv4-compatible loopback": "::127.0.0.1",
+    "IPv4-mapped": "::ffff:10.0.0.1",
+    "IPv4-mapped metadata": "::ffff:169.254.169.254",
+    "Teredo, private client": "2001:0:4136:e378:8000:63bf:f5ff:fffe",
+}
+# The same forms around a public IPv4 address, and plain public addresses.
+PUBLIC = {
+    "NAT64 well-known prefix": "64:ff9b::808:808",
+    "NAT64 local-use prefix": "64:ff9b:1::808:808",
+    "6to4": "2002:808:808::1",
+    "IPv4-mapped": "::ffff:8.8.8.8",
+    "IPv4": "142.250.74.106",
+    "IPv6": "2a00:1450:4001:80b::200a",
+}
+
+
+@pytest.mark.parametrize("address", PRIVATE_INSIDE_IPV6.values(), ids=PRIVATE_INSIDE_IPV6.keys())
+def test_an_ipv6_form_of_a_private_ipv4_address_is_not_public(address: str) -> None:
+    assert not is_public_address(address)
+
+
+@pytest.mark.parametrize("address", PUBLIC.values(), ids=PUBLIC.keys())
+def test_public_addresses_stay_public(address: str) -> None:
+    assert is_public_address(address)
+
+
+@pytest.mark.parametrize("address", ["", "fcm.googleapis.com", "10.0.0.1", "::1", "fe80::1%eth0"])
+def test_what_is_not_a_public_address(address: str) -> None:
+    assert not is_public_address(address)
+
+
+class _FixedResolver:
+    """Stands in for aiohttp's DefaultResolver: a name "resolves" to the addresses given."""
+
+    def __init__(self) -> None:
+        self.answers: tuple[str, ...] = ()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        return [
+            ResolveResult(
+                hostname=host,
+                host=address,
+                port=port,
+                family=socket.AF_INET6 if ":" in address else socket.AF_INET,
+                proto=0,
+                flags=0,
+            )
+            for address in self.answers
+        ]
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_resolver_drops_ipv6_forms_of_private_addresses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    names = _FixedResolver()
+    monkeypatch.setattr(endpoints, "DefaultResolver", lambda: names)
+    resolver = PublicAddressResolver()
+    try:
+        names.answers = tuple(PRIVATE_INSIDE_IPV6.values())
+        with pytest.raises(NonPublicAddress):
+            await resolver.resolve("push.example.test", 443)
+
+        names.answers = (*PRIVATE_INSIDE_IPV6.values(), "64:ff9b::808:808", "8.8.4.4")
+        kept = await resolver.resolve("push.example.test", 443)
+        assert [r["host"] for r in kept] == ["64:ff9b::808:808", "8.8.4.4"]
     finally:
         await resolver.close()
 

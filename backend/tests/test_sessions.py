@@ -146,9 +146,25 @@ async def test_refresh_rotates(client: Client) -> None:
     assert r.json()["refresh_token"] not in {u.refresh_token, second["refresh_token"]}
 
 
+@pytest.fixture(scope="module")
+async def no_grace_node(db_url: str) -> AsyncIterator[Node]:
+    """No grace for a spent refresh token: any reuse revokes at once."""
+    node = await start_node(make_settings(db_url, refresh_reuse_grace_seconds=0))
+    yield node
+    await node.stop()
+
+
+@pytest.fixture
+async def no_grace(no_grace_node: Node) -> AsyncIterator[Client]:
+    c = Client(no_grace_node)
+    yield c
+    await c.close()
+
+
 async def test_reusing_a_spent_refresh_token_revokes_the_session(
-    client: Client, caplog: pytest.LogCaptureFixture
+    no_grace: Client, caplog: pytest.LogCaptureFixture
 ) -> None:
+    client = no_grace
     u = await client.user()
     other = await login(client, u)  # another device: not touched by the reuse
     r = await refresh(client, u.refresh_token)
@@ -166,7 +182,31 @@ async def test_reusing_a_spent_refresh_token_revokes_the_session(
     assert u.refresh_token.split(".", 1)[1] not in caplog.text
 
 
-async def test_two_refreshes_with_one_token_at_once_revoke_the_session(client: Client) -> None:
+async def test_a_refresh_whose_answer_was_lost_may_be_retried_for_a_while(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Within REFRESH_REUSE_GRACE_SECONDS the token spent last renews again: its answer
+    never reached the client. The tokens of that lost answer then stop working, and a
+    token spent before it is reuse, as ever."""
+    u = await client.user()
+    lost = await refresh(client, u.refresh_token)  # the answer the client never saw
+    assert lost.status_code == 200
+    retried = await refresh(client, u.refresh_token)
+    assert retried.status_code == 200, retried.text
+    again = retried.json()
+    assert again["refresh_token"] != lost.json()["refresh_token"]
+    assert (await me(client, again["access_token"])).status_code == 200
+    # The session goes on from the retried answer.
+    nxt = await refresh(client, again["refresh_token"])
+    assert nxt.status_code == 200, nxt.text
+    assert not [rec for rec in caplog.records if "reused" in rec.getMessage()]
+    # The lost answer's refresh token is neither current nor the one spent last: reuse.
+    assert_refused(await refresh(client, lost.json()["refresh_token"]))
+    assert_refused(await refresh(client, nxt.json()["refresh_token"]))
+
+
+async def test_two_refreshes_with_one_token_at_once_revoke_the_session(no_grace: Client) -> None:
+    client = no_grace
     u = await client.user()
     answers = await asyncio.gather(*(refresh(client, u.refresh_token) for _ in range(2)))
     assert sorted(r.status_code for r in answers) == [200, 401]
@@ -498,3 +538,22 @@ async def test_cleanup_removes_long_ended_sessions(client: Client, db_url: str) 
             (await conn.execute(select(DbSession.id).where(DbSession.user_id == u.id))).scalars()
         )
     assert left == {u.session_id, recent["session_id"]}
+
+
+async def test_the_sessions_list_shows_where_a_session_was_last_refreshed_from(
+    client: Client,
+) -> None:
+    """A stolen refresh token used elsewhere shows in the owner's list: the session's
+    browser and address are those of its latest refresh, not only of its login."""
+    u = await client.user()
+    other = await login(client, u, **{"User-Agent": "OwnersPhone/1.0"})
+    r = await client.http.post(
+        "/api/v1/auth/refresh",
+        json={"refresh_token": other["refresh_token"]},
+        headers={"User-Agent": "Elsewhere/2.0"},
+    )
+    assert r.status_code == 200, r.text
+    r = await client.http.get("/api/v1/me/sessions", headers=bearer(u.token))
+    assert r.status_code == 200, r.text
+    [refreshed] = [s for s in r.json()["sessions"] if s["id"] == other["session_id"]]
+    assert refreshed["user_agent"] == "Elsewhere/2.0" and not refreshed["current"]

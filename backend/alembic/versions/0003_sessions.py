@@ -23,6 +23,8 @@ def upgrade() -> None:
         sa.Column("id", sa.String(length=36), nullable=False),
         sa.Column("user_id", sa.Integer(), nullable=False),
         sa.Column("refresh_hash", sa.String(length=64), nullable=False),
+        sa.Column("previous_hash", sa.String(length=64), nullable=True),
+        sa.Column("rotated_at", app.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column("created_at", app.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("last_used_at", app.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("expires_at", app.db.UTCDateTime(timezone=True), nullable=False),

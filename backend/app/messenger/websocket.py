@@ -29,6 +29,7 @@ from app.messenger.fanout import Fanout
 from app.messenger.framewriter import SERVER_SEND, WriteFrames, frame_writer
 from app.messenger.hub import Connection, Hub
 from app.messenger.participants import ParticipantCache
+from app.messenger.pending_auth import PendingSockets
 from app.messenger.presence import Presence
 from app.messenger.reads import ReadMarks, SocketReads
 from app.messenger.send import Accepted, Sender
@@ -120,6 +121,9 @@ class SocketEndpoint:
         self._reads = reads
         self._fanout = fanout
         self._typing = TypingThrottle(settings.typing_interval_seconds)
+        self._pending = PendingSockets(
+            settings.max_pending_auth_sockets_per_address, settings.max_pending_auth_sockets
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ws = WebSocket(scope, receive, send)
@@ -129,8 +133,12 @@ class SocketEndpoint:
         token = ws.query_params.get("token") or bearer_token(ws.headers.get("authorization"))
         by_frame = not token
         if by_frame:
-            await ws.accept()
-            token = await self._first_frame_token(ws)
+            with self._pending.waiting(ws.client.host if ws.client else None) as refused:
+                await ws.accept()
+                if refused is not None:
+                    await ws.close(refused.code, refused.reason)
+                    return
+                token = await self._first_frame_token(ws)
             if ws.client_state is WebSocketState.DISCONNECTED:
                 return
         claims = await self._socket_auth.verify(token) if token else None

@@ -153,13 +153,49 @@ class PublicAddressResolver(AbstractResolver):
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         found = await self._resolver.resolve(host, port, family)
-        public = [r for r in found if ipaddress.ip_address(r["host"]).is_global]
+        public = [r for r in found if is_public_address(r["host"])]
         if not public:
             raise NonPublicAddress("the push service's name has no public address")
         return public
 
     async def close(self) -> None:
         await self._resolver.close()
+
+
+# NAT64 prefixes whose addresses carry an IPv4 address in their last 32 bits: the
+# well-known one (RFC 6052) and the local-use one (RFC 8215, as commonly deployed: a /96).
+_NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # deprecated, still routed by some stacks
+
+
+def is_public_address(host: str) -> bool:
+    """Whether an address is globally routable, and so is every IPv4 address it carries:
+    `is_global` alone passes IPv6 forms that reach a private IPv4 address through a
+    translator or tunnel (64:ff9b::10.0.0.1, 2002:a00:1::, ::10.0.0.1)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if not address.is_global:
+        return False
+    if isinstance(address, ipaddress.IPv6Address):
+        return all(ipv4.is_global for ipv4 in embedded_ipv4(address))
+    return True
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address leads to: IPv4-mapped, 6to4, Teredo (server
+    and client), NAT64 and IPv4-compatible."""
+    found: list[ipaddress.IPv4Address] = []
+    if address.ipv4_mapped is not None:
+        found.append(address.ipv4_mapped)
+    if address.sixtofour is not None:
+        found.append(address.sixtofour)
+    if address.teredo is not None:
+        found.extend(address.teredo)
+    if address in _IPV4_COMPATIBLE or any(address in prefix for prefix in _NAT64):
+        found.append(ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF))
+    return found
 
 
 def _is_ip_address(host: str) -> bool:
