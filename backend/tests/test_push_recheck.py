@@ -259,17 +259,21 @@ async def test_a_recheck_job_left_by_a_dead_node_reaches_its_one_recipient_if_un
 def test_skipped_recipients_are_bounded_in_time_and_count() -> None:
     now = [0.0]
     skipped = SkippedRecipients(window=10, limit=3, clock=lambda: now[0])
-    assert skipped.add([Skipped(1, "m1", "c", 1), Skipped(2, "m1", "c", 1)]) == 0
+    assert skipped.add("c", 1, [1, 2]) == 0
     now[0] = 5
-    assert skipped.add([Skipped(1, "m2", "c", 2), Skipped(1, "m2", "c", 2)]) == 0
+    # One range per recipient and conversation: a later message widens it, renews it.
+    assert skipped.add("c", 2, [1, 1]) == 0
+    assert skipped.add("d", 7, [1]) == 0
     assert len(skipped) == 3 and 1 in skipped and 3 not in skipped
-    # Past the count the oldest goes first.
-    assert skipped.add([Skipped(3, "m3", "c", 3)]) == 1
+    # Past the count the earliest begun goes first.
+    assert skipped.add("c", 3, [3]) == 1
     assert sorted(skipped.users()) == [1, 2, 3] and len(skipped) == 3
     # Past the window the old ones are gone; taking removes what is taken.
     now[0] = 12
     assert sorted(skipped.users()) == [1, 3]
-    assert skipped.take([1, 4]) == [Skipped(1, "m2", "c", 2)]
+    assert skipped.take([1, 4]) == [Skipped(1, "d", 7, 7)]
     assert skipped.users() == [3] and 1 not in skipped
+    skipped.restore([Skipped(1, "c", 4, 9)])
+    assert skipped.take([1]) == [Skipped(1, "c", 4, 9)]
     now[0] = 16
     assert skipped.users() == [] and len(skipped) == 0

@@ -17,40 +17,45 @@ import contextlib
 import logging
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable
 from datetime import timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from sqlalchemy import insert
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import and_, insert, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app import metrics
 from app.config import Settings
 from app.db import utcnow
 from app.messenger.message_store import Committed
-from app.messenger.models import PushJob
+from app.messenger.models import Message, PushJob
 from app.messenger.presence import Presence
 from app.messenger.push.decision import pushed, unread
 from app.messenger.push.jobs import CHUNK, load_committed
 
 log = logging.getLogger(__name__)
+_messages = Message.__table__
 
 # Takes a job the re-check wrote, leased to this node: its id, messages, and recipient.
 Hold = Callable[[str, list[Committed], int], None]
 
 
 class Skipped(NamedTuple):
-    """A recipient a message was not pushed to, because they looked online."""
+    """Messages of a conversation a recipient was not pushed because they looked online:
+    seqs `first` to `last` (their own messages among them are never pushed)."""
 
     user_id: int
-    message_id: str
     conversation_id: str
-    seq: int
+    first: int
+    last: int
 
 
 class SkippedRecipients:
-    """The pairs, oldest first, each kept `window` seconds; at most `limit` of them."""
+    """Per recipient and conversation, the range of seqs skipped, kept `window` seconds
+    after the latest; at most `limit` ranges (past it, the earliest begun go first).
+
+    A range, not each message: planning adds to it for every online recipient of every
+    message, so this must cost a dictionary look-up, not a record per message."""
 
     def __init__(
         self, window: float, limit: int, clock: Callable[[], float] = time.monotonic
@@ -58,58 +63,68 @@ class SkippedRecipients:
         self._window = window
         self._limit = limit
         self._clock = clock
-        # (user, message) -> (the pair, when it is forgotten); insertion order is age order.
-        self._pairs: OrderedDict[tuple[int, str], tuple[Skipped, float]] = OrderedDict()
+        # (user, conversation) -> [first seq, last seq, when it is forgotten]
+        self._ranges: dict[tuple[int, str], list[float]] = {}
         self._by_user: dict[int, set[str]] = {}
 
     def __len__(self) -> int:
-        return len(self._pairs)
+        return len(self._ranges)
 
     def __contains__(self, user_id: object) -> bool:
         return user_id in self._by_user
 
-    def add(self, skipped: Iterable[Skipped]) -> int:
-        """Remember these; how many older pairs were forgotten to stay within the limit."""
+    def add(self, conversation_id: str, seq: int, user_ids: Iterable[int]) -> int:
+        """Remember that these users were skipped for a message; how many older ranges
+        were forgotten to stay within the limit."""
         if self._limit == 0:
             return 0  # remembering nobody: the re-check is off
         until = self._clock() + self._window
-        for s in skipped:
-            key = (s.user_id, s.message_id)
-            if key in self._pairs:
-                continue
-            self._pairs[key] = (s, until)
-            self._by_user.setdefault(s.user_id, set()).add(s.message_id)
+        ranges = self._ranges
+        for user_id in user_ids:
+            key = (user_id, conversation_id)
+            found = ranges.get(key)
+            if found is None:
+                ranges[key] = [seq, seq, until]
+                self._by_user.setdefault(user_id, set()).add(conversation_id)
+            else:
+                found[0] = min(found[0], seq)
+                found[1] = max(found[1], seq)
+                found[2] = until
         dropped = 0
-        while len(self._pairs) > self._limit:
-            self._pop_oldest()
+        while len(ranges) > self._limit:
+            self._forget(next(iter(ranges)))
             dropped += 1
         return dropped
 
+    def restore(self, skipped: Iterable[Skipped]) -> None:
+        """Put back ranges taken (their push jobs could not be written)."""
+        for s in skipped:
+            self.add(s.conversation_id, s.first, [s.user_id])
+            self.add(s.conversation_id, s.last, [s.user_id])
+
     def users(self) -> list[int]:
-        """Everyone with a pair still remembered (forgetting the pairs too old first)."""
-        self._expire()
+        """Everyone with a range still remembered (forgetting those too old first)."""
+        now = self._clock()
+        for key in [k for k, (_, _, until) in self._ranges.items() if until <= now]:
+            self._forget(key)
         return list(self._by_user)
 
     def take(self, user_ids: Collection[int]) -> list[Skipped]:
-        """Remove and return these users' pairs."""
-        self._expire()
+        """Remove and return these users' ranges."""
+        self.users()  # (forgets the ranges too old)
         taken: list[Skipped] = []
         for user_id in user_ids:
-            for message_id in self._by_user.pop(user_id, ()):
-                pair, _ = self._pairs.pop((user_id, message_id))
-                taken.append(pair)
+            for conversation_id in self._by_user.pop(user_id, ()):
+                first, last, _ = self._ranges.pop((user_id, conversation_id))
+                taken.append(Skipped(user_id, conversation_id, int(first), int(last)))
         return taken
 
-    def _expire(self) -> None:
-        now = self._clock()
-        while self._pairs and next(iter(self._pairs.values()))[1] <= now:
-            self._pop_oldest()
-
-    def _pop_oldest(self) -> None:
-        (user_id, message_id), _ = self._pairs.popitem(last=False)
-        messages = self._by_user[user_id]
-        messages.discard(message_id)
-        if not messages:
+    def _forget(self, key: tuple[int, str]) -> None:
+        del self._ranges[key]
+        user_id, conversation_id = key
+        conversations = self._by_user[user_id]
+        conversations.discard(conversation_id)
+        if not conversations:
             del self._by_user[user_id]
 
 
@@ -149,9 +164,9 @@ class Recheck:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def skipped(self, pairs: Iterable[Skipped]) -> None:
-        """Planning skipped these recipients: they looked online."""
-        if forgotten := self._skipped.add(pairs):
+    def skipped(self, conversation_id: str, seq: int, user_ids: Iterable[int]) -> None:
+        """Planning skipped these recipients of a message: they looked online."""
+        if forgotten := self._skipped.add(conversation_id, seq, user_ids):
             metrics.push_rechecks_forgotten.inc(forgotten)
 
     def users_gone(self, user_ids: Collection[int]) -> None:
@@ -191,7 +206,7 @@ class Recheck:
         try:
             await self._write(skipped)
         except Exception:
-            self._skipped.add(skipped)  # the next look tries again
+            self._skipped.restore(skipped)  # the next look tries again
             raise
 
     async def _write(self, skipped: list[Skipped]) -> None:
@@ -199,15 +214,16 @@ class Recheck:
         written like a commit's (leased to this node), then handed to the push service."""
         node = self._settings.node_id
         async with self._engine.begin() as conn:
-            still = await unread(conn, {(s.conversation_id, s.user_id, s.seq) for s in skipped})
-            todo = [s for s in skipped if (s.conversation_id, s.user_id, s.seq) in still]
-            done = await pushed(conn, {(s.message_id, s.user_id) for s in todo})
-            todo = [s for s in todo if (s.message_id, s.user_id) not in done]
-            committed = await load_committed(conn, {s.message_id for s in todo})
+            pairs = await _messages_in(conn, skipped)  # (user, message id, conversation, seq)
+            still = await unread(conn, {(c, u, seq) for u, _, c, seq in pairs})
+            todo = [p for p in pairs if (p[2], p[0], p[3]) in still]
+            done = await pushed(conn, {(m, u) for u, m, _, _ in todo})
+            todo = [p for p in todo if (p[1], p[0]) not in done]
+            committed = await load_committed(conn, {m for _, m, _, _ in todo})
             by_user: dict[int, list[str]] = {}
-            for s in sorted(todo, key=lambda s: s.seq):
-                if s.message_id in committed:
-                    by_user.setdefault(s.user_id, []).append(s.message_id)
+            for user_id, message_id, _, _ in sorted(todo, key=lambda p: p[3]):
+                if message_id in committed:
+                    by_user.setdefault(user_id, []).append(message_id)
             if not by_user:
                 return
             now = utcnow()
@@ -237,3 +253,41 @@ class Recheck:
             count,
             node,
         )
+
+
+async def _messages_in(
+    conn: AsyncConnection, skipped: list[Skipped]
+) -> list[tuple[int, str, str, int]]:
+    """(recipient, message id, conversation, seq) of every message in the ranges, but
+    the recipient's own."""
+    rows: list[Any] = []
+    for i in range(0, len(skipped), CHUNK):
+        chunk = skipped[i : i + CHUNK]
+        in_ranges = or_(
+            *(
+                and_(
+                    _messages.c.conversation_id == s.conversation_id,
+                    _messages.c.seq.between(s.first, s.last),
+                )
+                for s in chunk
+            )
+        )
+        rows += (
+            await conn.execute(
+                select(
+                    _messages.c.id,
+                    _messages.c.conversation_id,
+                    _messages.c.seq,
+                    _messages.c.sender_id,
+                ).where(in_ranges)
+            )
+        ).all()
+    by_conversation: dict[str, list[Any]] = {}
+    for row in rows:
+        by_conversation.setdefault(row.conversation_id, []).append(row)
+    return [
+        (s.user_id, row.id, s.conversation_id, row.seq)
+        for s in skipped
+        for row in by_conversation.get(s.conversation_id, ())
+        if s.first <= row.seq <= s.last and row.sender_id != s.user_id
+    ]

@@ -45,7 +45,7 @@ from app.messenger.push.decision import (
 from app.messenger.push.delivery import Delivery, RetryPolicy, deliver
 from app.messenger.push.jobs import CHUNK, load_committed
 from app.messenger.push.providers import start_providers
-from app.messenger.push.recheck import Recheck, Skipped
+from app.messenger.push.recheck import Recheck
 
 log = logging.getLogger(__name__)
 
@@ -319,11 +319,13 @@ class PushService:
         # Presence first, once for the whole batch: when every recipient is online (the
         # common case under load) the database is not asked at all.
         offline = await offline_recipients(self._presence, set[tuple[str, int]]().union(*wanted))
-        self.recheck.skipped(
-            Skipped(u, q.committed.message["id"], c, q.committed.message["seq"])
-            for q, w in zip(batch, wanted, strict=True)
-            for c, u in w - offline
-        )
+        for q, w in zip(batch, wanted, strict=True):
+            message = q.committed.message
+            self.recheck.skipped(
+                message["conversation_id"],
+                message["seq"],
+                (u for c, u in w if (c, u) not in offline),
+            )
         reach = [w & offline for w in wanted]
         plans: list[list[PlannedPush]] = [[] for _ in batch]
         if any(reach):
