@@ -23,6 +23,9 @@ class ConfigError(RuntimeError):
     """The configuration cannot be used: the server refuses to start."""
 
 
+APNS_IN_FLIGHT = 100  # APNs' default in-flight limit (see Settings.push_concurrency_for)
+
+
 class Settings(BaseSettings):
     # A `.env` at the repository root (or in the working directory) is read too.
     model_config = SettingsConfigDict(env_file=(ROOT / ".env", ".env"), extra="ignore")
@@ -212,7 +215,14 @@ class Settings(BaseSettings):
             "apns": self.push_concurrency_apns,
             "web_push": self.push_concurrency_web_push,
         }.get(provider)
-        return self.push_concurrency if own is None else own
+        if own is not None:
+            return own
+        if provider == "apns":
+            # aioapns waits for a free stream by polling every 10 ms, and APNs opens a new
+            # connection at one stream: past about 100 in flight a burst slows down (1,000
+            # pushes took 1.5 s at 200, 0.6 s at 100).
+            return min(self.push_concurrency, APNS_IN_FLIGHT)
+        return self.push_concurrency
 
     @property
     def login_address_limit(self) -> tuple[float, int]:

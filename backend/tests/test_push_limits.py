@@ -195,3 +195,6 @@ def test_each_provider_has_its_own_limit(
     assert settings.push_concurrency_for("fcm") == 50
     assert settings.push_concurrency_for("apns") == 3
     assert settings.push_concurrency_for("web_push") == 7
+    # Unset, APNs takes PUSH_CONCURRENCY up to its own ceiling.
+    assert make_settings(postgresql_url, push_concurrency=50).push_concurrency_for("apns") == 50
+    assert make_settings(postgresql_url, push_concurrency=500).push_concurrency_for("apns") == 100
