@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Integer, PrimaryKeyConstraint, String
+from sqlalchemy import Boolean, ForeignKey, Integer, PrimaryKeyConstraint, String, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, UTCDateTime, utcnow
@@ -64,3 +64,26 @@ class Block(Base):
     blocker_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     blocked_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class NotificationSettings(Base):
+    """A user's notification settings; no row means every default."""
+
+    __tablename__ = "notification_settings"
+
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    # IANA zone the quiet hours are in.
+    time_zone: Mapped[str] = mapped_column(String(64), default="UTC", server_default="UTC")
+    # "HH:MM" in time_zone; both set or both None (no quiet hours). May wrap midnight.
+    quiet_start: Mapped[str | None] = mapped_column(String(5))
+    quiet_end: Mapped[str | None] = mapped_column(String(5))
+    quiet_allow_mentions: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
+    # Push only if still unread this long after the message (0: at once).
+    push_delay_seconds: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # "full" | "sender" | "none": how much of a message its push shows.
+    preview: Mapped[str] = mapped_column(String(8), default="full", server_default="full")
+    locale: Mapped[str] = mapped_column(String(16), default="en", server_default="en")

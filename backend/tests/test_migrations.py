@@ -26,6 +26,8 @@ TABLES = {
     "push_jobs",
     "device_tokens",
     "push_attempts",
+    "push_decisions",
+    "notification_settings",
 }
 
 

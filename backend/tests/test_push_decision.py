@@ -14,9 +14,9 @@ from app.messenger.push.decision import (
     PlannedPush,
     offline_recipients,
     plan_for_offline,
-    preview,
     recipients,
 )
+from app.messenger.push.notification import preview
 from tests.helpers import Client
 
 D = "/api/v1/messenger/devices/register"

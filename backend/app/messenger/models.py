@@ -47,6 +47,8 @@ class Participant(Base):
     muted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     mute_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     push_enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    # Which messages may push: "all", "mentions" (only those naming the user) or "none".
+    notify: Mapped[str] = mapped_column(String(16), default="all", server_default="all")
 
 
 class Message(Base):
@@ -64,6 +66,8 @@ class Message(Base):
     content: Mapped[str] = mapped_column(Text)
     client_msg_id: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # The participants the content names (@username, or everyone for @all); None: nobody.
+    mentions: Mapped[list[int] | None] = mapped_column(JSON)
 
 
 class PushJob(Base):
@@ -85,6 +89,9 @@ class PushJob(Base):
     # Set on a job the push re-check wrote (a recipient who looked online went away):
     # only this recipient, and only while the message is unread. None: every participant.
     recipient_id: Mapped[int | None] = mapped_column(Integer)
+    # A delayed push (the recipient's push_delay_seconds): its lease_until is when it is
+    # due, it is claimed like a job whose node died, and its wait is over once it is.
+    after_delay: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class DeviceToken(Base):
@@ -108,7 +115,11 @@ class PushAttempt(Base):
     """The outcome of delivering one message to one device, kept for a while."""
 
     __tablename__ = "push_attempts"
-    __table_args__ = (Index("ix_push_attempts_message_device", "message_id", "device_id"),)
+    __table_args__ = (
+        Index("ix_push_attempts_message_device", "message_id", "device_id"),
+        # Clearing: what a user's devices were shown of a conversation.
+        Index("ix_push_attempts_user_conversation", "user_id", "conversation_id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     message_id: Mapped[str] = mapped_column(String(36))
@@ -119,4 +130,32 @@ class PushAttempt(Base):
     attempts: Mapped[int] = mapped_column(Integer)
     latency_ms: Mapped[float | None] = mapped_column()
     error: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    # The message's conversation and seq, so a read up to a seq finds what to clear.
+    conversation_id: Mapped[str | None] = mapped_column(String(36))
+    seq: Mapped[int | None] = mapped_column(Integer)
+    # When the device was told to take this notification down (read, or deleted).
+    cleared_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class PushDecision(Base):
+    """Why a recipient was or was not pushed for messages `first_seq` to `last_seq` of a
+    conversation: one row for a run of messages with the same reason, so a busy chat
+    between people who are looking costs a row per flush, not one per message.
+
+    reason: sent, online, muted, notify_level, quiet_hours, read_before_delay, no_device
+    (deliveries, with their outcomes, are in push_attempts).
+    """
+
+    __tablename__ = "push_decisions"
+    __table_args__ = (Index("ix_push_decisions_user", "user_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(Integer)
+    conversation_id: Mapped[str] = mapped_column(String(36))
+    # Set when the row is about one message.
+    message_id: Mapped[str | None] = mapped_column(String(36))
+    first_seq: Mapped[int] = mapped_column(Integer)
+    last_seq: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(String(24))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

@@ -21,6 +21,7 @@ from app.db import utcnow
 from app.messenger.models import Conversation, DeviceToken, Participant, PushAttempt
 from app.messenger.presence import Presence
 from app.messenger.push.base import Device, Notification
+from app.messenger.push.notification import Recipient, message_notification
 from app.models import User
 
 _participants = Participant.__table__
@@ -29,7 +30,6 @@ _attempts = PushAttempt.__table__
 _users = User.__table__
 _conversations = Conversation.__table__
 
-PREVIEW_LENGTH = 200
 CHUNK = 500  # values per IN list
 
 
@@ -38,36 +38,6 @@ class PlannedPush:
     message_id: str
     device: Device
     notification: Notification
-
-
-def preview(content: str) -> str:
-    flat = " ".join(content.split())
-    return flat if len(flat) <= PREVIEW_LENGTH else flat[: PREVIEW_LENGTH - 1] + "…"
-
-
-def build_notification(
-    message: Mapping[str, Any],
-    sender_name: str,
-    title: str | None,
-    base_url: str,
-    badge: int | None,
-) -> Notification:
-    conversation_id = message["conversation_id"]
-    return Notification(
-        title=f"{sender_name} • {title or sender_name}",
-        body=preview(message["content"]),
-        data={
-            "type": "message.new",
-            "conversation_id": conversation_id,
-            "message_id": message["id"],
-            "sender_id": message["sender_id"],
-            "seq": message["seq"],
-        },
-        conversation_id=conversation_id,
-        message_id=message["id"],
-        url=f"{base_url}/?conversation={conversation_id}",
-        badge=badge,
-    )
 
 
 def recipients(
@@ -216,8 +186,13 @@ async def plan_for_offline(
             for device in devices_by_user.get(user_id, ()):
                 if (m["id"], device.id) in done:
                     continue
-                notification = build_notification(
-                    m, sender_name, titles.get(m["conversation_id"]), base_url, badges.get(user_id)
+                notification = message_notification(
+                    m,
+                    sender_name,
+                    titles.get(m["conversation_id"]),
+                    base_url,
+                    Recipient(user_id, badge=badges.get(user_id)),
+                    device,
                 )
                 planned.append(PlannedPush(m["id"], device, notification))
     return planned
