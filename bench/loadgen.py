@@ -629,6 +629,7 @@ SCENARIOS: dict[str, Callable[[dict[str, Any]], Scenario]] = {
     "throughput": Throughput,
     "fanout": Fanout,
     "push": PushSender,
+    "push_one": PushSender,
     "connections": Connections,
     "two_nodes": TwoNodes,
     "redis_outage": RedisOutage,

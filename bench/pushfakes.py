@@ -32,6 +32,16 @@ class TimedWebPush(FakePushService):
             self.accepted_at.append(time.time())
         return response
 
+    def accepted_for(self, message_id: str) -> float | None:
+        """When the first push of this message was accepted (received and accepted_at
+        keep the same order: a 201 is recorded and timed with no wait in between)."""
+        accepted = [r for r in self.received if r.status == 201]
+        for record, at in zip(accepted, self.accepted_at, strict=False):
+            data = (record.payload or {}).get("data") or {}
+            if data.get("message_id") == message_id:
+                return at
+        return None
+
 
 class TimedFCM(FakeFCM):
     def __init__(self, project_id: str) -> None:

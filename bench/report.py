@@ -147,6 +147,19 @@ def summarise(report: dict[str, Any]) -> list[Row]:
             missing = sum(x["expected"] - x["accepted"] for x in measured)
             rows.append(_row("push", "pushes not accepted", missing, _num(missing)))
             rows += _cpu("push", measured[-1].get("cpu_pct"), " (last round)")
+    if "push_one" in sc and "error" not in sc["push_one"]:
+        r = sc["push_one"]
+        s = r["commit_to_accepted"]
+        rows.append(
+            _row(
+                "push_one",
+                f"commit to accepted, 1 offline user ({r['messages']}) p50/p95 ms",
+                s,
+                f"{_num(s['p50_ms'], 2)} / {_num(s['p95_ms'], 2)}"
+                + (f" ({r['missing']} not accepted)" if r["missing"] else ""),
+            )
+        )
+        rows += _cpu("push_one", r.get("cpu_pct"))
     if "connections" in sc and "error" not in sc["connections"]:
         r = sc["connections"]
         kb = r["kb_per_connection"]
@@ -232,6 +245,20 @@ def summarise(report: dict[str, Any]) -> list[Row]:
             )
         rows += _cpu("redis_outage", before.get("cpu_pct"), " (before)")
         rows += _cpu("redis_outage", during.get("cpu_pct"), " (during)")
+    if "search" in sc and "error" not in sc["search"]:
+        r = sc["search"]
+        rows.append(
+            _row(
+                "search",
+                "history searched",
+                r["messages"],
+                f"{_num(r['messages'])} messages; the searcher's "
+                f"{_num(r['searcher_messages'])} in {r['searcher_conversations']} conversations",
+            )
+        )
+        for kind, s in r["latency"].items():
+            p50 = s["p50_ms"]
+            rows.append(_lat("search", kind, s, "p50 < 20 ms", p50 < 20))
     return rows
 
 

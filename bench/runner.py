@@ -42,6 +42,7 @@ from app.auth import create_access_token
 from app.messenger.devices import device_key, normalise_token
 from app.messenger.push.endpoints import EndpointPolicy
 from bench import BACKEND, ROOT, profile
+from bench import search as search_scenario
 from bench.procstat import CpuWatch, raise_fd_limit
 from bench.pushfakes import Fakes, start_fakes
 from bench.report import print_table, summarise
@@ -52,7 +53,17 @@ ALEMBIC = str(Path(sys.executable).parent / "alembic")
 RESULTS = ROOT / "bench" / "results"
 SECRET = "bench-secret-key-" + "x" * 32
 PASSWORD = "bench password 123"
-SCENARIOS = ["latency", "throughput", "fanout", "push", "connections", "two_nodes", "redis_outage"]
+SCENARIOS = [
+    "latency",
+    "throughput",
+    "fanout",
+    "push",
+    "push_one",
+    "connections",
+    "two_nodes",
+    "redis_outage",
+    "search",
+]
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -78,6 +89,8 @@ class Plan:
     fanout_seconds: float = 10.0
     push_members: int = 1000
     push_rounds: int = 3  # measured, after one warm-up round
+    push_one_count: int = 300  # messages to one offline recipient, one at a time
+    push_one_warmup: int = 20
     connections: int = 10_000
     idle_seconds: float = 25.0
     ping_interval: float = 25.0
@@ -100,6 +113,8 @@ QUICK = Plan(
     fanout_seconds=4.0,
     push_members=300,
     push_rounds=2,
+    push_one_count=100,
+    push_one_warmup=10,
     connections=2000,
     idle_seconds=8.0,
     two_nodes_seconds=4.0,
@@ -424,6 +439,8 @@ class Bench:
             "login_burst": 1_000_000,
             "conversation_rate_per_minute": 1_000_000,
             "conversation_burst": 1_000_000,
+            "search_rate_per_minute": 1_000_000,  # the search scenario searches back to back
+            "search_burst": 1_000_000,
             "password_hash_queue": 10_000,
             **self.fakes.settings,
         }
@@ -734,6 +751,67 @@ class Bench:
             "pushes_per_s": [r["pushes_per_s"] for r in measured],
         }
 
+    async def push_one(self) -> dict[str, Any]:
+        """Commit to accepted for one offline recipient with one Web Push device, one
+        message at a time on an otherwise idle node: the push path's own latency."""
+        p = self.plan
+        assert self.fakes is not None
+        (node,) = await self.start_nodes("a")
+        sender, recipient = await self.insert_users("one", 2)
+        cid = await self.conversation(node, sender, [recipient])
+        await self.insert_devices([recipient])  # the first provider in turn: Web Push
+        total = p.push_one_warmup + p.push_one_count
+        lg = await self.start_loadgen(
+            {
+                "scenario": "push_one",
+                "nodes": [node.info],
+                "sender": sender,
+                "conversation_id": cid,
+                "rounds": total,
+            }
+        )
+        self.fakes.clear()
+        watch = CpuWatch(
+            {"node": [node.info["pid"]], "driver": [os.getpid()]},
+            {"postgres": "postgres", "redis": "redis-server"},
+        )
+        after: list[float] = []
+        missing = 0
+        for r in range(total):
+            if self.stopping:
+                break
+            if r == p.push_one_warmup:
+                watch.start(time.monotonic())
+            lg.command("send")
+            acked = await lg.event(30)
+            message = acked["message"]
+            commit = datetime.fromisoformat(message["created_at"]).timestamp()
+            # The fake notes the time it accepted the push: polling only has to see it.
+            deadline = time.monotonic() + 10
+            while (  # noqa: ASYNC110
+                (at := self.fakes.webpush.accepted_for(message["id"])) is None
+                and time.monotonic() < deadline
+            ):
+                await asyncio.sleep(0.001)
+            if at is None:
+                missing += 1
+            elif r >= p.push_one_warmup:
+                after.append(at - commit)
+            # The node records the outcome (batched for up to 50 ms) and deletes the job
+            # before the next message: each is pushed by an otherwise idle node.
+            await asyncio.sleep(0.075)
+        cpu = watch.stop(time.monotonic()) if after else {}
+        lg.command("stop")
+        await lg.result(10)
+        await lg.stop()
+        return {
+            "messages": len(after),
+            "warmup": p.push_one_warmup,
+            "missing": missing,
+            "commit_to_accepted": summary_ms(after),
+            "cpu_pct": cpu,
+        }
+
     async def connections(self) -> dict[str, Any]:
         p = self.plan
         users = await self.insert_users("conn", p.connections)
@@ -836,6 +914,10 @@ class Bench:
             round(result["during"]["acked_per_s"] / before, 3) if before else None
         )
         return result
+
+    async def search(self) -> dict[str, Any]:
+        """Message search over a large history (bench/search.py)."""
+        return await search_scenario.run(self, quick=self.plan is QUICK)
 
     async def run(self, names: list[str]) -> dict[str, Any]:
         results: dict[str, Any] = {}

@@ -267,6 +267,8 @@ export const api = {
   sessions: () => request('GET', '/api/v1/me/sessions'),
   revokeSession: (id) => request('DELETE', `/api/v1/me/sessions/${encodeURIComponent(id)}`),
   revokeOtherSessions: () => request('DELETE', '/api/v1/me/sessions'),
+  notificationSettings: () => request('GET', '/api/v1/me/notification-settings'),
+  updateNotificationSettings: (body) => request('PUT', '/api/v1/me/notification-settings', { body }),
 
   searchUsers: (prefix) => request('GET', '/api/v1/users', { query: { query: prefix } }),
   user: (id) => request('GET', `/api/v1/users/${encodeURIComponent(id)}`),
@@ -276,6 +278,7 @@ export const api = {
   messages: (id, query) => request('GET', `${conversationPath(id)}/messages`, { query }),
   settings: (id) => request('GET', `${conversationPath(id)}/settings`),
   updateSettings: (id, body) => request('PUT', `${conversationPath(id)}/settings`, { body }),
+  searchMessages: (query) => request('GET', '/api/v1/messenger/search', { query }),
 
   vapidPublicKey: () => request('GET', '/api/v1/messenger/push/vapid-public-key'),
   registerDevice: (body) => request('POST', '/api/v1/messenger/devices/register', { body }),

@@ -2,6 +2,7 @@
  * Messenger web client: the entry point that ties the modules together.
  *   api.js REST and tokens · ws.js socket · store.js state · users.js names · ui.js drawing
  *   newchat.js new-conversation dialog · sessions.js sessions dialog · agent.js browser names
+ *   notifysettings.js the notification settings dialog
  *   push.js Web Push, page side · sw.js service worker
  *
  * Hooks for browser tests (stable ids and attributes):
@@ -17,11 +18,17 @@
  *   Sessions  #sessions (opens it), #sessions-dialog, #sessions-list > li.session[data-session-id] (.current:
  *             this browser, with .badge) holding .session-name, .session-detail and (others only)
  *             button.session-logout; #logout-others, #sessions-error, #sessions-close
+ *   Notify    #notification-settings (opens it), #notification-settings-dialog, #ns-time-zone, #ns-quiet,
+ *             #ns-quiet-start, #ns-quiet-end, #ns-quiet-mentions, #ns-push-delay, #ns-preview, #ns-locale,
+ *             #ns-save, #ns-error, #ns-status ("Saved."), #ns-close
  *   Chat      #chat-title, #chat-subtitle, #back, #mute-toggle[aria-pressed="true" when muted],
- *             #messages (role=log): li.message[data-message-id][data-seq][data-sender-id] (.own / .other),
+ *             #notify-level (select: all | mentions | none),
+ *             #messages (role=log): li.message[data-message-id][data-seq][data-sender-id] (.own / .other,
+ *             .mentions-me when it names the reader) with span.mention (.me: the reader) in its text,
  *             pending ones li.message.pending / .failed [data-client-msg-id] with button.retry / button.discard,
  *             li.seen ("Seen" / "Seen by …"), li.day, li.history-status;
  *             #typing-indicator, #composer (textarea), #send, #composer-error
+ *   Search    see search.js; a result opens its conversation at the message, li.message.search-hit for a while
  *   URL       /?conversation=<id> opens that conversation; the open one is kept in the URL (replaceState).
  */
 
@@ -29,6 +36,8 @@ import {
   accessToken, api, onSessionReplaced, onTokenRefreshed, onUnauthorized, refresh, session,
 } from './api.js';
 import { initNewChatDialog } from './newchat.js';
+import { initSearch, reveal } from './search.js';
+import { initNotificationSettingsDialog } from './notifysettings.js';
 import * as push from './push.js';
 import { initSessionsDialog } from './sessions.js';
 import {
@@ -62,6 +71,7 @@ let renderQueued = false;
 let muteBusy = false;
 let openNewChat;
 let openSessions;
+let openNotificationSettings;
 
 // ---- Session
 
@@ -123,6 +133,7 @@ async function endSession({ expired = false } = {}) {
   session.clear();
   resetState();
   ui.resetMain();
+  searchBox.clear();
   history.replaceState(null, '', location.pathname);
   ui.showAuth(expired ? EXPIRED_MESSAGE : '');
   endingSession = false;
@@ -401,6 +412,8 @@ async function announce(conversation, message) {
   if (document.visibilityState === 'visible' || push.permission() !== 'granted') return;
   const settings = await settingsFor(conversation.id).catch(() => null);
   if (settings && (isMuted(settings) || settings.push_enabled === false)) return;
+  if (settings?.notify === 'none') return;
+  if (settings?.notify === 'mentions' && !message.mentions?.includes(state.me.id)) return;
   const sender = await loadUser(message.sender_id);
   const senderName = sender?.display_name || sender?.username || 'New message';
   const title = conversation.type === 'group' ? `${senderName} • ${conversationTitle(conversation)}` : senderName;
@@ -510,6 +523,31 @@ function openConversation(conversationId) {
   if (matchMedia('(pointer: fine)').matches) $('composer').focus();
 }
 
+/** Opens a conversation at one of its messages (a search result), paging back to it first. */
+async function showMessage({ conversation_id: conversationId, id, seq }) {
+  if (!state.conversations.has(conversationId)) await resync();
+  if (!state.conversations.has(conversationId)) return;
+  const me = state.me;
+  openConversation(conversationId);
+  const held = windowFor(conversationId);
+  try {
+    await ensureLoaded(conversationId);
+    // The window stays contiguous (store.js): everything from the message to the newest.
+    held.loadingOlder = true;
+    while (state.activeId === conversationId && state.me === me && held.hasOlder && held.oldestSeq > seq) {
+      const { messages } = await api.messages(conversationId, { before_seq: held.oldestSeq, limit: CATCH_UP_PAGE });
+      if (!messages.filter(addMessage).length) break;
+    }
+  } catch {
+    // Drawn as far as it got; the history line says what failed.
+  } finally {
+    held.loadingOlder = false;
+  }
+  if (state.activeId !== conversationId) return;
+  ui.renderMessages({ prepended: true });
+  reveal(id);
+}
+
 function closeConversation() {
   const id = state.activeId;
   state.activeId = null;
@@ -557,9 +595,29 @@ function settingsFor(conversationId) {
 
 function showMuteState(conversationId) {
   ui.setMuted(null);
+  ui.setNotifyLevel(null);
   settingsFor(conversationId).then((settings) => {
-    if (state.activeId === conversationId) ui.setMuted(isMuted(settings));
+    if (state.activeId !== conversationId) return;
+    ui.setMuted(isMuted(settings));
+    ui.setNotifyLevel(settings.notify ?? 'all');
   }, () => {});
+}
+
+async function changeNotifyLevel() {
+  const id = state.activeId;
+  const select = $('notify-level');
+  if (!id) return;
+  select.disabled = true;
+  try {
+    const updated = await api.updateSettings(id, { notify: select.value });
+    state.settings.set(id, Promise.resolve(updated));
+    if (state.activeId === id) ui.setNotifyLevel(updated.notify);
+  } catch (error) {
+    ui.showComposerError(error.message);
+    showMuteState(id); // back to what the server holds
+    return;
+  }
+  select.disabled = false;
 }
 
 async function toggleMute() {
@@ -646,6 +704,7 @@ function bindEvents() {
   $('dismiss-notifications').addEventListener('click', () => ui.setNotificationPrompt(false));
   $('new-chat').addEventListener('click', () => openNewChat());
   $('sessions').addEventListener('click', () => openSessions());
+  $('notification-settings').addEventListener('click', () => openNotificationSettings());
   $('start-first-chat').addEventListener('click', () => openNewChat());
 
   $('conversation-list').addEventListener('click', (event) => {
@@ -654,6 +713,7 @@ function bindEvents() {
   });
   $('back').addEventListener('click', closeConversation);
   $('mute-toggle').addEventListener('click', toggleMute);
+  $('notify-level').addEventListener('change', changeNotifyLevel);
 
   const messages = $('messages');
   messages.addEventListener('scroll', () => {
@@ -687,6 +747,8 @@ function bindEvents() {
 bindEvents();
 openNewChat = initNewChatDialog({ onCreated: conversationCreated });
 openSessions = initSessionsDialog();
+const searchBox = initSearch({ onOpen: showMessage });
+openNotificationSettings = initNotificationSettingsDialog();
 onUnauthorized(() => endSession({ expired: true }));
 onTokenRefreshed((token) => {
   connection?.authenticate(token);

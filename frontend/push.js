@@ -57,6 +57,9 @@ export async function unregister() {
   await Promise.all([...tokens].map((token) => api.deleteDevice(token).catch(() => {})));
   localStorage.removeItem(DEVICE_TOKEN_KEY);
   registration?.active?.postMessage({ type: 'auth-token', token: null });
+  // What was shown for the account goes with it: its texts, and buttons whose tokens died with the device.
+  for (const notification of (await registration?.getNotifications().catch(() => [])) ?? []) notification.close();
+  await navigator.clearAppBadge?.().catch(() => {});
 }
 
 /**
@@ -82,19 +85,20 @@ export function listen({ openConversation, subscriptionChanged }) {
 }
 
 /**
- * Shows a notification from the page. The server does not push to a user with an open socket,
- * so a page in a background tab announces new messages itself, the way the worker would.
+ * Shows a notification from the page, for a browser the server does not push to (Web Push is
+ * off on the server, or this browser never registered). A registered one is pushed once its
+ * tab is hidden or idle (the server pushes by attention), and the worker shows that push, with
+ * its Reply and Mark as read: announcing it here as well would alert twice.
  */
 export async function notify(title, { body, conversationId }) {
-  if (permission() !== 'granted') return;
+  if (permission() !== 'granted' || localStorage.getItem(DEVICE_TOKEN_KEY)) return;
   const registration = await navigator.serviceWorker.getRegistration('/');
   await registration?.showNotification(title, {
     body,
     icon: '/icon.svg',
     tag: conversationId,
     renotify: true,
-    data: { url: `/?conversation=${encodeURIComponent(conversationId)}`, conversation_id: conversationId },
-    actions: [{ action: 'open', title: 'Open' }, { action: 'dismiss', title: 'Dismiss' }],
+    data: { url: `/?conversation=${encodeURIComponent(conversationId)}`, conversation_id: conversationId, seq: null, count: 1, action_token: null },
   });
 }
 

@@ -18,7 +18,7 @@ export function resetState(me = null) {
     reads: new Map(), // conversation id -> Map(user id -> highest seq that user read)
     readSent: new Map(), // conversation id -> highest seq we reported read
     typing: new Map(), // conversation id -> Map(user id -> timer that hides the indicator)
-    settings: new Map(), // conversation id -> Promise of {muted, mute_until, push_enabled}
+    settings: new Map(), // conversation id -> Promise of {muted, mute_until, push_enabled, notify}
     drafts: new Map(), // conversation id -> composer text not sent yet
     outbox: [], // [{client_msg_id, conversation_id, content, created_at, status: 'pending'|'failed', error?}]
     activeId: null,

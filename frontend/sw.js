@@ -1,5 +1,6 @@
 /*
- * Service worker (scope /): shows Web Push notifications and routes clicks on them.
+ * Service worker (scope /): shows Web Push notifications, takes them down when the conversation
+ * is read elsewhere, keeps the app badge, and acts on their Reply and Mark as read buttons.
  *
  * A classic script, not a module, so every browser with Push can run it. The decision helpers
  * (conversationIdFromUrl, shouldShowNotification, chooseClickTarget, notificationFromPayload)
@@ -8,8 +9,15 @@
  *   const [worker] = context.serviceWorkers();
  *   await worker.evaluate(() => shouldShowNotification([{url: location.origin + '/?conversation=c1', focused: true}], 'c1'));
  * or load this file into a Node vm context whose `self` stubs addEventListener and location.
+ * The event handlers are globals too (handlePush, handleNotificationClick): a test calls them
+ * with an event-like object, since a synthetic event cannot waitUntil.
  *
  * The web client's URL for a conversation is /?conversation=<id>.
+ *
+ * Reply and Mark as read work without a page and without the session: each message push
+ * carries an action token good for this device, this conversation and these two actions only,
+ * for a few days (see the README, "Notification actions"). It is kept in the notification's
+ * data, sent to the API in a request body (never a URL), and never logged.
  */
 
 const ICON_URL = '/icon.svg';
@@ -55,7 +63,33 @@ function chooseClickTarget(windowClients, url) {
   return { action: 'open', url: target.href };
 }
 
-/** Turns the server's push payload {title, body, data, tag, url} into showNotification arguments. */
+// The page calls the API on its own origin, /api/v1; so does the worker.
+const API_BASE = new URL('/api/v1/', self.location.origin).href;
+const ACTIONS_URL = new URL('messenger/notification-actions/', API_BASE).href;
+
+// Action labels, should a payload not name them (the server localises title, body and labels,
+// in the user's language, `lang`).
+const ACTION_LABELS = {
+  en: { reply: 'Reply', read: 'Mark as read', placeholder: 'Reply…' },
+  de: { reply: 'Antworten', read: 'Als gelesen markieren', placeholder: 'Antworten…' },
+};
+
+function actionLabels(payload) {
+  const language = String(payload.lang ?? self.navigator?.language ?? 'en').slice(0, 2).toLowerCase();
+  const labels = { ...(ACTION_LABELS[language] ?? ACTION_LABELS.en) };
+  for (const action of Array.isArray(payload.actions) ? payload.actions : []) {
+    if ((action?.action === 'reply' || action?.action === 'read') && typeof action.title === 'string') labels[action.action] = action.title;
+  }
+  return labels;
+}
+
+const asCount = (value) => (Number.isSafeInteger(value) && value >= 0 ? value : null);
+
+/**
+ * Turns the server's message push {title, body, data, tag, url, badge, count, action_token} into
+ * showNotification arguments. One notification per conversation (its tag); title and body are
+ * shown as sent (already in the user's language, and generic when the preview is "none").
+ */
 function notificationFromPayload(payload) {
   const data = payload.data ?? {};
   const conversationId = data.conversation_id == null ? null : String(data.conversation_id);
@@ -64,16 +98,32 @@ function notificationFromPayload(payload) {
   let url = payload.url ? new URL(payload.url, self.location.origin) : null;
   if (!url || url.origin !== self.location.origin) url = new URL(conversationId ? conversationUrl(conversationId) : '/', self.location.origin);
   const tag = conversationId ?? payload.tag ?? undefined;
+  const token = typeof payload.action_token === 'string' && payload.action_token ? payload.action_token : null;
+  const labels = actionLabels(payload);
+  // Without a token the buttons could do nothing: a plain click still opens the chat.
+  const actions = token && conversationId
+    ? [
+        { action: 'reply', type: 'text', title: labels.reply, placeholder: labels.placeholder },
+        { action: 'read', title: labels.read },
+      ]
+    : [];
   return {
     title: payload.title || 'New message',
     options: {
       body: payload.body ?? '',
+      lang: typeof payload.lang === 'string' ? payload.lang : '',
       icon: ICON_URL,
       badge: ICON_URL,
       tag,
-      renotify: Boolean(tag), // a newer message replaces the older one and still alerts
-      data: { url: url.href, conversation_id: conversationId },
-      actions: [{ action: 'open', title: 'Open' }, { action: 'dismiss', title: 'Dismiss' }],
+      renotify: Boolean(tag), // handlePush turns it off unless the count grew
+      data: {
+        url: url.href,
+        conversation_id: conversationId,
+        seq: asCount(data.seq),
+        count: asCount(payload.count) ?? 1,
+        action_token: token,
+      },
+      actions,
     },
   };
 }
@@ -89,10 +139,51 @@ function readPayload(pushData) {
 
 const listWindows = () => self.clients.matchAll({ type: 'window', includeUncontrolled: true });
 
+/** The app icon's badge: the user's unread total as the server counted it; null leaves it. */
+async function setBadge(badge) {
+  const count = asCount(badge);
+  if (count === null) return;
+  const nav = self.navigator;
+  try {
+    if (count > 0 && typeof nav.setAppBadge === 'function') await nav.setAppBadge(count);
+    else if (count === 0 && typeof nav.clearAppBadge === 'function') await nav.clearAppBadge();
+    else if (count === 0 && typeof nav.setAppBadge === 'function') await nav.setAppBadge(0);
+  } catch {
+    // Not installed as an app, or no badge on this system: nothing to show it on.
+  }
+}
+
 async function handlePush(payload) {
+  if (payload?.type === 'clear') return handleClear(payload);
   const { title, options } = notificationFromPayload(payload);
-  if (!shouldShowNotification(await listWindows(), options.data.conversation_id)) return;
+  await setBadge(payload.badge);
+  const { conversation_id: conversationId, seq, count } = options.data;
+  // A read elsewhere may overtake its conversation's push: what is read is not shown again.
+  if (conversationId !== null && seq !== null && seq <= ((await loadClearedSeq(conversationId).catch(() => 0)) ?? 0)) return;
+  if (!shouldShowNotification(await listWindows(), conversationId)) return;
+  if (options.tag) {
+    const [previous] = await self.registration.getNotifications({ tag: options.tag });
+    // It alerts again only when more is unread; the same again (a retried delivery, an
+    // edit) replaces the shown one silently.
+    if (previous) options.renotify = count > (asCount(previous.data?.count) ?? 0);
+  }
   await self.registration.showNotification(title, options);
+}
+
+/** The clearing push {type: "clear", tag, conversation_id, seq, badge}: read up to seq elsewhere. */
+async function handleClear(payload) {
+  const conversationId = payload.conversation_id == null ? null : String(payload.conversation_id);
+  const tag = payload.tag == null ? conversationId : String(payload.tag);
+  const seq = asCount(payload.seq);
+  if (conversationId !== null && seq !== null) await saveClearedSeq(conversationId, seq).catch(() => {});
+  if (tag) {
+    for (const notification of await self.registration.getNotifications({ tag })) {
+      const shownSeq = asCount(notification.data?.seq);
+      // One shown for a later message stays: that one is still unread.
+      if (seq === null || shownSeq === null || shownSeq <= seq) notification.close();
+    }
+  }
+  await setBadge(payload.badge);
 }
 
 async function handleClick(data) {
@@ -114,6 +205,72 @@ async function handleClick(data) {
   await self.clients.openWindow(url);
 }
 
+/**
+ * POSTs a notification action, the token in the body. Retries what may pass on a second try
+ * (no answer, 429, 503; a reply keeps its client_msg_id, so it is never posted twice).
+ * Resolves to the Response of the last try, or null when the server was never reached.
+ */
+async function postAction(kind, body) {
+  let response = null;
+  for (let attempt = 0; attempt < 3; attempt += 1) {
+    if (attempt > 0) {
+      const retryAfter = Number(response?.headers.get('Retry-After'));
+      const wait = Math.min(Number.isFinite(retryAfter) && retryAfter > 0 ? retryAfter * 1000 : 1000 * attempt, 5000);
+      await new Promise((resolve) => setTimeout(resolve, wait));
+    }
+    try {
+      response = await fetch(new URL(kind, ACTIONS_URL).href, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify(body),
+        credentials: 'omit',
+        cache: 'no-store',
+      });
+    } catch {
+      response = null;
+      continue;
+    }
+    if (response.status !== 429 && response.status !== 503) return response;
+  }
+  return response;
+}
+
+function newClientMsgId() {
+  if (typeof self.crypto?.randomUUID === 'function') return self.crypto.randomUUID();
+  return `n-${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`;
+}
+
+/**
+ * notificationclick: Reply posts the typed text, Mark as read marks the conversation read up to
+ * the notification's message, both without a page; a plain click (or an action the worker cannot
+ * do: no inline reply, no token, the server refused) opens the conversation.
+ * Resolves to what was done: "replied", "read", "opened" or "dismissed".
+ */
+async function handleNotificationClick(event) {
+  const notification = event.notification;
+  const data = notification?.data ?? {};
+  notification?.close();
+  if (event.action === 'dismiss') return 'dismissed';
+  const token = data.action_token;
+  if (event.action === 'reply' && token) {
+    const content = typeof event.reply === 'string' ? event.reply : '';
+    if (content.trim()) {
+      const response = await postAction('reply', { action_token: token, content, client_msg_id: newClientMsgId() });
+      if (response?.ok) return 'replied';
+      console.warn('Reply from the notification failed:', response ? response.status : 'no answer');
+    }
+  } else if (event.action === 'read' && token && data.seq != null) {
+    const response = await postAction('read', { action_token: token, seq: data.seq });
+    if (response?.ok) {
+      if (data.conversation_id != null) await saveClearedSeq(String(data.conversation_id), data.seq).catch(() => {});
+      return 'read';
+    }
+    console.warn('Mark as read from the notification failed:', response ? response.status : 'no answer');
+  }
+  await handleClick(data);
+  return 'opened';
+}
+
 self.addEventListener('install', () => self.skipWaiting());
 self.addEventListener('activate', (event) => event.waitUntil(self.clients.claim()));
 
@@ -122,9 +279,7 @@ self.addEventListener('push', (event) => {
 });
 
 self.addEventListener('notificationclick', (event) => {
-  event.notification.close();
-  if (event.action === 'dismiss') return;
-  event.waitUntil(handleClick(event.notification.data ?? {}));
+  event.waitUntil(handleNotificationClick(event));
 });
 
 /*
@@ -175,7 +330,7 @@ function base64UrlToBytes(value) {
   return Uint8Array.from(atob(base64), (char) => char.charCodeAt(0));
 }
 
-// A one-key IndexedDB store for the access token (workers have no localStorage).
+// A small IndexedDB key-value store (workers have no localStorage): the access token, read marks.
 function tokenStore(mode, operation) {
   return new Promise((resolve, reject) => {
     const opening = indexedDB.open('messenger-sw', 1);
@@ -203,4 +358,16 @@ function saveAccessToken(token) {
 
 function loadAccessToken() {
   return tokenStore('readonly', (store) => store.get('access_token'));
+}
+
+// How far each conversation is known to be read (clearing pushes, Mark as read), so a push
+// that arrives after its clear is not shown.
+async function saveClearedSeq(conversationId, seq) {
+  const key = `cleared:${conversationId}`;
+  const known = (await tokenStore('readonly', (store) => store.get(key))) ?? 0;
+  if (seq > known) await tokenStore('readwrite', (store) => store.put(seq, key));
+}
+
+function loadClearedSeq(conversationId) {
+  return tokenStore('readonly', (store) => store.get(`cleared:${conversationId}`));
 }

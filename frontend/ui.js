@@ -2,7 +2,7 @@
 // Lists are keyed and reconciled, so a redraw keeps focus, scroll position and unchanged nodes.
 
 import { state } from './store.js';
-import { conversationTitle, displayName, otherParticipant, username } from './users.js';
+import { conversationTitle, displayName, loadUser, otherParticipant, username } from './users.js';
 
 export const $ = (id) => document.getElementById(id);
 
@@ -231,6 +231,13 @@ export function renderChatHeader() {
   $('chat-avatar').replaceChildren(conversationAvatar(conversation, title));
 }
 
+/** level: "all" | "mentions" | "none", or null while the settings are not known (disabled). */
+export function setNotifyLevel(level) {
+  const select = $('notify-level');
+  select.disabled = level === null;
+  if (level !== null) select.value = level;
+}
+
 /** muted: true/false, or null while the settings are not known (the toggle is disabled). */
 export function setMuted(muted) {
   const button = $('mute-toggle');
@@ -272,13 +279,47 @@ function seenState(conversation, held) {
   return { messageId: lastOwn.id, text };
 }
 
+// As the server reads them: an "@" not inside a word or an e-mail address, then a username's
+// characters (a trailing "." or "-" may be punctuation instead).
+const MENTION = /(?<![\p{L}\p{N}\p{M}_.+@-])@([A-Za-z0-9_.-]{1,64})/gu;
+
+/** The content as text nodes, with each `@name` the server counted as a mention in a span. */
+function contentWithMentions(message, conversation) {
+  const mentions = Array.isArray(message.mentions) ? message.mentions : [];
+  if (!mentions.length) return [message.content];
+  const names = new Map(); // lower-cased username -> user id
+  for (const id of mentions) {
+    const name = username(id);
+    if (name) names.set(name.toLowerCase(), id);
+    else loadUser(id); // drawn again once known
+  }
+  const everyone = conversation.type === 'group'
+    && conversation.participant_ids.every((id) => mentions.includes(id));
+  const parts = [];
+  let at = 0;
+  for (const match of message.content.matchAll(MENTION)) {
+    const token = match[1].toLowerCase();
+    const name = [token, token.replace(/[.-]+$/, '')].find((candidate) => names.has(candidate)
+      || (candidate === 'all' && everyone && !names.has('all')));
+    if (!name) continue;
+    const forMe = name === 'all' ? mentions.includes(state.me.id) : names.get(name) === state.me.id;
+    const end = match.index + 1 + name.length;
+    parts.push(message.content.slice(at, match.index),
+      el('span', { class: `mention${forMe ? ' me' : ''}`, text: message.content.slice(match.index, end) }));
+    at = end;
+  }
+  parts.push(message.content.slice(at));
+  return parts.filter((part) => part !== '');
+}
+
 function messageNode(message, conversation) {
   const own = message.sender_id === state.me.id;
   const date = new Date(message.created_at);
-  return el('li', { class: `message ${own ? 'own' : 'other'}`, dataset: { messageId: message.id, seq: message.seq, senderId: message.sender_id } },
+  const mentionsMe = !own && Array.isArray(message.mentions) && message.mentions.includes(state.me.id);
+  return el('li', { class: `message ${own ? 'own' : 'other'}${mentionsMe ? ' mentions-me' : ''}`, dataset: { messageId: message.id, seq: message.seq, senderId: message.sender_id } },
     !own && conversation.type === 'group' && el('span', { class: 'sender', text: displayName(message.sender_id) }),
     el('div', { class: 'bubble' },
-      el('p', { class: 'text', text: message.content }),
+      el('p', { class: 'text' }, ...contentWithMentions(message, conversation)),
       el('span', { class: 'meta' },
         el('time', { datetime: message.created_at, title: fullFormat.format(date), text: timeFormat.format(date) }))));
 }

@@ -1,6 +1,9 @@
 // The realtime socket: one connection at a time, authenticated by its first frame (the token
 // never goes in the URL), a heartbeat that notices dead links, and reconnection with capped
-// exponential backoff plus jitter.
+// exponential backoff plus jitter. It tells the server whether the person is looking
+// (attention.js): the server pushes to their other devices only while no socket is active.
+
+import { attention } from './attention.js';
 
 const PING_EVERY_MS = 25_000;
 const PONG_TIMEOUT_MS = 10_000;
@@ -37,10 +40,13 @@ export class Connection {
 
   start() {
     this.stopped = false;
+    this.unwatch ??= attention.subscribe((state) => this.send({ type: 'activity', state }));
     this.#connect();
   }
 
   stop() {
+    this.unwatch?.();
+    this.unwatch = null;
     this.stopped = true;
     this.generation += 1;
     clearTimeout(this.retryTimer);
@@ -137,6 +143,8 @@ export class Connection {
     this.everOnline = true;
     this.attempt = 0;
     this.#status('online');
+    // A new socket counts as active until told otherwise: say so again after each connect.
+    this.send({ type: 'activity', state: attention.state });
     this.handlers.onOpen();
   }
 

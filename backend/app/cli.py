@@ -16,10 +16,11 @@ from app.config import Settings
 from app.db import make_engine
 from app.messenger.cleanup import run_cleanup
 from app.messenger.models import DeviceToken
-from app.messenger.push.base import Device, Notification
+from app.messenger.push.base import Device
 from app.messenger.push.delivery import RetryPolicy, deliver
+from app.messenger.push.notification import operator_test_notification
 from app.messenger.push.providers import start_providers
-from app.models import User
+from app.models import NotificationSettings, User
 
 
 def b64url(data: bytes) -> str:
@@ -72,17 +73,13 @@ async def send_test_push(settings: Settings, username: str) -> int:
                     )
                 )
             ).all()
+            locale = await conn.scalar(
+                select(NotificationSettings.locale).where(NotificationSettings.user_id == user_id)
+            )
         if not rows:
             print(f"{username} has no active device")
             return 1
-        notification = Notification(
-            title="Test notification",
-            body="Push notifications work on this device.",
-            data={"type": "test"},
-            conversation_id="test",
-            message_id="test",
-            url=settings.public_base_url + "/",
-        )
+        notification = operator_test_notification(settings.public_base_url, locale or "en")
         failed = 0
         for row in rows:
             device = Device(row.id, row.user_id, row.token, row.platform, row.provider)

@@ -18,14 +18,17 @@ REDACTED = "[redacted]"
 _RULES: tuple[tuple[re.Pattern[str], str], ...] = (
     # A query-string or form value: token=..., access_token=..., password=...
     (
-        re.compile(r"(?i)\b((?:access_|refresh_)?token|password|auth|p256dh)=[^&\s\"'\]]+"),
+        re.compile(
+            r"(?i)\b((?:access_|refresh_|action_)?token|password|auth|p256dh)"
+            r"=[^&\s\"'\]]+"
+        ),
         rf"\1={REDACTED}",
     ),
     # A JSON field, even one cut short by a library eliding a long payload.
     (
         re.compile(
-            r"(?i)([\"'](?:access_token|refresh_token|token|device_token|password"
-            r"|endpoint|p256dh|auth)[\"']\s*:\s*)\"(?:[^\"\\]|\\.)*\"?"
+            r"(?i)([\"'](?:access_token|refresh_token|action_token|token|device_token"
+            r"|password|endpoint|p256dh|auth)[\"']\s*:\s*)\"(?:[^\"\\]|\\.)*\"?"
         ),
         rf'\1"{REDACTED}"',
     ),

@@ -19,10 +19,13 @@ from app.messenger.blocks import BlockRoutes
 from app.messenger.conversations import ConversationRoutes
 from app.messenger.devices import DeviceRoutes
 from app.messenger.framewriter import ServerSend
+from app.messenger.notification_actions import NotificationActionRoutes
 from app.messenger.push.endpoints import EndpointPolicy
+from app.messenger.search import SearchRoutes, check_search_language
 from app.messenger.websocket import SocketEndpoint
 from app.metrics import MetricsEndpoint
 from app.migrations import check_schema_current
+from app.notification_settings import NotificationSettingsRoutes
 from app.services import Services, build_services
 from app.sessions import SessionRoutes
 from app.web import RefuseNulInUrl, RequestReader
@@ -41,6 +44,7 @@ def build_routes(services: Services) -> list[BaseRoute]:
             s.sessionmaker, reader, s.limiter, s.settings, s.passwords, s.session_store
         ).routes,
         *SessionRoutes(s.session_store, reader).routes,
+        *NotificationSettingsRoutes(s.engine, reader).routes,
         *ConversationRoutes(
             s.engine,
             reader,
@@ -54,6 +58,10 @@ def build_routes(services: Services) -> list[BaseRoute]:
             s.settings,
         ).routes,
         *BlockRoutes(reader, s.blocks, s.contacts, s.presence, s.fanout).routes,
+        *SearchRoutes(s.engine, reader, s.participants, s.limiter, s.settings).routes,
+        *NotificationActionRoutes(
+            s.engine, reader, s.participants, s.sender, s.reads, s.limiter, s.settings
+        ).routes,
         *DeviceRoutes(
             s.engine,
             reader,
@@ -75,6 +83,7 @@ def build_routes(services: Services) -> list[BaseRoute]:
                 s.fanout,
                 s.socket_auth,
                 s.blocks,
+                s.attention,
             ),
         ),
         Route("/health", Health(s.engine, s.redis).check, methods=["GET"]),
@@ -94,6 +103,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         settings.signing_key  # noqa: B018  (fail now, not on the first login, if it is unusable)
         await check_schema_current(services.engine)
+        await check_search_language(services.engine, settings)
         await services.start()
         log.info(
             "node started node=%s database=%s redis=%s",

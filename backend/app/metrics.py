@@ -44,9 +44,24 @@ push_rechecks = Counter(
     "messenger_push_rechecks_total",
     "Messages pushed late: the recipient looked online at commit, then went away unread",
 )
+push_clears = Counter(
+    "messenger_push_clears_total",
+    "Clearing pushes (a notification taken down: read, or deleted) by provider and outcome",
+    ["provider", "outcome"],
+)
+push_clears_dropped = Counter(
+    "messenger_push_clears_dropped_total",
+    "Clearings dropped because this node had too many waiting (the next read clears them)",
+)
 push_rechecks_forgotten = Counter(
     "messenger_push_rechecks_forgotten_total",
     "Recipients skipped as online and forgotten early (PUSH_RECHECK_MAX_PAIRS reached)",
+)
+push_decisions = Counter(
+    "messenger_push_decisions_total",
+    "Push decisions (one message, one recipient) by reason: sent, online, muted, "
+    "notify_level, quiet_hours, read_before_delay, no_device",
+    ["reason"],
 )
 
 

@@ -23,12 +23,15 @@ from app.messenger.contacts import Contacts
 from app.messenger.fanout import Fanout, LocalFanout
 from app.messenger.fanout_redis import RedisFanout
 from app.messenger.hub import Hub
+from app.messenger.mentions import Mentions
 from app.messenger.participants import ParticipantCache
 from app.messenger.presence import LocalPresence, Presence
 from app.messenger.presence_redis import RedisPresence
+from app.messenger.push.clearing import Clearing
 from app.messenger.push.service import PushService
 from app.messenger.reads import ReadMarks
 from app.messenger.redis_breaker import RedisBreaker
+from app.messenger.redis_keys import RedisKeys
 from app.messenger.send import Sender
 from app.messenger.socket_auth import SocketAuth
 from app.messenger.writer import MessageWriter
@@ -47,6 +50,7 @@ class Services:
     redis_breaker: RedisBreaker | None
     hub: Hub
     presence: Presence
+    attention: Presence
     fanout: Fanout
     contacts: Contacts
     blocks: Blocks
@@ -56,6 +60,7 @@ class Services:
     sender: Sender
     reads: ReadMarks
     push: PushService
+    clearing: Clearing
     cleanup: CleanupLoop
     passwords: PasswordPool
     session_store: SessionStore
@@ -63,6 +68,7 @@ class Services:
 
     async def start(self) -> None:
         await self.presence.start()
+        await self.attention.start()
         await self.fanout.start()
         await self.writer.start()
         await self.push.start()
@@ -72,10 +78,13 @@ class Services:
     async def stop(self) -> None:
         await self.socket_auth.stop()
         await self.cleanup.stop()
+        # Clearings under way end before the providers close; reads after drop theirs.
+        await self.clearing.stop()
         await self.push.stop()
         await self.reads.stop()
         await self.writer.stop()
         await self.fanout.stop()
+        await self.attention.stop()
         await self.presence.stop()
         if self.redis_breaker is not None:
             await self.redis_breaker.stop()
@@ -96,6 +105,7 @@ def build_services(settings: Settings) -> Services:
     redis: Redis | None = None
     breaker: RedisBreaker | None = None
     presence: Presence
+    attention: Presence
     fanout: Fanout
     limiter: RateLimiter
     redis_presence: RedisPresence | None = None
@@ -112,18 +122,29 @@ def build_services(settings: Settings) -> Services:
         # One breaker for all three: an outage is noticed once and healed once.
         breaker = RedisBreaker(redis, settings.node_id, settings.redis_timeout_seconds)
         presence = redis_presence = RedisPresence(redis, settings, breaker)
+        # Attention: the same machinery over a user's active sockets only (attention.py).
+        attention = RedisPresence(
+            redis,
+            settings,
+            breaker,
+            keys=RedisKeys(settings.redis_prefix).attention(),
+            name="attention",
+        )
         fanout = redis_fanout = RedisFanout(redis, hub, settings, breaker)
         limiter = RedisRateLimiter(redis, breaker, settings.redis_prefix)
     else:
         presence = LocalPresence()
+        attention = LocalPresence()
         fanout = LocalFanout(hub)
         limiter = LocalRateLimiter()
     contacts = Contacts(engine, fanout)
     blocks = Blocks(engine, settings)
     participants = ParticipantCache(engine)
-    push = PushService(settings, engine, presence)
-    # A recipient skipped because they looked online is looked at again once they go.
-    presence.on_gone = push.recheck.users_gone
+    # Pushes follow attention, not sockets: a recipient is skipped while one of their
+    # sockets is active, and looked at again once none is (idle everywhere, or gone).
+    push = PushService(settings, engine, attention)
+    attention.on_gone = push.recheck.users_gone
+    clearing = Clearing(settings, engine, push)
     writer = MessageWriter(
         engine,
         settings.node_id,
@@ -146,15 +167,18 @@ def build_services(settings: Settings) -> Services:
         redis_breaker=breaker,
         hub=hub,
         presence=presence,
+        attention=attention,
         fanout=fanout,
         contacts=contacts,
         blocks=blocks,
         limiter=limiter,
         participants=participants,
         writer=writer,
-        sender=Sender(settings, participants, limiter, writer, fanout, blocks),
-        reads=ReadMarks(engine, fanout),
+        sender=Sender(settings, participants, limiter, writer, fanout, blocks, Mentions(engine)),
+        # A read mark that moves takes down what the user's devices were shown.
+        reads=ReadMarks(engine, fanout, on_moved=clearing.read_moved),
         push=push,
+        clearing=clearing,
         cleanup=CleanupLoop(engine, settings),
         passwords=PasswordPool(
             settings.password_profile,

@@ -35,6 +35,8 @@ OPEN_LIMITS: dict[str, Any] = {
     "conversation_burst": 100_000,
     "device_registration_rate_per_minute": 100_000,
     "device_registration_burst": 100_000,
+    "search_rate_per_minute": 100_000,
+    "search_burst": 100_000,
     "password_hash_queue": 10_000,
 }
 

@@ -104,6 +104,7 @@ async def test_history_paging(client: Client) -> None:
         "content",
         "client_msg_id",
         "created_at",
+        "mentions",
     }
     assert message["created_at"].endswith("+00:00")
 
@@ -113,9 +114,9 @@ async def test_settings_get_and_put(client: Client) -> None:
     conv = await client.conversation(a, b)
     url = f"{BASE}/{conv['id']}/settings"
     r = await client.http.get(url, headers=b.headers)
-    assert r.json() == {"muted": False, "mute_until": None, "push_enabled": True}
+    assert r.json() == {"muted": False, "mute_until": None, "push_enabled": True, "notify": "all"}
     r = await client.http.put(url, json={"muted": True}, headers=b.headers)
-    assert r.json() == {"muted": True, "mute_until": None, "push_enabled": True}
+    assert r.json() == {"muted": True, "mute_until": None, "push_enabled": True, "notify": "all"}
     r = await client.http.put(
         url,
         json={"muted": False, "mute_until": "2030-01-02T03:04:05Z", "push_enabled": False},
@@ -126,7 +127,7 @@ async def test_settings_get_and_put(client: Client) -> None:
     assert body["mute_until"].startswith("2030-01-02T03:04:05")
     # Settings are per participant: the other side is untouched.
     r = await client.http.get(url, headers=a.headers)
-    assert r.json() == {"muted": False, "mute_until": None, "push_enabled": True}
+    assert r.json() == {"muted": False, "mute_until": None, "push_enabled": True, "notify": "all"}
     r = await client.http.put(url, json={"mute_until": None}, headers=b.headers)
     assert r.json()["mute_until"] is None
     for bad in (

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.db import Base, UTCDateTime
 from app.messenger.models import PushJob
+from app.messenger.search import is_search_object, search_messages
 from app.migrations import SchemaOutOfDate, check_schema_current, downgrade, upgrade
 from tests.conftest import create_pg_database, drop_pg_database
 
@@ -46,13 +47,17 @@ PushJob0001 = table(
 
 
 def _tables(conn) -> set[str]:  # type: ignore[no-untyped-def]
-    return set(inspect(conn).get_table_names()) - {"alembic_version"}
+    names = set(inspect(conn).get_table_names()) - {"alembic_version"}
+    return {name for name in names if not is_search_object(name, "table")}
+
+
+def _not_search(_object, name, type_, _reflected, _compare_to) -> bool:  # type: ignore[no-untyped-def]
+    return not is_search_object(name, type_)
 
 
 def _diff(conn) -> list:  # type: ignore[no-untyped-def]
-    return compare_metadata(
-        MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata
-    )
+    opts = {"compare_type": True, "include_object": _not_search}
+    return compare_metadata(MigrationContext.configure(conn, opts=opts), Base.metadata)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -145,5 +150,84 @@ async def test_pending_push_work_survives_the_change_to_jobs_per_commit(empty_ur
         async with engine.connect() as conn:
             rows = [dict(r._mapping) for r in await conn.execute(select(PushJob0001))]
         assert rows == [old_job]
+    finally:
+        await engine.dispose()
+
+
+async def test_search_index_covers_messages_from_before_and_after_0007(empty_url: str) -> None:
+    """0007 indexes the messages already there, follows inserts and edits, and leaves
+    nothing of itself after a downgrade (the messages stay)."""
+    engine = create_async_engine(empty_url)
+    now = {"created_at": datetime(2030, 1, 2, tzinfo=UTC)}
+    messages = table(
+        "messages", *columns("id", "conversation_id", "seq", "sender_id", "content", "created_at")
+    )
+
+    def message(seq: int, content: str) -> dict:
+        return {"id": f"m-{seq}", "conversation_id": "c-1", "seq": seq, "sender_id": 1,
+                "content": content, **now}  # fmt: skip
+
+    async def found(q: str) -> list[str]:
+        page, _ = await search_messages(engine, 1, q, language="english")
+        return sorted(m["id"] for m in page)
+
+    def search_objects(conn) -> set[str]:  # type: ignore[no-untyped-def]
+        found = inspect(conn)
+        names = {t for t in found.get_table_names() if is_search_object(t, "table")}
+        names |= {c["name"] for c in found.get_columns("messages")} & {"search_vector"}
+        return names | {
+            i["name"] for i in found.get_indexes("messages") if is_search_object(i["name"], "index")
+        }
+
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(upgrade, "0006")
+            await conn.execute(
+                insert(
+                    table(
+                        "users",
+                        *columns("id", "username", "display_name", "password_hash", "created_at"),
+                    )
+                ),
+                {"id": 1, "username": "ann", "display_name": "Ann", "password_hash": "x", **now},
+            )
+            await conn.execute(
+                insert(table("conversations", *columns("id", "type", "created_by", "created_at"))),
+                {"id": "c-1", "type": "group", "created_by": 1, **now},
+            )
+            await conn.execute(
+                insert(table("participants", *columns("conversation_id", "user_id", "joined_at"))),
+                {"conversation_id": "c-1", "user_id": 1, "joined_at": now["created_at"]},
+            )
+            await conn.execute(
+                insert(messages), [message(1, "old harbour news"), message(2, "old lighthouse")]
+            )
+        for _ in range(2):  # up, down, and up again
+            async with engine.begin() as conn:
+                await conn.run_sync(upgrade)
+            assert await found("harbour") == ["m-1"]
+            assert await found("lighthouses") == ["m-2"]
+            async with engine.begin() as conn:
+                await conn.execute(insert(messages), message(3, "new harbour"))
+                await conn.execute(
+                    messages.update().where(messages.c.id == "m-2").values(content="old windmill")
+                )
+            assert await found("harbour") == ["m-1", "m-3"]
+            assert await found("lighthouse") == [] and await found("windmill") == ["m-2"]
+            async with engine.connect() as conn:
+                assert await conn.run_sync(search_objects)
+            async with engine.begin() as conn:
+                await conn.run_sync(downgrade, "0006")
+                assert await conn.run_sync(search_objects) == set()
+                rows = (await conn.execute(select(messages.c.id, messages.c.content))).all()
+                assert sorted(rows) == [
+                    ("m-1", "old harbour news"),
+                    ("m-2", "old windmill"),
+                    ("m-3", "new harbour"),
+                ]
+                await conn.execute(messages.delete().where(messages.c.id == "m-3"))
+                await conn.execute(
+                    messages.update().where(messages.c.id == "m-2").values(content="old lighthouse")
+                )
     finally:
         await engine.dispose()

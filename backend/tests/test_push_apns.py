@@ -94,8 +94,13 @@ async def test_delivers_alert_with_thread_badge_and_data(make_provider, apns_fak
     assert h["apns-push-type"] == "alert"
     assert h["apns-priority"] == "10"
     assert h["apns-id"] == apns_id(note.message_id, device.id)
-    # Every message its own notification; a second delivery of it replaces the first.
-    assert h["apns-collapse-id"] == collapse_id(note.message_id) == note.message_id.replace("-", "")
+    # One notification per conversation: the next message's (or a second delivery of
+    # this one) replaces it.
+    assert (
+        h["apns-collapse-id"]
+        == collapse_id(note.conversation_id)
+        == note.conversation_id.replace("-", "")
+    )
     assert int(h["apns-expiration"]) > time.time()
     assert got.jwt_header["kid"] == "KEY1234567" and got.jwt_claims["iss"] == "TEAM123456"
 
@@ -159,7 +164,7 @@ async def test_throttled_then_delivered_with_the_same_apns_id(make_provider, apn
     ids = [r.headers["apns-id"] for r in apns_fake.received_for(token)]
     assert ids == [apns_id(note.message_id, device.id)] * 2
     collapse = [r.headers["apns-collapse-id"] for r in apns_fake.received_for(token)]
-    assert collapse == [collapse_id(note.message_id)] * 2
+    assert collapse == [collapse_id(note.conversation_id)] * 2
 
 
 async def test_down_for_good_is_retry(make_provider, apns_fake) -> None:

@@ -66,17 +66,26 @@ async def test_delivers_message_with_string_data(make_provider, fcm_fake) -> Non
         "message_id": note.message_id,
         "sender_id": "42",
         "seq": "7",
+        "badge": "3",
     }
     assert message["android"] == {
         "priority": "high",
         "ttl": "86400s",
         "collapse_key": note.conversation_id,
-        "notification": {"tag": note.conversation_id},
+        "notification": {"tag": note.conversation_id, "notification_count": 3},
     }
-    assert message["apns"]["payload"]["aps"]["thread-id"] == note.conversation_id
-    # iOS shows each message on its own: a second delivery of it replaces the first;
-    # browsers, like Android, one notification per conversation.
-    assert message["apns"]["headers"]["apns-collapse-id"] == collapse_id(note.message_id)
+    assert message["apns"]["payload"]["aps"] == {
+        "thread-id": note.conversation_id,
+        "sound": "default",
+        "badge": 3,
+    }
+    # One notification per conversation everywhere: the next one (or a second
+    # delivery of this one) replaces it.
+    assert message["apns"]["headers"] == {
+        "apns-push-type": "alert",
+        "apns-priority": "10",
+        "apns-collapse-id": collapse_id(note.conversation_id),
+    }
     assert message["webpush"]["headers"]["Topic"] == collapse_id(note.conversation_id)
     assert got.headers["Authorization"].startswith("Bearer ya29.fake-")
     # The OAuth assertion was signed with the service account's key, for FCM's scope.
@@ -162,7 +171,11 @@ async def test_a_retry_carries_the_same_collapse_ids(make_provider, fcm_fake) ->
         for t in tries
     }
     assert ids == {
-        (note.conversation_id, collapse_id(note.message_id), collapse_id(note.conversation_id))
+        (
+            note.conversation_id,
+            collapse_id(note.conversation_id),
+            collapse_id(note.conversation_id),
+        )
     }
 
 

@@ -121,16 +121,18 @@ async def test_offline_user_gets_a_push_on_every_device(api: Client, world: Push
         "seq": 1,
     }
     [w] = world.accepted("web_push", web)
-    assert w.payload == {
+    # What the contract names, as it names it (the rest is in test_push_payloads).
+    assert {k: w.payload[k] for k in ("title", "body", "data", "tag", "url", "badge")} == {
         "title": "Alice • Alice",
         "body": "Lunch at noon?",
         "data": data,
         "tag": conv["id"],
         "url": f"{api.node.services.settings.public_base_url}/?conversation={conv['id']}",
+        "badge": 1,
     }
     [f] = world.accepted("fcm", fcm)
     assert f.message["notification"] == {"title": "Alice • Alice", "body": "Lunch at noon?"}
-    assert f.message["data"] == {k: str(v) for k, v in data.items()}
+    assert f.message["data"] == {**{k: str(v) for k, v in data.items()}, "badge": "1"}
     assert f.message["android"]["notification"]["tag"] == conv["id"]
     [a] = world.accepted("apns", apns)
     assert a.payload["aps"]["alert"] == {"title": "Alice • Alice", "body": "Lunch at noon?"}
@@ -250,11 +252,11 @@ async def test_throttled_then_delivered_with_the_same_notification(
     tries = world.apns.received_for(apns)
     assert [t.status for t in tries] == [429, 200]
     assert tries[0].headers["apns-id"] == tries[1].headers["apns-id"]
-    assert {t.headers["apns-collapse-id"] for t in tries} == {message["id"].replace("-", "")}
+    # A conversation's notifications replace each other: one collapse id for all.
+    collapse = message["conversation_id"].replace("-", "")
+    assert {t.headers["apns-collapse-id"] for t in tries} == {collapse}
     fcm_tries = world.fcm.received_for(fcm)
-    assert {t.message["apns"]["headers"]["apns-collapse-id"] for t in fcm_tries} == {
-        message["id"].replace("-", "")
-    }
+    assert {t.message["apns"]["headers"]["apns-collapse-id"] for t in fcm_tries} == {collapse}
     web_tries = world.webpush.received_for(web)
     assert [t.status for t in web_tries] == [429, 201]
     assert web_tries[0].headers["Topic"] == web_tries[1].headers["Topic"]

@@ -65,12 +65,21 @@ async def test_delivers_encrypted_payload_with_vapid(make_provider, push_service
     assert result.outcome is Outcome.DELIVERED and result.status == 201
     [got] = push_service.received_for(token)
     assert got.payload == {
+        "type": "message",
         "title": note.title,
         "body": note.body,
         "data": note.data,  # JSON types kept: sender_id and seq stay numbers
         "tag": note.conversation_id,
         "url": note.url,
-    }
+        "badge": 3,
+        "count": 1,
+        "preview": "full",
+        "lang": "en",
+        "actions": [
+            {"action": "reply", "title": "Reply"},
+            {"action": "read", "title": "Mark as read"},
+        ],
+    }  # no action_token: this provider has no key to sign one
     assert isinstance(got.payload["data"]["seq"], int)
     assert got.headers["Urgency"] == "high"
     assert got.headers["Topic"] == uuid.UUID(note.conversation_id).hex
@@ -174,7 +183,12 @@ async def test_rejected_vapid_key_is_failed(make_provider, push_service) -> None
 
 
 def _settings(**values) -> Settings:
-    empty = {"vapid_private_key": "", "vapid_public_key": "", "vapid_subject": ""}
+    empty = {
+        "vapid_private_key": "",
+        "vapid_public_key": "",
+        "vapid_subject": "",
+        "secret_key": "a-secret-key-long-enough-for-any-database-0123",
+    }
     return Settings(_env_file=None, **{**empty, **values})
 
 

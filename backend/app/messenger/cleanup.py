@@ -16,13 +16,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.db import utcnow
-from app.messenger.models import DeviceToken, PushAttempt
+from app.messenger.models import DeviceToken, PushAttempt, PushDecision
 from app.models import Session
 
 log = logging.getLogger(__name__)
 
 _devices = DeviceToken.__table__
 _attempts = PushAttempt.__table__
+_decisions = PushDecision.__table__
 _sessions = Session.__table__
 # Any fixed number, the same on every node: the lock's name.
 LOCK_KEY = 0x6D736763  # "msgc"
@@ -34,6 +35,7 @@ class CleanupReport:
     devices_removed: int = 0
     attempts_removed: int = 0
     sessions_removed: int = 0
+    decisions_removed: int = 0
 
 
 async def run_cleanup(engine: AsyncEngine, settings: Settings) -> CleanupReport:
@@ -58,6 +60,10 @@ async def run_cleanup(engine: AsyncEngine, settings: Settings) -> CleanupReport:
         attempts = await conn.execute(
             delete(_attempts).where(_attempts.c.created_at < attempt_cutoff)
         )
+        # The push decision log is a push record too: kept as long as the deliveries.
+        decisions = await conn.execute(
+            delete(_decisions).where(_decisions.c.created_at < attempt_cutoff)
+        )
         sessions = await conn.execute(
             delete(_sessions).where(
                 or_(
@@ -66,12 +72,20 @@ async def run_cleanup(engine: AsyncEngine, settings: Settings) -> CleanupReport:
                 )
             )
         )
-    report = CleanupReport(True, devices.rowcount, attempts.rowcount, sessions.rowcount)
+    report = CleanupReport(
+        True,
+        devices.rowcount,
+        attempts.rowcount,
+        sessions.rowcount,
+        decisions_removed=decisions.rowcount,
+    )
     log.info(
-        "cleanup done devices_removed=%d attempts_removed=%d sessions_removed=%d",
+        "cleanup done devices_removed=%d attempts_removed=%d sessions_removed=%d"
+        " decisions_removed=%d",
         report.devices_removed,
         report.attempts_removed,
         report.sessions_removed,
+        report.decisions_removed,
     )
     return report
 

@@ -54,6 +54,8 @@ class SettingsBody(BaseModel):
     muted: StrictBool | None = None
     mute_until: UTCDatetime | None = None
     push_enabled: StrictBool | None = None
+    # Which messages push: all, only those that mention the caller, or none.
+    notify: Literal["all", "mentions", "none"] | None = None
 
 
 class ReadBody(BaseModel):
@@ -285,6 +287,8 @@ class ConversationRoutes:
             values.pop("muted", None)
         if values.get("push_enabled") is None:
             values.pop("push_enabled", None)
+        if values.get("notify") is None:
+            values.pop("notify", None)
         where = _me(conversation_id, user_id)
         async with self._engine.begin() as conn:
             if values:
@@ -307,4 +311,9 @@ def _me(conversation_id: str, user_id: int) -> ColumnElement[bool]:
 
 
 def _settings_dict(row: Any) -> dict[str, Any]:
-    return {"muted": row.muted, "mute_until": row.mute_until, "push_enabled": row.push_enabled}
+    return {
+        "muted": row.muted,
+        "mute_until": row.mute_until,
+        "push_enabled": row.push_enabled,
+        "notify": row.notify,
+    }

@@ -6,10 +6,14 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from starlette.websockets import WebSocket
 
 from app.messenger.framewriter import WriteFrames
+
+if TYPE_CHECKING:
+    from app.messenger.attention import SocketAttention
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,7 @@ class Connection:
         "_open",
         "_write_frames",
         "_writer",
+        "attention",
         "id",
         "user_id",
         "ws",
@@ -55,6 +60,8 @@ class Connection:
         self._writer: asyncio.Task[None] | None = None
         self._open = False
         self._closed = False
+        # Whether its client is looking (`activity` frames), set by the WebSocket endpoint.
+        self.attention: SocketAttention | None = None
 
     def open(self) -> None:
         """The handshake is done: write what is queued, and from now on as it comes."""

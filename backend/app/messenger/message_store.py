@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
 import asyncpg
+import orjson
 from sqlalchemy import bindparam, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -30,7 +31,16 @@ _push_jobs = PushJob.__table__
 _participants = Participant.__table__
 
 # The JSON shape of a message is its row: these columns, under these names.
-FIELDS = ("id", "conversation_id", "seq", "sender_id", "content", "client_msg_id", "created_at")
+FIELDS = (
+    "id",
+    "conversation_id",
+    "seq",
+    "sender_id",
+    "content",
+    "client_msg_id",
+    "created_at",
+    "mentions",
+)
 
 # (conversation_id, sender_id, client_msg_id): what makes a send a repeat.
 SendKey = tuple[str, int, str]
@@ -39,7 +49,21 @@ SendKey = tuple[str, int, str]
 def message_dict(row: Any, prefix: str = "") -> dict[str, Any]:
     """A message (a row, or anything with its columns as attributes; named with `prefix`
     where a query labelled them so) in the JSON shape clients get."""
-    return {name: getattr(row, prefix + name) for name in FIELDS}
+    if prefix:
+        message = {name: getattr(row, prefix + name) for name in FIELDS}
+        message["mentions"] = message["mentions"] or []
+        return message
+    # Spelled out: every message sent passes here (the comprehension costs twice as much).
+    return {
+        "id": row.id,
+        "conversation_id": row.conversation_id,
+        "seq": row.seq,
+        "sender_id": row.sender_id,
+        "content": row.content,
+        "client_msg_id": row.client_msg_id,
+        "created_at": row.created_at,
+        "mentions": row.mentions or [],  # NULL when the message names nobody
+    }
 
 
 class Committed(NamedTuple):
@@ -56,6 +80,7 @@ class NewMessage(Protocol):
     sender_id: int
     content: str
     client_msg_id: str | None
+    mentions: list[int] | None
     id: str
     seq: int
     created_at: datetime
@@ -80,8 +105,11 @@ class PushLease(NamedTuple):
 # statement, and so its implicit transaction, fails as a whole.
 BATCH_SQL = """
 WITH sends AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[])
-        WITH ORDINALITY AS s (id, conversation_id, sender_id, content, client_msg_id, ord)
+    SELECT * FROM unnest(
+        $1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $10::text[]
+    ) WITH ORDINALITY AS s (
+        id, conversation_id, sender_id, content, client_msg_id, mentions, ord
+    )
 ),
 counts AS (
     SELECT conversation_id, count(*) AS n FROM sends GROUP BY conversation_id
@@ -99,10 +127,11 @@ bumped AS (
     RETURNING c.id, c.last_seq - counts.n AS base
 ),
 inserted AS (
-    INSERT INTO messages (id, conversation_id, seq, sender_id, content, client_msg_id, created_at)
+    INSERT INTO messages
+        (id, conversation_id, seq, sender_id, content, client_msg_id, created_at, mentions)
     SELECT s.id, s.conversation_id,
            b.base + row_number() OVER (PARTITION BY s.conversation_id ORDER BY s.ord),
-           s.sender_id, s.content, s.client_msg_id, $6
+           s.sender_id, s.content, s.client_msg_id, $6, s.mentions::json
     FROM sends AS s LEFT JOIN bumped AS b ON b.id = s.conversation_id
     RETURNING id, conversation_id, sender_id, seq
 ),
@@ -140,6 +169,7 @@ async def insert_in_one_statement(
             lease.node_id,
             lease.until,
             lease.job_id,
+            [None if s.mentions is None else _json(s.mentions) for s in sends],
         )
     except asyncpg.IntegrityConstraintViolationError:
         return False
@@ -180,10 +210,20 @@ async def insert_in_transaction(
             )
             next_seq[send.conversation_id] += 1
         rows = [message_dict(send) for send in sends]
-        inserted = await conn.execute(
-            insert(_messages).on_conflict_do_nothing().returning(_messages.c.id), rows
-        )
-        if len(inserted.all()) != len(rows):
+        # A message that names nobody leaves mentions out (SQL NULL, not JSON null), so
+        # those with mentions go in a statement of their own.
+        named = [row for row in rows if row["mentions"]]
+        plain = [row for row in rows if not row["mentions"]]
+        for row in plain:
+            del row["mentions"]
+        stored = 0
+        for group in (named, plain):
+            if group:
+                inserted = await conn.execute(
+                    insert(_messages).on_conflict_do_nothing().returning(_messages.c.id), group
+                )
+                stored += len(inserted.all())
+        if stored != len(rows):
             raise Repeated
         # A sender has read their own conversation up to what they just sent.
         read_up_to: dict[tuple[str, int], int] = {}
@@ -207,6 +247,10 @@ async def insert_in_transaction(
                 lease_until=lease.until,
             )
         )
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
 async def find_originals(

@@ -141,7 +141,9 @@ class PushAttempt(Base):
 class PushDecision(Base):
     """Why a recipient was or was not pushed for messages `first_seq` to `last_seq` of a
     conversation: one row for a run of messages with the same reason, so a busy chat
-    between people who are looking costs a row per flush, not one per message.
+    between people who are looking costs a row per flush, not one per message. A run
+    may span the recipient's own messages (never theirs to be pushed), so a two-way chat
+    is not broken into a row per reply.
 
     reason: sent, online, muted, notify_level, quiet_hours, read_before_delay, no_device
     (deliveries, with their outcomes, are in push_attempts).
@@ -153,7 +155,7 @@ class PushDecision(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     user_id: Mapped[int] = mapped_column(Integer)
     conversation_id: Mapped[str] = mapped_column(String(36))
-    # Set when the row is about one message.
+    # Set when the row decides one message: that message.
     message_id: Mapped[str | None] = mapped_column(String(36))
     first_seq: Mapped[int] = mapped_column(Integer)
     last_seq: Mapped[int] = mapped_column(Integer)

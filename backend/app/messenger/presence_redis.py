@@ -47,10 +47,19 @@ class RedisPresence:
     as offline, so they get a push), and catches Redis up when it is back.
     """
 
-    def __init__(self, redis: Redis, settings: Settings, breaker: RedisBreaker) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        settings: Settings,
+        breaker: RedisBreaker,
+        keys: RedisKeys | None = None,
+        name: str = "presence",
+    ) -> None:
         self._redis = redis
         self._breaker = breaker
-        self._keys = keys = RedisKeys(settings.redis_prefix)
+        # Attention is this class again, over keys of its own (RedisKeys.attention).
+        self._keys = keys = keys or RedisKeys(settings.redis_prefix)
+        self._name = name
         self._node = node = settings.node_id
         self._ttl_ms = ttl_ms = round(settings.presence_ttl_seconds * 1000)
         self._heartbeat = settings.presence_heartbeat_seconds
@@ -88,7 +97,7 @@ class RedisPresence:
             await self._announce(*await self._resync())
         except REDIS_UNREACHABLE as exc:
             self._fail(exc)
-        self._task = asyncio.create_task(self._run(), name="presence-heartbeat")
+        self._task = asyncio.create_task(self._run(), name=f"{self._name}-heartbeat")
 
     def check_claims(self) -> None:
         """Refresh this node's claims now, not at the next heartbeat: Redis may have
@@ -252,7 +261,7 @@ class RedisPresence:
             self._registered = local
             self._down = False
             self._up_since = asyncio.get_running_loop().time()
-        log.debug("presence: users claimed node=%s users=%d", self._node, len(local))
+        log.debug("%s: users claimed node=%s users=%d", self._name, self._node, len(local))
         return came, gone
 
     async def _beat(self) -> list[int]:
@@ -272,7 +281,8 @@ class RedisPresence:
                 break
             dead, *users = result
             log.info(
-                "presence: took over dead node=%s offline=%d by node=%s",
+                "%s: took over dead node=%s offline=%d by node=%s",
+                self._name,
                 dead.decode(),
                 len(users),
                 self._node,
@@ -302,7 +312,7 @@ class RedisPresence:
                 self._fail(exc)
                 delay, retry = min(retry, self._heartbeat), min(retry * 2, RETRY_MAX)
             except Exception:
-                log.exception("presence: heartbeat failed node=%s", self._node)
+                log.exception("%s: heartbeat failed node=%s", self._name, self._node)
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancel that
             # stop() sends when the wake-up lands at the same moment.
             with contextlib.suppress(TimeoutError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
@@ -35,9 +36,17 @@ class _Waiting:
 
 
 class ReadMarks:
-    def __init__(self, engine: AsyncEngine, fanout: Fanout) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        fanout: Fanout,
+        on_moved: Callable[[int, str, int], None] | None = None,
+    ) -> None:
         self._engine = engine
         self._fanout = fanout
+        # Told (user, conversation, seq) of each mark that moved; it must not wait (the
+        # push clearing queues its work).
+        self._on_moved = on_moved
         self._waiting: dict[tuple[int, str], _Waiting] = {}
         self._writers: dict[tuple[int, str], asyncio.Task[None]] = {}
 
@@ -71,6 +80,8 @@ class ReadMarks:
                 try:
                     moved = await self._move(user_id, conversation_id, waiting.seq)
                     if moved:
+                        if self._on_moved is not None:
+                            self._on_moved(user_id, conversation_id, waiting.seq)
                         frame = {
                             "type": "read",
                             "conversation_id": conversation_id,

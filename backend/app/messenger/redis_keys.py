@@ -12,6 +12,8 @@ Keys, all under the configured prefix P:
   P nodes        sorted set: node id -> expiry (ms) of the node's last heartbeat.
   P seen         hash: user -> last time (ms) a socket of theirs opened or closed.
   P node:<node>  the channel a node listens on for the frames of its sockets.
+  P a:...        attention: the same presence keys again (a:o:, a:u:, a:n:, a:nodes,
+                 a:seen), counting only the sockets whose client is active (not idle).
 Scripts get the prefixes they complete with an id as arguments, so this module alone
 knows the layout. (One Redis, not Redis Cluster: the scripts touch keys they compute.)
 """
@@ -35,6 +37,7 @@ class RedisKeys:
     """The key and channel names of one deployment, under its prefix."""
 
     def __init__(self, prefix: str) -> None:
+        self._prefix = prefix
         self.nodes = f"{prefix}nodes"
         self.seen = f"{prefix}seen"
         # Completed with a user or node id, here or in a script.
@@ -42,6 +45,10 @@ class RedisKeys:
         self.claims_prefix = f"{prefix}u:"
         self.held_prefix = f"{prefix}n:"
         self.channel_prefix = f"{prefix}node:"
+
+    def attention(self) -> RedisKeys:
+        """The keys of attention: presence's layout, for the users' active sockets."""
+        return RedisKeys(f"{self._prefix}a:")
 
     def online(self, user_id: int) -> str:
         """Present while some live node holds a socket of the user."""

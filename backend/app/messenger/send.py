@@ -17,6 +17,7 @@ from app.errors import ApiError
 from app.jsonutil import dumps
 from app.messenger.blocks import Blocks
 from app.messenger.fanout import Fanout
+from app.messenger.mentions import Mentions
 from app.messenger.participants import ParticipantCache
 from app.messenger.writer import MessageWriter, Written
 from app.ratelimit import RateLimiter
@@ -39,6 +40,7 @@ class Sender:
         writer: MessageWriter,
         fanout: Fanout,
         blocks: Blocks,
+        mentions: Mentions,
     ) -> None:
         self._max_length = settings.max_message_length
         self._rate = settings.send_rate_per_second
@@ -48,6 +50,7 @@ class Sender:
         self._writer = writer
         self._fanout = fanout
         self._blocks = blocks
+        self._mentions = mentions
 
     async def accept(
         self, sender_id: int, conversation_id: str, content: str, client_msg_id: str | None
@@ -65,12 +68,24 @@ class Sender:
             )
         participants = await self._participants.of_member(sender_id, conversation_id)
         await self._blocks.check_send(sender_id, conversation_id, participants)
+        # Only content with an "@" can name anyone: the rest never awaits the lookup.
+        mentions = None
+        if "@" in content:
+            mentions = await self._mentions.resolve(
+                sender_id, conversation_id, content, participants
+            )
         self._writer.check_room()  # before the flood check takes a token
         # The flood check goes to Redis without waiting here: the writer waits for its
         # answer just before writing, so a socket's next frame is read meanwhile.
         flood_check = self._limiter.start_hit(f"send:{sender_id}", self._rate, self._burst)
         written = self._writer.submit(
-            conversation_id, sender_id, content, client_msg_id, participants, flood_check
+            conversation_id,
+            sender_id,
+            content,
+            client_msg_id,
+            participants,
+            flood_check,
+            mentions=mentions,
         )
         return Accepted(participants, written)
 

@@ -23,6 +23,7 @@ from app.auth import AccessClaims, InvalidToken
 from app.config import Settings
 from app.errors import ApiError, describe_unexpected, describe_validation_error
 from app.jsonutil import dumps
+from app.messenger.attention import SocketAttention
 from app.messenger.blocks import Blocks
 from app.messenger.contacts import Contacts, presence_frame
 from app.messenger.fanout import Fanout
@@ -68,6 +69,14 @@ class PingFrame(BaseModel):
     type: Literal["ping"]
 
 
+class ActivityFrame(BaseModel):
+    """Whether the person is looking at this client: `idle` when its tab is hidden or
+    untouched; a socket that never said counts as active."""
+
+    type: Literal["activity"]
+    state: Literal["active", "idle"]
+
+
 class AuthFrame(BaseModel):
     """The socket's first frame when it was opened without a token; later, a fresh token
     that keeps it open past the current one's expiry."""
@@ -78,10 +87,11 @@ class AuthFrame(BaseModel):
 
 Frame = TypeAdapter(
     Annotated[
-        SendFrame | TypingFrame | ReadFrame | PingFrame | AuthFrame, Field(discriminator="type")
+        SendFrame | TypingFrame | ReadFrame | PingFrame | AuthFrame | ActivityFrame,
+        Field(discriminator="type"),
     ]
 )
-KNOWN_TYPES = {"message.send", "typing", "read", "ping", "auth"}
+KNOWN_TYPES = {"message.send", "typing", "read", "ping", "auth", "activity"}
 PONG = dumps({"type": "pong"})
 
 
@@ -109,7 +119,9 @@ class SocketEndpoint:
         fanout: Fanout,
         socket_auth: SocketAuth,
         blocks: Blocks,
+        attention: Presence,
     ) -> None:
+        self._attention = attention
         self._socket_auth = socket_auth
         self._blocks = blocks
         self._settings = settings
@@ -153,10 +165,12 @@ class SocketEndpoint:
         # sees the socket open (and catches up from history), other nodes route frames here.
         came_online = await self._presence.socket_opened(user_id)
         conn = Connection(ws, user_id, write_frames)
+        conn.attention = attention = SocketAttention(self._attention, user_id)
         self._hub.add(conn)
         self._socket_auth.watch(conn, claims, token)
         metrics.websocket_connections.inc()
         try:
+            await attention.open()
             if by_frame:
                 conn.send(auth_ok_frame(claims))  # the client may now catch up from history
             else:
@@ -173,8 +187,11 @@ class SocketEndpoint:
         finally:
             self._socket_auth.forget(conn)
             self._hub.remove(conn)
-            if await self._presence.socket_closed(user_id):
-                await self._contacts.announce(user_id, online=False)
+            try:
+                await attention.close()
+            finally:
+                if await self._presence.socket_closed(user_id):
+                    await self._contacts.announce(user_id, online=False)
             await conn.finish()
             metrics.websocket_connections.dec()
             log.debug("socket closed user=%s conn=%s", user_id, conn.id)
@@ -253,6 +270,9 @@ class SocketEndpoint:
             await reads.mark(frame.conversation_id, frame.seq, participants)
         elif isinstance(frame, PingFrame):
             conn.send(PONG)
+        elif isinstance(frame, ActivityFrame):
+            if conn.attention is not None:
+                await conn.attention.report(frame.state == "active")
         elif isinstance(frame, AuthFrame):
             try:
                 claims = await self._socket_auth.renew(conn, frame.access_token)

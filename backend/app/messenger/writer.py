@@ -52,6 +52,8 @@ class _Send:
     # seconds to wait; a send refused, or whose check failed, is not written and its
     # future gets the error.
     flood_check: asyncio.Future[float] | None = field(default=None, repr=False)
+    # The participants the content names (mentions.Mentions); None: nobody.
+    mentions: list[int] | None = None
     # Filled in by the store when written (message_dict of an unwritten send is meaningless).
     id: str = ""
     seq: int = 0
@@ -113,6 +115,7 @@ class MessageWriter:
         client_msg_id: str | None,
         participants: frozenset[int],
         flood_check: asyncio.Future[float] | None = None,
+        mentions: list[int] | None = None,
     ) -> asyncio.Future[Written]:
         """Queue a send; its future answers once committed, or with 503 `unavailable` when
         the database could not commit it. A conversation's sends are committed in the
@@ -122,7 +125,14 @@ class MessageWriter:
         self.check_room()
         future: asyncio.Future[Written] = asyncio.get_running_loop().create_future()
         send = _Send(
-            conversation_id, sender_id, content, client_msg_id, participants, future, flood_check
+            conversation_id,
+            sender_id,
+            content,
+            client_msg_id,
+            participants,
+            future,
+            flood_check,
+            mentions,
         )
         self._lanes[hash(conversation_id) % len(self._lanes)].add(send)
         return future

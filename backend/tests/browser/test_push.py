@@ -183,7 +183,11 @@ async def test_enable_notifications_registers_the_browser_and_pushes_reach_it(
     assert "Notification displayed" in await driver.deliver(payload)
     [shown] = await shown_notifications(page, cid)
     assert (shown["title"], shown["body"]) == ("Max • Max", "Are you there, Lena?")
-    assert shown["data"] == {"url": f"{web_node.url}/?conversation={cid}", "conversation_id": cid}
+    assert {k: shown["data"][k] for k in ("url", "conversation_id", "seq")} == {
+        "url": f"{web_node.url}/?conversation={cid}",
+        "conversation_id": cid,
+        "seq": 1,
+    }
 
 
 async def test_pushes_show_replace_and_skip_the_chat_on_screen(
@@ -210,6 +214,9 @@ async def test_pushes_show_replace_and_skip_the_chat_on_screen(
     assert shown["data"] == {
         "url": f"{base}/?conversation={with_pete}",
         "conversation_id": with_pete,
+        "seq": 1,
+        "count": 1,
+        "action_token": None,  # none in this payload: no Reply or Mark as read then
     }
 
     # A second one for the same conversation replaces it.
@@ -375,14 +382,26 @@ async def test_notification_click_choices(
             "body": "hi",
             "tag": "c1",
             "renotify": True,
-            "data": {"url": target, "conversation_id": "c1"},
+            "data": {
+                "url": target,
+                "conversation_id": "c1",
+                "seq": 3,
+                "count": 1,
+                "action_token": None,
+            },
         },
         "bare": {
             "title": "New message",
             "body": "",
             "tag": None,
             "renotify": False,
-            "data": {"url": base + "/", "conversation_id": None},
+            "data": {
+                "url": base + "/",
+                "conversation_id": None,
+                "seq": None,
+                "count": 1,
+                "action_token": None,
+            },
         },
         "ids": ["abc", None, "a/b"],
     }

@@ -130,8 +130,9 @@ def sample_notification(**overrides: Any) -> Notification:
         },
         "conversation_id": conversation_id,
         "message_id": message_id,
-        "url": f"http://127.0.0.1:8000/#/c/{conversation_id}",
+        "url": f"http://127.0.0.1:8000/?conversation={conversation_id}",
         "badge": 3,
+        "seq": 7,
     }
     fields.update(overrides)
     return Notification(**fields)

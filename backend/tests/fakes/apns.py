@@ -153,6 +153,7 @@ class FakeAPNs:
         try:
             token, jwt_header, claims = self._check_request(headers)
             payload = self._check_payload(body)
+            _check_push_type(headers, payload)
         except APNsError as exc:
             return exc.status, exc.reason
         record = Received(token, 0, headers, payload, jwt_header, claims)
@@ -230,6 +231,21 @@ class FakeAPNs:
         if not isinstance(payload, dict) or not isinstance(payload.get("aps"), dict):
             raise APNsError(400, "BadPayload")
         return payload
+
+
+def _check_push_type(headers: dict[str, str], payload: dict[str, Any]) -> None:
+    """Apple's rules for a background push: apns-priority 5 (10 is refused), and an aps
+    of content-available 1 that asks for nothing the user would see or hear."""
+    aps = payload["aps"]
+    if headers.get("apns-push-type") == "background":
+        if headers.get("apns-priority") != "5":
+            raise APNsError(400, "BadPriority")
+        if aps.get("content-available") != 1 or {"alert", "sound"} & aps.keys():
+            raise APNsError(400, "BadPayload")
+    elif aps.get("content-available") == 1 and not {"alert", "sound"} & aps.keys():
+        # Apple: priority 10 is an error for a push that only wakes the app.
+        if headers.get("apns-priority", "10") == "10":
+            raise APNsError(400, "BadPriority")
 
 
 class _H2Server(asyncio.Protocol):

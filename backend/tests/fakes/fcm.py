@@ -54,6 +54,36 @@ _ANDROID_FIELDS = {
     "fcm_options",
     "direct_boot_ok",
 }
+# AndroidNotification's fields (the ones a server may set).
+_ANDROID_NOTIFICATION_FIELDS = {
+    "title",
+    "body",
+    "icon",
+    "color",
+    "sound",
+    "tag",
+    "click_action",
+    "body_loc_key",
+    "body_loc_args",
+    "title_loc_key",
+    "title_loc_args",
+    "channel_id",
+    "ticker",
+    "sticky",
+    "event_time",
+    "local_only",
+    "notification_priority",
+    "default_sound",
+    "default_vibrate_timings",
+    "default_light_settings",
+    "vibrate_timings",
+    "visibility",
+    "notification_count",
+    "light_settings",
+    "image",
+    "bypass_proxy_notification",
+    "proxy",
+}
 _RESERVED_DATA_KEYS = {"from", "notification", "message_type"}
 _TTL_RE = re.compile(r"^\d+(\.\d{1,9})?s$")
 
@@ -270,7 +300,15 @@ def _validate(body: Any) -> dict[str, Any]:
             "Invalid value at 'message.android.ttl' (type.googleapis.com/google.protobuf.Duration)",
             "message.android.ttl",
         )
-    _strings(android.get("notification", {}), "message.android.notification", numbers_ok=True)
+    android_notification = android.get("notification", {})
+    _only(android_notification, _ANDROID_NOTIFICATION_FIELDS, "message.android.notification")
+    _strings(android_notification, "message.android.notification", numbers_ok=True)
+    count = android_notification.get("notification_count")
+    if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 0):
+        raise InvalidArgument(
+            "Invalid value at 'message.android.notification.notification_count' (TYPE_INT32)",
+            "message.android.notification.notification_count",
+        )
     apns = message.get("apns", {})
     _only(apns, {"headers", "payload", "fcm_options", "live_activity_token"}, "message.apns")
     _strings(apns.get("headers", {}), "message.apns.headers")
@@ -286,6 +324,20 @@ def _validate(body: Any) -> dict[str, Any]:
         raise InvalidArgument(
             "apns.payload must contain an 'aps' dictionary", "message.apns.payload"
         )
+    apns_headers = apns.get("headers", {})
+    if apns_headers.get("apns-push-type") == "background":
+        # FCM passes APNs' answer on: a background push needs priority 5 and an aps of
+        # content-available 1 without alert or sound (and no notification block here).
+        aps = apns.get("payload", {}).get("aps", {})
+        if (
+            apns_headers.get("apns-priority") != "5"
+            or aps.get("content-available") != 1
+            or {"alert", "sound"} & aps.keys()
+            or "notification" in message
+        ):
+            raise InvalidArgument(
+                "Request contains an invalid argument (APNs background push)", "message.apns"
+            )
     return message
 
 

@@ -9,6 +9,7 @@ APNS_ENDPOINT, dropping a timed-out request) is in apns_compat.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import ssl
 import uuid
@@ -30,14 +31,18 @@ from app.messenger.push.base import (
     Outcome,
     Result,
     collapse_id,
+    fitted,
 )
 
 log = logging.getLogger(__name__)
 
 # apns-id = uuid5(namespace, message:device): a retry carries the same id.
+# (A clear: uuid5 of its conversation and read mark, and the device.)
 _APNS_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "messenger:apns-id")
 # 410 is always a dead token; of the 400s, these two.
 _DEAD_400_REASONS = {"BadDeviceToken", "DeviceTokenNotForTopic"}
+# APNs refuses a larger payload (PayloadTooLarge); VoIP's 5 KB does not apply here.
+MAX_PAYLOAD_BYTES = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,17 +113,29 @@ class APNsProvider:
         client = self._client
         if client is None:
             raise RuntimeError("APNsProvider.send() before start()")
-        request = NotificationRequest(
-            device_token=device.token,
-            message=_payload(notification),
-            notification_id=apns_id(notification.message_id, device.id),
-            time_to_live=self._config.ttl_seconds,
-            priority=10,
-            push_type=PushType.ALERT,
-            # Every message is its own notification, grouped by thread-id; a second
-            # delivery of one message replaces the first (apns-collapse-id).
-            collapse_key=collapse_id(notification.message_id),
-        )
+        if notification.kind == "clear":
+            # A background push: no alert, no sound; the app takes the conversation's
+            # notification down and sets the badge. Apple requires priority 5 for it.
+            request = NotificationRequest(
+                device_token=device.token,
+                message=_clear_payload(notification),
+                notification_id=apns_id(notification.ref, device.id),
+                time_to_live=self._config.ttl_seconds,
+                priority=5,
+                push_type=PushType.BACKGROUND,
+            )
+        else:
+            request = NotificationRequest(
+                device_token=device.token,
+                message=_payload(fitted(notification, _size, MAX_PAYLOAD_BYTES)),
+                notification_id=apns_id(notification.ref, device.id),
+                time_to_live=self._config.ttl_seconds,
+                priority=10,
+                push_type=PushType.ALERT,
+                # One notification per conversation: the next replaces it (and says how
+                # many unread messages it stands for), as a second delivery of it does.
+                collapse_key=collapse_id(notification.conversation_id),
+            )
         try:
             async with asyncio.timeout(self._config.timeout_seconds):
                 response = await client.send_notification(request)
@@ -142,7 +159,7 @@ class APNsProvider:
             "apns %s device=%s message=%s apns_id=%s token=%s… status=%s error=%s",
             result.outcome,
             device.id,
-            notification.message_id,
+            notification.ref,
             request.notification_id,
             device.token[:8],
             result.status,
@@ -189,6 +206,17 @@ def _payload(notification: Notification) -> dict[str, Any]:
         aps["badge"] = notification.badge
     # Custom keys sit beside "aps", keeping their JSON types.
     return {**{k: v for k, v in notification.data.items() if k != "aps"}, "aps": aps}
+
+
+def _clear_payload(notification: Notification) -> dict[str, Any]:
+    aps: dict[str, Any] = {"content-available": 1}
+    if notification.badge is not None:
+        aps["badge"] = notification.badge  # the badge changes without anything shown
+    return {**{k: v for k, v in notification.data.items() if k != "aps"}, "aps": aps}
+
+
+def _size(notification: Notification) -> int:
+    return len(json.dumps(_payload(notification), ensure_ascii=False, default=str).encode())
 
 
 def _classify(response: NotificationResult) -> Result:

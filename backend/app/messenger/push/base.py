@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import logging
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -45,24 +47,78 @@ class Device:
 
 @dataclass(frozen=True, slots=True)
 class Notification:
-    """One message's notification for one recipient (the badge is theirs)."""
+    """What one device is pushed: a message's notification for its recipient (the
+    badge is theirs), the push that takes a conversation's notifications down again
+    ("clear"), or an operator's test. Built in push.notification, where the recipient's
+    preview setting and language are already applied to title, body and data."""
 
     title: str
     body: str
-    # {type: "message.new", conversation_id, message_id, sender_id, seq}, JSON types kept.
+    # Message: {type: "message.new", conversation_id, message_id, sender_id, seq}
+    # (preview "none": no sender_id); clear: {type: "clear", conversation_id, seq}.
+    # JSON types kept; FCM turns the values into strings.
     data: dict[str, Any]
     conversation_id: str
-    message_id: str
+    message_id: str  # "" for a clear
     # The conversation's page in the web client.
     url: str
-    badge: int | None = None
+    badge: int | None = None  # the recipient's unread total; None: leave the badge as is
+    kind: str = "message"  # "message" | "clear" | "test"
+    # Message: its seq. Clear: the conversation is read up to here.
+    seq: int | None = None
+    # Unread messages of the conversation this one notification stands for.
+    count: int = 1
+    preview: str = "full"  # "full" | "sender" | "none": what title/body/data show
+    locale: str = "en"  # the language of title, body and action labels
+
+    @property
+    def ref(self) -> str:
+        """What logs and stable per-device ids name it by: a message's id, or the
+        conversation and read mark of a clear."""
+        if self.kind == "message" or self.message_id:
+            return self.message_id
+        return f"{self.kind}:{self.conversation_id}:{self.seq}"
+
+
+def fitted(
+    notification: Notification, size: Callable[[Notification], int], limit: int
+) -> Notification:
+    """The notification with its body, then its title, cut short until `size` of it is
+    within `limit` bytes (a provider's payload limit). Cut at characters, so the UTF-8
+    stays whole; when nothing is left to cut it is returned as it is."""
+    while (over := size(notification) - limit) > 0:
+        if notification.body:
+            notification = replace(notification, body=_cut(notification.body, over))
+        elif notification.title:
+            notification = replace(notification, title=_cut(notification.title, over))
+        else:
+            break
+    return notification
+
+
+def _cut(text: str, over: int) -> str:
+    """`text` made at least `over` bytes shorter as JSON in UTF-8 (an escaped control
+    character counts six), ending in an ellipsis; "" when that leaves nothing."""
+    budget = _json_size(text) - over - len("…".encode())
+    kept, used = 0, 0
+    for char in text:
+        used += _json_size(char)
+        if used > budget:
+            break
+        kept += 1
+    return text[:kept].rstrip() + "…" if kept else ""
+
+
+def _json_size(text: str) -> int:
+    return len(json.dumps(text, ensure_ascii=False).encode()) - 2  # without the quotes
 
 
 def collapse_id(key: object) -> str:
-    """A provider's collapse id (APNs apns-collapse-id, a Web Push Topic) for a message or
-    conversation id: the same every time, so a second delivery replaces the first instead
-    of showing twice. Each provider collapses by what it shows as one notification: APNs
-    a message (grouped by thread-id), Android and browsers a conversation (their tag).
+    """A provider's collapse id (APNs apns-collapse-id, a Web Push Topic) for a
+    conversation id: the same every time, so the conversation's next notification (or a
+    second delivery of this one) replaces the one shown instead of showing twice. Every
+    provider shows a conversation as one notification, whatever number of unread
+    messages it stands for.
 
     32 URL-safe characters: a Web Push Topic's limit (RFC 8030 5.4), within APNs' 64 bytes.
     """

@@ -40,6 +40,7 @@ from app.messenger.push.base import (
     Outcome,
     Result,
     collapse_id,
+    fitted,
 )
 from app.messenger.push.retry_after import parse_retry_after
 
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 
 GOOGLE_ENDPOINT = "https://fcm.googleapis.com"
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
+# FCM's limit for a message's notification and data together.
+MAX_PAYLOAD_BYTES = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +179,7 @@ class FCMProvider:
             "fcm %s device=%s message=%s token=%s… status=%s retry_after=%s error=%s",
             result.outcome,
             device.id,
-            notification.message_id,
+            notification.ref,
             device.token[:8],
             result.status,
             result.retry_after,
@@ -185,37 +188,74 @@ class FCMProvider:
         return result
 
     def _message(self, device: Device, notification: Notification) -> dict[str, Any]:
+        if notification.kind == "clear":
+            return self._clear_message(device, notification)
+        notification = fitted(notification, _size, MAX_PAYLOAD_BYTES)
         tag = str(notification.conversation_id)
+        data = dict(notification.data)
+        android_notification: dict[str, Any] = {"tag": tag}
         aps: dict[str, Any] = {"thread-id": tag, "sound": "default"}
         if notification.badge is not None:
+            data["badge"] = notification.badge
+            # Android's launcher badge (where it shows a number), as iOS' aps.badge.
+            android_notification["notification_count"] = notification.badge
             aps["badge"] = notification.badge
         return {
             "fcm_token": device.token,
             "notification_title": notification.title,
             "notification_body": notification.body,
-            "data_payload": string_values(notification.data),
+            "data_payload": string_values(data),
             "android_config": {
                 "priority": "high",
                 "ttl": f"{self._config.ttl_seconds}s",
-                # While the device is offline, keep the newest message per conversation
-                # (FCM keeps at most four collapse keys per device: one per message would
-                # keep four arbitrary messages).
+                # While the device is offline, keep the newest push per conversation (FCM
+                # keeps at most four collapse keys per device).
                 "collapse_key": tag,
-                # One notification in the tray per conversation, replaced by the next (or
-                # by a second delivery of the same message).
-                "notification": {"tag": tag},
+                # One notification in the tray per conversation, replaced by the next,
+                # which says how many unread messages it stands for.
+                "notification": android_notification,
             },
-            # For iOS devices registered through FCM: a notification per message, so a
-            # second delivery of it replaces the first (as the APNs provider does).
+            # For iOS devices registered through FCM: as the APNs provider does.
             "apns_config": {
                 "headers": {
+                    "apns-push-type": "alert",
                     "apns-priority": "10",
-                    "apns-collapse-id": collapse_id(notification.message_id),
+                    "apns-collapse-id": collapse_id(notification.conversation_id),
                 },
                 "payload": {"aps": aps},
             },
             # For browsers registered through FCM: as the Web Push provider does.
             "webpush_config": {"headers": {"Topic": collapse_id(notification.conversation_id)}},
+        }
+
+    def _clear_message(self, device: Device, notification: Notification) -> dict[str, Any]:
+        """A data message, no notification block: the app takes the conversation's
+        notification down and sets its badge; nothing is shown."""
+        tag = str(notification.conversation_id)
+        data = dict(notification.data)
+        aps: dict[str, Any] = {"content-available": 1}
+        if notification.badge is not None:
+            data["badge"] = aps["badge"] = notification.badge
+        return {
+            "fcm_token": device.token,
+            "data_payload": string_values(data),
+            "android_config": {
+                # Normal, not high: Android reserves high priority for pushes that show
+                # something, and may demote an app whose high-priority pushes do not. A
+                # dozing phone gets it at its next wake-up, before anyone looks at it.
+                "priority": "normal",
+                "ttl": f"{self._config.ttl_seconds}s",
+                # Replaces the conversation's message push still waiting for the device.
+                "collapse_key": tag,
+            },
+            # iOS through FCM: a background push, as the APNs provider sends it.
+            "apns_config": {
+                "headers": {"apns-push-type": "background", "apns-priority": "5"},
+                "payload": {"aps": aps},
+            },
+            "webpush_config": {
+                "headers": {"Topic": collapse_id(notification.conversation_id), "Urgency": "normal"}
+            },
         }
 
     def _classify(self, response: requests.Response) -> Result:
@@ -270,6 +310,17 @@ def string_values(data: dict[str, Any]) -> dict[str, str]:
         for k, v in data.items()
         if v is not None
     }
+
+
+def _size(notification: Notification) -> int:
+    """About what FCM counts against its limit: the notification's texts and the data."""
+    return len(
+        json.dumps(
+            [notification.title, notification.body, string_values(notification.data)],
+            ensure_ascii=False,
+            default=str,
+        ).encode()
+    )
 
 
 def _error_body(response: requests.Response) -> dict[str, Any]:

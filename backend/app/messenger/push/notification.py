@@ -1,6 +1,13 @@
 """What a push says: a message's notification for one recipient's device, and the push
 that takes a conversation's notifications down again. Deciding who gets one is
 push.decision's job; speaking to a provider is the providers' (webpush, fcm, apns).
+
+One notification stands for all of a conversation's unread messages: every provider
+shows it in the conversation's place (tag, collapse id, thread), so the next one
+replaces it and says how many there are. The recipient's preview setting decides how
+much of the message leaves the server: its text ("full"), only who wrote it
+("sender"), or nothing but ids ("none": the payload passes through Google's and
+Apple's servers, and lands on a lock screen).
 """
 
 from __future__ import annotations
@@ -9,9 +16,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from app.messenger.push import texts
 from app.messenger.push.base import Device, Notification
 
 PREVIEW_LENGTH = 200
+# "<sender> • <conversation>": display names and titles are short, but a payload is
+# not the place for all of a 128 + 200 character pair.
+TITLE_LENGTH = 120
+PREVIEWS = ("full", "sender", "none")
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,9 +39,13 @@ class Recipient:
     locale: str = "en"
 
 
-def preview(content: str) -> str:
+def preview(content: str, length: int = PREVIEW_LENGTH) -> str:
+    """One line of at most `length` characters: whitespace runs (newlines included)
+    become one space, control and format characters go."""
     flat = " ".join(content.split())
-    return flat if len(flat) <= PREVIEW_LENGTH else flat[: PREVIEW_LENGTH - 1] + "…"
+    if not flat.isprintable():  # rare: look at each character, of a bounded stretch
+        flat = " ".join("".join(c for c in flat[: length * 4] if c.isprintable()).split())
+    return flat if len(flat) <= length else flat[: length - 1].rstrip() + "…"
 
 
 def message_notification(
@@ -40,20 +56,99 @@ def message_notification(
     recipient: Recipient,
     device: Device,
 ) -> Notification:
-    """The notification of a new message for one device of a recipient."""
-    conversation_id = message["conversation_id"]
+    """The notification of a new message (the latest unread of its conversation) for
+    one device of a recipient."""
+    conversation_id = str(message["conversation_id"])
+    locale = texts.locale_of(recipient.locale)
+    mode = recipient.preview if recipient.preview in PREVIEWS else "none"
+    count = max(1, recipient.unread_here)
+    data: dict[str, Any] = {
+        "type": "message.new",
+        "conversation_id": conversation_id,
+        "message_id": message["id"],
+        "sender_id": message["sender_id"],
+        "seq": message["seq"],
+    }
+    if mode == "none":
+        # Ids only: the service worker or app fetches the message itself, signed in.
+        del data["sender_id"]
+        heading = texts.text(locale, "hidden_title", count)
+        body = texts.text(locale, "hidden_body", count)
+    else:
+        heading = preview(f"{sender_name} • {title or sender_name}", TITLE_LENGTH)
+        if mode == "sender":
+            body = (
+                texts.text(locale, "new_messages", count)
+                if count > 1
+                else texts.text(locale, "new_message")
+            )
+        else:
+            line = preview(str(message["content"]))
+            body = (
+                texts.text(
+                    locale,
+                    "grouped_body",
+                    count=texts.text(locale, "new_messages", count),
+                    text=line,
+                )
+                if count > 1
+                else line
+            )
     return Notification(
-        title=f"{sender_name} • {title or sender_name}",
-        body=preview(message["content"]),
-        data={
-            "type": "message.new",
-            "conversation_id": conversation_id,
-            "message_id": message["id"],
-            "sender_id": message["sender_id"],
-            "seq": message["seq"],
-        },
+        title=heading,
+        body=body,
+        data=data,
         conversation_id=conversation_id,
-        message_id=message["id"],
-        url=f"{base_url}/?conversation={conversation_id}",
+        message_id=str(message["id"]),
+        url=conversation_url(base_url, conversation_id),
         badge=recipient.badge,
+        kind="message",
+        seq=message["seq"],
+        count=count,
+        preview=mode,
+        locale=locale,
     )
+
+
+def clear_notification(
+    conversation_id: str, seq: int, badge: int | None, locale: str = "en"
+) -> Notification:
+    """The push that takes down a conversation's notifications, read up to `seq`
+    elsewhere, and sets the badge to `badge`. It shows nothing: providers send it as a
+    data message (FCM) or a background push (APNs); the title is for a browser that
+    insists on showing something for every push."""
+    locale = texts.locale_of(locale)
+    conversation_id = str(conversation_id)
+    return Notification(
+        title=texts.text(locale, "cleared_title"),
+        body="",
+        data={"type": "clear", "conversation_id": conversation_id, "seq": seq},
+        conversation_id=conversation_id,
+        message_id="",
+        url="",
+        badge=badge,
+        kind="clear",
+        seq=seq,
+        count=0,
+        preview="none",
+        locale=locale,
+    )
+
+
+def operator_test_notification(base_url: str, locale: str = "en") -> Notification:
+    """The operator's test push (`make test-push`), in the user's language."""
+    locale = texts.locale_of(locale)
+    return Notification(
+        title=texts.text(locale, "test_title"),
+        body=texts.text(locale, "test_body"),
+        data={"type": "test"},
+        conversation_id="test",
+        message_id="test",
+        url=base_url.rstrip("/") + "/",
+        kind="test",
+        locale=locale,
+    )
+
+
+def conversation_url(base_url: str, conversation_id: str) -> str:
+    return f"{base_url}/?conversation={conversation_id}"

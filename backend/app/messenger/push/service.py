@@ -15,35 +15,50 @@ out and a node with room claims it.
 A recipient skipped because they looked online is remembered for a while (recheck);
 once presence says they are gone, the messages they have not read get a job of their
 own, written and held like any other, so a crash in between loses nothing.
+
+A recipient with a push delay gets a delayed job (push.jobs), claimed when it is due:
+the node that wrote it wakes then, and every node looks ahead for the next one due
+at each recovery round (after a restart, too). Every decision, with its reason, goes
+to push_decisions from the record loop (push.decision_log), never the send path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
+import time
 from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from sqlalchemy import delete, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import metrics
 from app.config import Settings
 from app.db import one_of, utcnow
 from app.messenger.message_store import Committed
-from app.messenger.models import DeviceToken, PushAttempt, PushJob
+from app.messenger.models import DeviceToken, PushAttempt, PushDecision, PushJob
 from app.messenger.presence import Presence
 from app.messenger.push.base import Outcome, Provider
 from app.messenger.push.decision import (
+    Candidate,
     PlannedPush,
+    decide,
     offline_recipients,
-    plan_for_offline,
     recipients,
 )
+from app.messenger.push.decision_log import ONLINE, DecisionLog
 from app.messenger.push.delivery import Delivery, RetryPolicy, deliver
-from app.messenger.push.jobs import CHUNK, load_committed
+from app.messenger.push.jobs import (
+    CHUNK,
+    delayed_jobs,
+    load_committed,
+    next_delayed,
+    write_delayed,
+)
 from app.messenger.push.providers import start_providers
 from app.messenger.push.recheck import Recheck
 
@@ -56,6 +71,8 @@ RECOVER_JOBS = 50  # jobs claimed per round (each holds up to one commit's messa
 PLAN_DELAY = 0.01  # seconds a committed message may wait to be planned with others
 RECORD_DELAY = 0.05  # seconds an outcome may wait to be written with others
 PLAN_ATTEMPTS = 3  # a batch whose planning fails this often in a row is let go
+DUE_MARGIN = 0.005  # seconds past a delayed job's time before it is claimed (lease_until < now)
+DUE_LIMIT = 10_000  # due times a node keeps waking for; the recovery round finds the rest
 
 # One message of one job.
 Item = tuple[str, str]
@@ -70,6 +87,8 @@ class Queued(NamedTuple):
     skip_done: bool
     # A re-check job's one recipient, pushed only while the message is unread; None: all.
     recipient: int | None
+    # A delayed job come due: the recipient's push delay is over.
+    after_delay: bool = False
 
     @property
     def item(self) -> Item:
@@ -116,6 +135,12 @@ class PushService:
         self.recheck = Recheck(settings, engine, presence, hold=self._hold_recheck)
         # Jobs being deleted as done right now: not lost when a renewal misses them.
         self._closing: set[str] = set()
+        # Every decision with its reason, waiting to be written by the record loop.
+        self.decisions = DecisionLog()
+        # When delayed jobs are due (time.time()), soonest first; and the same as a set.
+        self._due: list[float] = []
+        self._due_set: set[float] = set()
+        self._due_changed = asyncio.Event()
 
     @property
     def providers(self) -> Mapping[str, Provider]:
@@ -132,6 +157,7 @@ class PushService:
             asyncio.create_task(self._plan_loop(), name="push-plan"),
             asyncio.create_task(self._record_loop(), name="push-record"),
             asyncio.create_task(self._lease_loop(), name="push-lease"),
+            asyncio.create_task(self._due_loop(), name="push-due"),
         ]
         await self.recheck.start()
 
@@ -147,7 +173,7 @@ class PushService:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._deliveries, return_exceptions=True)
         with contextlib.suppress(Exception):
-            await self._record()
+            await self._record(force=True)
         if self._own_providers:
             for provider in self._providers.values():
                 with contextlib.suppress(Exception):
@@ -172,10 +198,11 @@ class PushService:
         committed: Iterable[Committed],
         skip_done: bool,
         recipient: int | None = None,
+        after_delay: bool = False,
     ) -> None:
         """The one way a job reaches this node's push work: committed here, claimed, or
         written by the re-check."""
-        queued = [Queued(job_id, c, skip_done, recipient) for c in committed]
+        queued = [Queued(job_id, c, skip_done, recipient, after_delay) for c in committed]
         if not queued:
             return
         self._jobs[job_id] = {q.committed.message["id"] for q in queued}
@@ -184,9 +211,13 @@ class PushService:
 
     # -- taking up jobs left behind ---------------------------------------------------
 
+    def _busy(self) -> bool:
+        return self._room.locked() or len(self._queue) >= BATCH
+
     async def recover(self) -> int:
-        """Claim jobs whose lease ran out and queue them; how many were claimed."""
-        if self._room.locked() or len(self._queue) >= BATCH:
+        """Claim jobs whose lease ran out (or delayed ones now due) and queue them; how
+        many were claimed."""
+        if self._busy():
             return 0  # busy: leave them to a node with room (or to a later round)
         now = utcnow()
         expired = (
@@ -198,31 +229,40 @@ class PushService:
         )
         async with self._engine.begin() as conn:
             claimed = [
-                (r.id, r.message_ids, r.recipient_id)
+                (r.id, r.message_ids, r.recipient_id, bool(r.after_delay))
                 for r in await conn.execute(
                     update(PushJob)
                     .where(_jobs.c.id.in_(expired), _jobs.c.lease_until < now)
                     .values(claimed_by=self._node, lease_until=self._lease_end())
-                    .returning(_jobs.c.id, _jobs.c.message_ids, _jobs.c.recipient_id)
+                    .returning(
+                        _jobs.c.id, _jobs.c.message_ids, _jobs.c.recipient_id, _jobs.c.after_delay
+                    )
                 )
                 # One of ours whose renewal came late: held already, now renewed.
                 if r.id not in self._jobs
             ]
             if not claimed:
                 return 0
-            committed = await load_committed(conn, [m for _, ids, _ in claimed for m in ids])
+            committed = await load_committed(conn, [m for _, ids, _, _ in claimed for m in ids])
             # A job whose messages are all gone (their conversation deleted) has nothing left.
-            empty = [job_id for job_id, ids, _ in claimed if not any(m in committed for m in ids)]
+            empty = [job for job, ids, _, _ in claimed if not any(m in committed for m in ids)]
             if empty:
                 await conn.execute(delete(PushJob).where(_jobs.c.id.in_(empty)))
-        for job_id, ids, recipient in claimed:
+        for job_id, ids, recipient, after_delay in claimed:
             self._take(
-                job_id, [committed[m] for m in ids if m in committed], True, recipient=recipient
+                job_id,
+                [committed[m] for m in ids if m in committed],
+                True,
+                recipient=recipient,
+                after_delay=after_delay,
             )
-        metrics.push_jobs_recovered.inc(len(claimed))
+        delayed = sum(1 for *_, after_delay in claimed if after_delay)
+        if len(claimed) > delayed:
+            metrics.push_jobs_recovered.inc(len(claimed) - delayed)
         log.info(
-            "push jobs recovered jobs=%d messages=%d node=%s",
-            len(claimed),
+            "push jobs claimed recovered=%d delayed=%d messages=%d node=%s",
+            len(claimed) - delayed,
+            delayed,
             len(committed),
             self._node,
         )
@@ -238,9 +278,53 @@ class PushService:
             try:
                 await self._renew()
                 await self.recover()
+                await self._look_ahead()
             except Exception:
                 log.exception("push lease loop failed node=%s", self._node)
             await asyncio.sleep(interval)
+
+    # -- delayed pushes -------------------------------------------------------------------
+
+    def _wake_at(self, at: float) -> None:
+        """Claim delayed jobs at `at` (time.time())."""
+        if at in self._due_set or len(self._due) >= DUE_LIMIT:
+            return
+        heapq.heappush(self._due, at)
+        self._due_set.add(at)
+        if self._due[0] == at:
+            self._due_changed.set()
+
+    async def _look_ahead(self) -> None:
+        """Wake for the next delayed job due, whichever node wrote it (or before a restart)."""
+        async with self._engine.connect() as conn:
+            due = await next_delayed(conn)
+        if due is not None:
+            self._wake_at(due.timestamp())
+
+    async def _due_loop(self) -> None:
+        """Claim delayed jobs as they come due, rather than at the next recovery round."""
+        while True:
+            self._due_changed.clear()
+            if not self._due:
+                await self._due_changed.wait()
+                continue
+            wait = self._due[0] + DUE_MARGIN - time.time()
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._due_changed.wait()
+                continue
+            now = time.time()
+            while self._due and self._due[0] + DUE_MARGIN <= now:
+                self._due_set.discard(heapq.heappop(self._due))
+            try:
+                while await self.recover() >= RECOVER_JOBS:
+                    pass
+                if self._busy():
+                    self._wake_at(now + 1)  # those left wait for room a second
+            except Exception:
+                log.exception("claiming delayed push jobs failed node=%s", self._node)
+                self._wake_at(now + 1)
 
     async def _renew(self) -> None:
         """Renew the lease of every job held: queued, being planned, waiting for room,
@@ -316,33 +400,64 @@ class PushService:
 
     async def _plan(self, batch: list[Queued]) -> None:
         wanted = [self._wanted(q) for q in batch]
-        # Presence first, once for the whole batch: when every recipient is online (the
+        # Presence first, once for the whole batch: when every recipient is looking (the
         # common case under load) the database is not asked at all.
         offline = await offline_recipients(self._presence, set[tuple[str, int]]().union(*wanted))
-        for q, w in zip(batch, wanted, strict=True):
+        decisions = self.decisions
+        candidates: list[Candidate] = []
+        owners: list[int] = []  # the item each candidate is of
+        seen: set[tuple[str, int]] = set()
+        for i, (q, w) in enumerate(zip(batch, wanted, strict=True)):
             message = q.committed.message
-            self.recheck.skipped(
+            conversation_id, seq, message_id = (
                 message["conversation_id"],
                 message["seq"],
-                (u for c, u in w if (c, u) not in offline),
+                message["id"],
             )
-        reach = [w & offline for w in wanted]
+            # Everyone looking (the common case under load) costs a dictionary look-up per
+            # recipient: the re-check's and the decision log's.
+            away = w & offline if offline else ()
+            looking = [u for c, u in w if (c, u) not in away] if away else [u for _, u in w]
+            if looking:
+                self.recheck.skipped(conversation_id, seq, looking)
+                decisions.add_many(looking, conversation_id, seq, message_id, ONLINE)
+            decisions.own(message["sender_id"], conversation_id, seq)
+            for _, u in away:
+                # One message in two jobs of a batch (taken up again, re-checked): once.
+                if (message_id, u) not in seen:
+                    seen.add((message_id, u))
+                    candidates.append(Candidate(message, u, q.skip_done, q.after_delay))
+                    owners.append(i)
         plans: list[list[PlannedPush]] = [[] for _ in batch]
-        if any(reach):
+        if candidates:
             async with self._engine.connect() as conn:
-                for skip_done in (False, True):
-                    group = [
-                        i for i, q in enumerate(batch) if q.skip_done is skip_done and reach[i]
+                decided = await decide(
+                    conn, candidates, self._settings.public_base_url, self._providers
+                )
+            if decided.delayed:
+                await self._write_delayed(
+                    [
+                        (
+                            batch[owners[k]].job_id,
+                            candidates[k].user_id,
+                            candidates[k].message["id"],
+                            due,
+                        )
+                        for k, due in decided.delayed
                     ]
-                    if group:
-                        await self._plan_group(conn, batch, reach, group, skip_done, plans)
+                )
+            for d in decided.decisions:
+                decisions.add(d.user_id, d.conversation_id, d.seq, d.message_id, d.reason)
+            for k, plan in decided.pushes:
+                plans[owners[k]].append(plan)
         for q, item_plans in zip(batch, plans, strict=True):
             if item_plans:
                 self._in_flight[q.item] = len(item_plans)
             else:
                 self._finished.append(q.item)
         self._flush.set()
-        # Re-checks are left out of the commit-to-accepted time: they waited on purpose.
+        # Re-checks and delayed pushes are left out of the commit-to-accepted time: they
+        # waited on purpose.
         committed_at = {
             q.committed.message["id"]: q.committed.message["created_at"].timestamp()
             for q in batch
@@ -356,38 +471,15 @@ class PushService:
                     break
                 await self._start_delivery(q.item, plan, committed_at)
 
-    async def _plan_group(
-        self,
-        conn: AsyncConnection,
-        batch: list[Queued],
-        reach: list[set[tuple[str, int]]],
-        group: list[int],
-        skip_done: bool,
-        plans: list[list[PlannedPush]],
-    ) -> None:
-        """Plan these items together, then hand each plan to the item it is for."""
-        messages = {batch[i].committed.message["id"]: batch[i].committed.message for i in group}
-        participants = {
-            batch[i].committed.message["conversation_id"]: batch[i].committed.participants
-            for i in group
-        }
-        owner: dict[tuple[str, int], int] = {}
-        for i in group:
-            for _, user_id in reach[i]:
-                owner.setdefault((batch[i].committed.message["id"], user_id), i)
-        planned = await plan_for_offline(
-            conn,
-            list(messages.values()),
-            participants,
-            set[tuple[str, int]]().union(*(reach[i] for i in group)),
-            self._settings.public_base_url,
-            skip_done=skip_done,
-        )
-        for plan in planned:
-            # Devices whose provider is off are left alone (that was said once, at start).
-            i_owner = owner.get((plan.message_id, plan.device.user_id))
-            if i_owner is not None and plan.device.provider in self._providers:
-                plans[i_owner].append(plan)
+    async def _write_delayed(self, waiting: list[tuple[str, int, str, datetime]]) -> None:
+        """Write delayed jobs for (job, recipient, message, due) before the job they came
+        from can be done, and wake when they are due."""
+        rows = delayed_jobs(waiting, utcnow())
+        async with self._engine.begin() as conn:
+            await write_delayed(conn, rows)
+        for row in rows:
+            self._wake_at(row["lease_until"].timestamp())
+        log.info("push delayed jobs=%d messages=%d node=%s", len(rows), len(waiting), self._node)
 
     # -- delivering -----------------------------------------------------------------------
 
@@ -449,7 +541,14 @@ class PushService:
 
     async def _record_loop(self) -> None:
         while True:
-            await self._flush.wait()
+            due = self.decisions.next_due()
+            if due is None:
+                await self._flush.wait()
+            elif not self._flush.is_set():
+                # Nothing else to write: wake when the oldest open run of decisions is due.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(due):
+                        await self._flush.wait()
             # Let a burst gather: one transaction for many outcomes and finished jobs,
             # not one per push or per message batch.
             await asyncio.sleep(RECORD_DELAY)
@@ -461,11 +560,15 @@ class PushService:
                 await asyncio.sleep(1)
                 self._flush.set()
 
-    async def _record(self) -> None:
-        """Write outcomes, update devices, delete finished jobs: a few statements for all."""
+    async def _record(self, force: bool = False) -> None:
+        """Write outcomes and decisions, update devices, delete finished jobs: a few
+        statements for all. `force`: every decision, the open runs too (stopping)."""
+        for reason, count in self.decisions.counts().items():
+            metrics.push_decisions.labels(reason).inc(count)
         outcomes, self._outcomes = self._outcomes, []
         finished, self._finished = self._finished, []
-        if not outcomes and not finished:
+        decided = self.decisions.take(force)
+        if not outcomes and not finished and not decided:
             return
         now = utcnow()
         done = self._jobs_done(finished)
@@ -486,9 +589,15 @@ class PushService:
                                 "latency_ms": d.latency_ms,
                                 "error": d.error[:500] if d.error else None,
                                 "created_at": now,
+                                "conversation_id": plan.conversation_id,
+                                "seq": plan.seq,
                             }
                             for plan, d in outcomes
                         ],
+                    )
+                if decided:
+                    await conn.execute(
+                        insert(PushDecision), [{**row, "created_at": now} for row in decided]
                     )
                 delivered = {p.device.id for p, d in outcomes if d.outcome == Outcome.DELIVERED}
                 dead = {p.device.id for p, d in outcomes if d.outcome == Outcome.DEAD_TOKEN}
@@ -517,6 +626,14 @@ class PushService:
             # Put them back so the next flush tries again.
             self._outcomes[:0] = outcomes
             self._finished[:0] = finished
+            dropped = self.decisions.dropped
+            self.decisions.restore(decided)
+            if self.decisions.dropped > dropped:
+                log.warning(
+                    "push decisions dropped count=%d node=%s (not written in time)",
+                    self.decisions.dropped - dropped,
+                    self._node,
+                )
             raise
         finally:
             self._closing = set()

@@ -5,6 +5,11 @@ payload for it and py_vapid signs a VAPID JWT for the endpoint's origin; the POS
 ours, through one shared aiohttp session, because the endpoint is chosen by a client:
 it must be a known push service (endpoints.py), redirects are not followed, and an
 answer is read only up to a few KiB, never decompressed.
+
+The payload is what the service worker (frontend/sw.js) reads; being end-to-end
+encrypted to the browser, it is the one provider's payload that may carry an action
+token (app.messenger.action_tokens): what lets the worker reply to, or mark read, the
+conversation of its notification without a session.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from py_vapid import Vapid
 from pywebpush import WebPusher, WebPushException
 
 from app.config import ConfigError
+from app.messenger.action_tokens import issue_action_token
+from app.messenger.push import texts
 from app.messenger.push.base import (
     LOG_LEVEL,
     Device,
@@ -35,6 +42,7 @@ from app.messenger.push.base import (
     Outcome,
     Result,
     collapse_id,
+    fitted,
 )
 from app.messenger.push.endpoints import (
     EndpointPolicy,
@@ -51,6 +59,10 @@ log = logging.getLogger(__name__)
 # reading them to the end keeps the connection reusable, and nothing more is needed.
 MAX_ANSWER_BYTES = 4096
 VAPID_EXPIRY_SECONDS = 12 * 3600
+# A push service takes at most 4096 bytes of body (RFC 8030 7.2); aes128gcm adds 86
+# bytes of header, a 16-byte tag and a 1-byte delimiter to the plaintext (RFC 8291).
+MAX_BODY_BYTES = 4096
+MAX_PAYLOAD_BYTES = MAX_BODY_BYTES - 86 - 16 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +76,8 @@ class WebPushConfig:
     # Which endpoints may be contacted; the default allows the known push services only.
     endpoints: EndpointPolicy = field(default_factory=EndpointPolicy)
     per_host_concurrency: int = 100
+    # Signs the action tokens of message pushes (the node's signing key); "": none.
+    action_key: str = ""
 
 
 class WebPushProvider:
@@ -131,7 +145,7 @@ class WebPushProvider:
         service = target.origin
         try:
             async with asyncio.timeout(self._config.timeout_seconds):
-                result = await self._post(self._session, target, subscription, notification)
+                result = await self._post(self._session, target, subscription, device, notification)
         except WebPushException as exc:  # raised before sending: the keys are unusable
             result = Result(Outcome.DEAD_TOKEN, error=exc.message[:200])
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -149,9 +163,11 @@ class WebPushProvider:
         session: aiohttp.ClientSession,
         target: PushTarget,
         subscription: dict[str, Any],
+        device: Device,
         notification: Notification,
     ) -> Result:
-        body = WebPusher(subscription).encode(_payload(notification).encode(), "aes128gcm")["body"]
+        payload = self.payload(device, notification)
+        body = WebPusher(subscription).encode(payload.encode(), "aes128gcm")["body"]
         claims = {
             "sub": self._config.subject,
             "aud": target.origin,
@@ -160,7 +176,10 @@ class WebPushProvider:
         headers = {
             **self._vapid.sign(claims),
             "TTL": str(self._config.ttl_seconds),
-            "Urgency": "high",
+            # A clear may wait for the device to wake; a message should not.
+            "Urgency": "normal" if notification.kind == "clear" else "high",
+            # A conversation's pushes replace each other while the browser is away, a
+            # clear included: nothing is shown for what was read in the meantime.
             "Topic": collapse_id(notification.conversation_id),
             "Content-Encoding": "aes128gcm",
             "Content-Type": "application/octet-stream",
@@ -171,6 +190,18 @@ class WebPushProvider:
             await _read_some(response)
             return _classify(response.status, response.reason, response.headers)
 
+    def payload(self, device: Device, notification: Notification) -> str:
+        """The JSON the service worker gets, within what a push service takes."""
+        token = None
+        if notification.kind == "message" and self._config.action_key:
+            token = issue_action_token(
+                self._config.action_key, device.user_id, device.id, notification.conversation_id
+            )
+        notification = fitted(
+            notification, lambda n: len(_payload(n, token).encode()), MAX_PAYLOAD_BYTES
+        )
+        return _payload(notification, token)
+
     def _log(
         self, device: Device, notification: Notification, result: Result, service: str
     ) -> Result:
@@ -179,7 +210,7 @@ class WebPushProvider:
             "web_push %s device=%s message=%s service=%s status=%s retry_after=%s error=%s",
             result.outcome,
             device.id,
-            notification.message_id,
+            notification.ref,
             service or "-",
             result.status,
             result.retry_after,
@@ -206,6 +237,7 @@ def from_settings(settings: Any) -> WebPushProvider | None:
             max_connections=settings.push_concurrency_for("web_push"),
             endpoints=EndpointPolicy.from_settings(settings),
             per_host_concurrency=settings.web_push_per_host_concurrency,
+            action_key=settings.signing_key,
         )
     )
 
@@ -235,15 +267,43 @@ def load_vapid_key(value: str) -> Vapid:
     return Vapid(private_key=key)
 
 
-def _payload(notification: Notification) -> str:
-    return json.dumps(
-        {
+def _payload(notification: Notification, action_token: str | None) -> str:
+    """{type: "message", title, body, data, tag, url, badge, count, lang, preview,
+    actions, action_token}; a clear: {type: "clear", tag, conversation_id, seq, badge,
+    title, lang}; a test: {type: "test", title, body, data, tag, url, lang}."""
+    tag = str(notification.conversation_id)
+    payload: dict[str, Any]
+    if notification.kind == "clear":
+        payload = {
+            "type": "clear",
+            "tag": tag,
+            "conversation_id": tag,
+            "seq": notification.seq,
+            "title": notification.title,
+        }
+    else:
+        payload = {
+            "type": notification.kind,
             "title": notification.title,
             "body": notification.body,
             "data": notification.data,
-            "tag": str(notification.conversation_id),
+            "tag": tag,
             "url": notification.url,
-        },
+        }
+    if notification.kind == "message":
+        payload["count"] = notification.count
+        payload["preview"] = notification.preview
+        payload["actions"] = [
+            {"action": "reply", "title": texts.text(notification.locale, "action_reply")},
+            {"action": "read", "title": texts.text(notification.locale, "action_read")},
+        ]
+        if action_token is not None:
+            payload["action_token"] = action_token
+    if notification.badge is not None:
+        payload["badge"] = notification.badge
+    payload["lang"] = notification.locale
+    return json.dumps(
+        payload,
         ensure_ascii=False,
         separators=(",", ":"),
         default=str,  # a stray UUID or datetime in data must not kill the push

@@ -1,0 +1,143 @@
+"""Mentions: which participants a message's content names.
+
+`@username` names that participant (usernames are stored lower-cased, so the match
+ignores case); a name that is no participant's is plain text. `@all` in a group names
+every participant, but only from a group admin. Participants have no roles yet, so a
+group's only admin is its creator (conversations.created_by) until roles come.
+
+Sends are many and mentions few: content without an "@" is never looked at, and the
+names and conversations looked up are cached (usernames, a conversation's type and
+creator never change), so a send pays a query only for a name this node has not seen.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from collections.abc import Collection
+from typing import TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.db import one_of
+from app.messenger.models import Conversation
+from app.models import User
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+_users = User.__table__
+_conversations = Conversation.__table__
+
+EVERYONE = "all"
+# Names a message may look up at most; the rest of a longer list is plain text.
+MAX_NAMES = 200
+# An "@" right after a letter, digit or one of ".+-_" is part of an e-mail address or a
+# word (bob@ann.com), not a mention. A name runs as far as a username's characters do.
+_MENTION = re.compile(r"(?<![\w.+@-])@([A-Za-z0-9_.-]{1,64})")
+# What a sentence may put right after a name ("@ann." "@bob-"): not part of it.
+_TRAILING = ".-"
+
+
+def mentioned_names(content: str) -> list[tuple[str, ...]]:
+    """What each `@name` token in the content could stand for, lower-cased, each token
+    once: the token itself and, when it ends in punctuation a username may also hold
+    ("@ann." at the end of a sentence), the token without it, in that order."""
+    tokens: dict[tuple[str, ...], None] = {}
+    for token in _MENTION.findall(content):
+        name = token.lower()
+        bare = name.rstrip(_TRAILING)
+        tokens[(name, bare) if bare and bare != name else (name,)] = None
+        if len(tokens) >= MAX_NAMES:
+            break
+    return list(tokens)
+
+
+class Mentions:
+    """Resolves the mentions of a send (see the module's note)."""
+
+    def __init__(self, engine: AsyncEngine, max_cached: int = 100_000) -> None:
+        self._engine = engine
+        self._dialect = engine.dialect.name
+        self._max_cached = max_cached
+        self._user_ids: OrderedDict[str, int] = OrderedDict()
+        # conversation id -> (type, created_by)
+        self._conversations: OrderedDict[str, tuple[str, int]] = OrderedDict()
+
+    async def resolve(
+        self, sender_id: int, conversation_id: str, content: str, participants: frozenset[int]
+    ) -> list[int] | None:
+        """The participants the content names, ascending; None when it names nobody."""
+        if "@" not in content:
+            return None
+        tokens = mentioned_names(content)
+        if not tokens:
+            return None
+        everyone = any(EVERYONE in token for token in tokens)
+        if everyone and await self._may_mention_everyone(sender_id, conversation_id):
+            return sorted(participants)
+        # `@all` is no one's name (from anyone but an admin it is plain text).
+        tokens = [tuple(n for n in token if n != EVERYONE) for token in tokens]
+        ids = await self._user_ids_of({name for token in tokens for name in token})
+        mentioned: set[int] = set()
+        for token in tokens:
+            # The longest name that is a participant's: "@ann." is "ann." if that is
+            # someone here, else "ann".
+            for name in token:
+                user_id = ids.get(name)
+                if user_id is not None and user_id in participants:
+                    mentioned.add(user_id)
+                    break
+        return sorted(mentioned) or None
+
+    async def _may_mention_everyone(self, sender_id: int, conversation_id: str) -> bool:
+        """Whether the sender is an admin of this group (for now: its creator). A direct
+        conversation has no `@all`."""
+        found = self._conversations.get(conversation_id)
+        if found is None:
+            async with self._engine.connect() as conn:
+                row = (
+                    await conn.execute(
+                        select(_conversations.c.type, _conversations.c.created_by).where(
+                            _conversations.c.id == conversation_id
+                        )
+                    )
+                ).first()
+            if row is None:
+                return False
+            found = (row.type, row.created_by)
+            _remember(self._conversations, conversation_id, found, self._max_cached)
+        kind, created_by = found
+        return kind == "group" and created_by == sender_id
+
+    async def _user_ids_of(self, names: Collection[str]) -> dict[str, int]:
+        """The ids of the users with these names (unknown names are left out)."""
+        ids: dict[str, int] = {}
+        missing: list[str] = []
+        for name in names:
+            user_id = self._user_ids.get(name)
+            if user_id is None:
+                missing.append(name)
+            else:
+                self._user_ids.move_to_end(name)
+                ids[name] = user_id
+        if missing:
+            # An unknown name is not remembered: someone may take it later.
+            async with self._engine.connect() as conn:
+                rows = await conn.execute(
+                    select(_users.c.id, _users.c.username).where(
+                        one_of(_users.c.username, missing, self._dialect)
+                    )
+                )
+                for row in rows:
+                    ids[row.username] = row.id
+                    _remember(self._user_ids, row.username, row.id, self._max_cached)
+        return ids
+
+
+def _remember(cache: OrderedDict[K, V], key: K, value: V, limit: int) -> None:
+    cache[key] = value
+    cache.move_to_end(key)
+    if len(cache) > limit:
+        cache.popitem(last=False)

@@ -1,0 +1,147 @@
+"""Reply and Mark as read from a Web Push notification, without a session.
+
+The service worker holds no access token; each notification's payload carries an action
+token (action_tokens) good for one user, device and conversation. These routes take it
+instead of an Authorization header, check that its device is still that user's and
+active, then go the same way as the REST send and read: the Sender (participant, blocks,
+size, flood limits) and the read marks.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from pydantic import BaseModel, Field, StrictInt, StrictStr, StringConstraints
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from app.config import Settings
+from app.errors import ApiError
+from app.jsonutil import JSONResponse
+from app.messenger.action_tokens import ActionClaims, InvalidActionToken, decode_action_token
+from app.messenger.models import DeviceToken
+from app.messenger.participants import ParticipantCache
+from app.messenger.reads import ReadMarks
+from app.messenger.send import Sender
+from app.models import MAX_ID
+from app.ratelimit import RateLimiter, too_many_requests
+from app.web import RequestReader
+
+log = logging.getLogger(__name__)
+_devices = DeviceToken.__table__
+
+# Far longer than any token we issue: a longer one is not ours, and is not decoded.
+MAX_ACTION_TOKEN = 2048
+
+
+class _ActionBody(BaseModel):
+    action_token: StrictStr | None = None
+
+
+class ReplyBody(_ActionBody):
+    content: StrictStr
+    client_msg_id: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+
+
+class ReadActionBody(_ActionBody):
+    seq: StrictInt = Field(ge=0, le=MAX_ID)
+
+
+def _refused() -> ApiError:
+    return ApiError(
+        401, "invalid_token", "the action token is invalid, expired, or its device is gone"
+    )
+
+
+class NotificationActionRoutes:
+    """/api/v1/messenger/notification-actions/{reply,read}."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        reader: RequestReader,
+        participants: ParticipantCache,
+        sender: Sender,
+        reads: ReadMarks,
+        limiter: RateLimiter,
+        settings: Settings,
+    ) -> None:
+        self._engine = engine
+        self._reader = reader
+        self._participants = participants
+        self._sender = sender
+        self._reads = reads
+        self._limiter = limiter
+        self._settings = settings
+
+    @property
+    def routes(self) -> list[Route]:
+        base = "/api/v1/messenger/notification-actions"
+        return [
+            Route(base + "/reply", self.reply, methods=["POST"]),
+            Route(base + "/read", self.read, methods=["POST"]),
+        ]
+
+    async def _claims(self, token: str | None) -> ActionClaims:
+        """Who may act, and on which conversation: 401 unless the token is ours, unexpired,
+        and its device is still active and still the same user's."""
+        if not token:
+            raise ApiError(401, "unauthorized", "missing action token")
+        if len(token) > MAX_ACTION_TOKEN:
+            raise _refused()
+        try:
+            claims = decode_action_token(token, self._settings.signing_key)
+        except InvalidActionToken:
+            raise _refused() from None
+        async with self._engine.connect() as conn:
+            device = (
+                await conn.execute(
+                    select(_devices.c.user_id, _devices.c.is_active).where(
+                        _devices.c.id == claims.device_id
+                    )
+                )
+            ).first()
+        if device is None or not device.is_active or device.user_id != claims.user_id:
+            log.info(
+                "notification action refused, device gone device=%s user=%s",
+                claims.device_id,
+                claims.user_id,
+            )
+            raise _refused()
+        return claims
+
+    async def reply(self, request: Request) -> Response:
+        body = await self._reader.json(request, ReplyBody)
+        claims = await self._claims(body.action_token)
+        message, created = await self._sender.send(
+            claims.user_id, claims.conversation_id, body.content, body.client_msg_id
+        )
+        if created:
+            log.info(
+                "notification reply user=%s device=%s conversation=%s message=%s",
+                claims.user_id,
+                claims.device_id,
+                claims.conversation_id,
+                message["id"],
+            )
+        return JSONResponse(message, 201 if created else 200)
+
+    async def read(self, request: Request) -> Response:
+        body = await self._reader.json(request, ReadActionBody)
+        claims = await self._claims(body.action_token)
+        participants = await self._participants.of_member(claims.user_id, claims.conversation_id)
+        # Marks are not sends, but one stolen token must not make the node write without
+        # end: the same rate as sends, in a bucket of their own.
+        retry_after = await self._limiter.hit(
+            f"notification-read:{claims.user_id}",
+            self._settings.send_rate_per_second,
+            self._settings.send_burst,
+        )
+        if retry_after > 0:
+            raise too_many_requests(retry_after, "too many read marks; slow down")
+        await self._reads.mark(claims.user_id, claims.conversation_id, body.seq, participants)
+        return JSONResponse({"conversation_id": claims.conversation_id, "seq": body.seq})

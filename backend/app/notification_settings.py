@@ -1,0 +1,201 @@
+"""A user's notification settings (time zone, quiet hours, push delay, preview,
+language): /api/v1/me/notification-settings, and the loader the push decision uses.
+
+No row means every default; a PUT writes the row (an upsert) with what it names.
+"""
+
+from __future__ import annotations
+
+import functools
+import zoneinfo
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    Field,
+    StrictBool,
+    StrictInt,
+    StringConstraints,
+    model_validator,
+)
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from app.db import one_of
+from app.errors import ApiError
+from app.jsonutil import JSONResponse
+from app.locales import DEFAULT_LOCALE, SUPPORTED_LOCALES
+from app.models import NotificationSettings
+from app.web import RequestReader
+
+_settings = NotificationSettings.__table__
+
+MAX_PUSH_DELAY_SECONDS = 600
+# Users per query when loading many (SQLite binds each one).
+_CHUNK = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class UserNotificationSettings:
+    """One user's settings, named as their columns."""
+
+    time_zone: str = "UTC"
+    # "HH:MM" in time_zone; both set or both None (no quiet hours). May wrap midnight.
+    quiet_start: str | None = None
+    quiet_end: str | None = None
+    quiet_allow_mentions: bool = False
+    push_delay_seconds: int = 0
+    preview: str = "full"  # "full" | "sender" | "none"
+    locale: str = DEFAULT_LOCALE
+
+    def as_json(self) -> dict[str, Any]:
+        quiet_hours = None
+        if self.quiet_start is not None and self.quiet_end is not None:
+            quiet_hours = {
+                "start": self.quiet_start,
+                "end": self.quiet_end,
+                "allow_mentions": self.quiet_allow_mentions,
+            }
+        return {
+            "time_zone": self.time_zone,
+            "quiet_hours": quiet_hours,
+            "push_delay_seconds": self.push_delay_seconds,
+            "preview": self.preview,
+            "locale": self.locale,
+        }
+
+
+DEFAULTS = UserNotificationSettings()
+_COLUMNS = (
+    "time_zone",
+    "quiet_start",
+    "quiet_end",
+    "quiet_allow_mentions",
+    "push_delay_seconds",
+    "preview",
+    "locale",
+)
+
+
+async def load_settings(
+    conn: AsyncConnection, user_ids: Collection[int]
+) -> dict[int, UserNotificationSettings]:
+    """Every one of these users' settings, by user id (DEFAULTS for those without a row)."""
+    ids = list(dict.fromkeys(user_ids))
+    found = dict.fromkeys(ids, DEFAULTS)
+    dialect = conn.dialect.name
+    for i in range(0, len(ids), _CHUNK):
+        rows = await conn.execute(
+            select(_settings).where(one_of(_settings.c.user_id, ids[i : i + _CHUNK], dialect))
+        )
+        for row in rows:
+            found[row.user_id] = UserNotificationSettings(
+                **{name: getattr(row, name) for name in _COLUMNS}
+            )
+    return found
+
+
+@functools.cache
+def _known_zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+def known_time_zone(name: str) -> bool:
+    """Whether this is an IANA zone this machine knows. Looked up in the list of zones,
+    so a name like "../../etc/passwd" never reaches the file system."""
+    return name in _known_zones()
+
+
+def _supported_locale(value: str) -> str:
+    if value not in SUPPORTED_LOCALES:
+        raise ValueError(f"locale must be one of {', '.join(SUPPORTED_LOCALES)}")
+    return value
+
+
+# 24-hour "HH:MM", 00:00 to 23:59.
+ClockTime = Annotated[str, StringConstraints(pattern=r"^(?:[01][0-9]|2[0-3]):[0-5][0-9]$")]
+
+
+class QuietHoursBody(BaseModel):
+    start: ClockTime
+    end: ClockTime
+    allow_mentions: StrictBool = False
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Self:
+        if self.start == self.end:
+            raise ValueError("quiet_hours start and end must differ")
+        return self
+
+
+class NotificationSettingsBody(BaseModel):
+    time_zone: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    quiet_hours: QuietHoursBody | None = None
+    push_delay_seconds: Annotated[StrictInt, Field(ge=0, le=MAX_PUSH_DELAY_SECONDS)] | None = None
+    preview: Literal["full", "sender", "none"] | None = None
+    locale: Annotated[str, AfterValidator(_supported_locale)] | None = None
+
+
+# Fields that take no null (quiet_hours does: no quiet hours).
+_NOT_NULL = ("time_zone", "push_delay_seconds", "preview", "locale")
+
+
+class NotificationSettingsRoutes:
+    """/api/v1/me/notification-settings."""
+
+    def __init__(self, engine: AsyncEngine, reader: RequestReader) -> None:
+        self._engine = engine
+        self._reader = reader
+
+    @property
+    def routes(self) -> list[Route]:
+        path = "/api/v1/me/notification-settings"
+        return [
+            Route(path, self.get_settings, methods=["GET"]),
+            Route(path, self.put_settings, methods=["PUT"]),
+        ]
+
+    async def get_settings(self, request: Request) -> Response:
+        user_id = await self._reader.user_id(request)
+        async with self._engine.connect() as conn:
+            found = await load_settings(conn, [user_id])
+        return JSONResponse(found[user_id].as_json())
+
+    async def put_settings(self, request: Request) -> Response:
+        user_id = await self._reader.user_id(request)
+        body = await self._reader.json(request, NotificationSettingsBody)
+        given = body.model_fields_set
+        values: dict[str, Any] = {}
+        for name in _NOT_NULL:
+            if name in given:
+                value = getattr(body, name)
+                if value is None:
+                    raise ApiError(422, "invalid_field", f"{name} cannot be null")
+                values[name] = value
+        if "time_zone" in values and not known_time_zone(values["time_zone"]):
+            raise ApiError(
+                422, "invalid_time_zone", "time_zone must be an IANA time zone, like Europe/Berlin"
+            )
+        if "quiet_hours" in given:
+            quiet = body.quiet_hours
+            values["quiet_start"] = quiet.start if quiet else None
+            values["quiet_end"] = quiet.end if quiet else None
+            values["quiet_allow_mentions"] = quiet.allow_mentions if quiet else False
+        async with self._engine.begin() as conn:
+            if values:
+                insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+                await conn.execute(
+                    insert(_settings)
+                    .values(user_id=user_id, **values)
+                    .on_conflict_do_update(index_elements=[_settings.c.user_id], set_=values)
+                )
+            found = await load_settings(conn, [user_id])
+        return JSONResponse(found[user_id].as_json())
