@@ -255,6 +255,7 @@ async function request(method, path, options = {}) {
 }
 
 const conversationPath = (id) => `/api/v1/messenger/conversations/${encodeURIComponent(id)}`;
+const messagePath = (id, messageId) => `${conversationPath(id)}/messages/${encodeURIComponent(messageId)}`;
 
 export const api = {
   register: (username, password, displayName) => call('POST', '/api/v1/auth/register', {
@@ -272,13 +273,21 @@ export const api = {
 
   searchUsers: (prefix) => request('GET', '/api/v1/users', { query: { query: prefix } }),
   user: (id) => request('GET', `/api/v1/users/${encodeURIComponent(id)}`),
+  blocks: () => request('GET', '/api/v1/me/blocks'),
+  block: (userId) => request('PUT', `/api/v1/me/blocks/${encodeURIComponent(userId)}`),
+  unblock: (userId) => request('DELETE', `/api/v1/me/blocks/${encodeURIComponent(userId)}`),
 
   conversations: () => request('GET', '/api/v1/messenger/conversations'),
   createConversation: (body) => request('POST', '/api/v1/messenger/conversations', { body }),
+  conversation: (id) => request('GET', conversationPath(id)),
   messages: (id, query) => request('GET', `${conversationPath(id)}/messages`, { query }),
   settings: (id) => request('GET', `${conversationPath(id)}/settings`),
   updateSettings: (id, body) => request('PUT', `${conversationPath(id)}/settings`, { body }),
   searchMessages: (query) => request('GET', '/api/v1/messenger/search', { query }),
+  editMessage: (id, messageId, content) => request('PATCH', messagePath(id, messageId), { body: { content } }),
+  deleteMessage: (id, messageId) => request('DELETE', messagePath(id, messageId)),
+  react: (id, messageId, emoji, on) => request(on ? 'PUT' : 'DELETE',
+    `${messagePath(id, messageId)}/reactions/${encodeURIComponent(emoji)}`),
 
   vapidPublicKey: () => request('GET', '/api/v1/messenger/push/vapid-public-key'),
   registerDevice: (body) => request('POST', '/api/v1/messenger/devices/register', { body }),

@@ -29,20 +29,27 @@
  *             li.seen ("Seen" / "Seen by …"), li.day, li.history-status;
  *             #typing-indicator, #composer (textarea), #send, #composer-error
  *   Search    see search.js; a result opens its conversation at the message, li.message.search-hit for a while
+ *   Changes   see messageactions.js: reply, react, edit and delete on a message
+ *   Blocking  see blocking.js: #block-toggle in a direct conversation's header
  *   URL       /?conversation=<id> opens that conversation; the open one is kept in the URL (replaceState).
  */
 
 import {
   accessToken, api, onSessionReplaced, onTokenRefreshed, onUnauthorized, refresh, session,
 } from './api.js';
+import {
+  catchUpChanges, initMessageActions, showContext, submitEdit, takeReplyTo,
+} from './messageactions.js';
+import { initBlocking, showBlockState } from './blocking.js';
 import { initNewChatDialog } from './newchat.js';
 import { initSearch, reveal } from './search.js';
 import { initNotificationSettingsDialog } from './notifysettings.js';
 import * as push from './push.js';
+import { loadReadMarks } from './readmarks.js';
 import { initSessionsDialog } from './sessions.js';
 import {
   addMessage, clearOutbox, findOutboxItem, isMuted, loadOutbox, recordRead, removeFromOutbox,
-  resetState, saveOutbox, state, windowFor,
+  resetState, saveOutbox, state, updateMessage, windowFor,
 } from './store.js';
 import * as ui from './ui.js';
 import { conversationTitle, loadUser, onUsersChanged } from './users.js';
@@ -195,9 +202,12 @@ async function syncOnce() {
   // The list brings last_message and unread_count for every conversation; the ones whose
   // messages we hold also need what they missed, asked for with after_seq.
   const loaded = [...state.windows].filter(([, held]) => held.loaded).map(([id]) => id);
-  await Promise.all(loaded.map((id) => catchUp(id).catch(() => {})));
+  // ... and what changed in what we hold (edits, deletions, reactions), from its cursor.
+  await Promise.all(loaded.map((id) => catchUp(id).then(() => catchUpChanges(id)).catch(() => {})));
   if (state.me !== me) return;
   if (state.activeId) await ensureLoaded(state.activeId).catch(() => {});
+  // Read frames sent while we were away are lost: the marks are asked for again.
+  if (state.activeId) await loadReadMarks(state.activeId).catch(() => {});
   if (state.me !== me) return;
   if (listed) openPending();
   markActiveRead();
@@ -245,8 +255,9 @@ async function loadLatest(conversationId, held) {
   held.error = null;
   try {
     const query = lastSeq ? { before_seq: lastSeq + 1, limit: PAGE_SIZE } : { after_seq: 0, limit: PAGE_SIZE };
-    const { messages } = await api.messages(conversationId, query);
+    const { messages, cursor } = await api.messages(conversationId, query);
     if (state.me !== me) return;
+    held.changeCursor ??= cursor; // changes from here on come by frame or changed_after
     held.loaded = true;
     messages.forEach(addMessage);
     await catchUp(conversationId); // whatever arrived while the first page was on its way
@@ -292,6 +303,9 @@ function fillScreen() {
 const frameHandlers = {
   'message.new': (frame) => onNewMessage(frame.message),
   'message.ack': onAck,
+  'message.updated': (frame) => {
+    if (updateMessage(frame.message)) scheduleRender();
+  },
   typing: onTyping,
   read: onRead,
   presence: (frame) => {
@@ -436,6 +450,11 @@ function sendComposer() {
   const composer = $('composer');
   const content = composer.value.trim();
   if (!content || !state.activeId) return;
+  if (submitEdit(state.activeId, content)) {
+    state.drafts.delete(state.activeId);
+    ui.fitComposer();
+    return;
+  }
   const item = {
     client_msg_id: newClientMsgId(),
     conversation_id: state.activeId,
@@ -443,6 +462,8 @@ function sendComposer() {
     created_at: new Date().toISOString(),
     status: 'pending',
   };
+  const replyTo = takeReplyTo(state.activeId);
+  if (replyTo) item.reply_to = replyTo;
   state.outbox.push(item);
   saveOutbox();
   transmit(item);
@@ -461,6 +482,7 @@ function transmit(item) {
     conversation_id: item.conversation_id,
     content: item.content,
     client_msg_id: item.client_msg_id,
+    ...(item.reply_to ? { reply_to: item.reply_to } : {}),
   });
 }
 
@@ -508,7 +530,10 @@ function openConversation(conversationId) {
   $('composer').value = state.drafts.get(conversationId) ?? '';
   ui.fitComposer();
   ui.showComposerError('');
+  showContext();
   showMuteState(conversationId);
+  showBlockState();
+  loadReadMarks(conversationId).then(scheduleRender, () => {});
   renderAll();
   ui.scrollToBottom();
   markActiveRead();
@@ -749,6 +774,8 @@ openNewChat = initNewChatDialog({ onCreated: conversationCreated });
 openSessions = initSessionsDialog();
 const searchBox = initSearch({ onOpen: showMessage });
 openNotificationSettings = initNotificationSettingsDialog();
+initMessageActions({ render: scheduleRender, onError: (message) => ui.showComposerError(message) });
+initBlocking({ onError: (message) => ui.showComposerError(message) });
 onUnauthorized(() => endSession({ expired: true }));
 onTokenRefreshed((token) => {
   connection?.authenticate(token);

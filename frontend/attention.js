@@ -1,8 +1,7 @@
 // Whether the person is looking at this tab: 'active' while it is shown and was touched
 // (pointer, key, wheel, scroll, touch, focus) within the idle time, 'idle' otherwise. The
 // socket reports it to the server, which pushes to the person's other devices only while
-// none of their sockets is active: a tab left open in the background no longer silences
-// the phone.
+// none of their sockets is active: a tab left open in the background lets the phone ring.
 
 // localStorage key overriding the idle time in milliseconds (browser tests make it short);
 // read once, at load.

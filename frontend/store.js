@@ -94,6 +94,20 @@ export function addMessage(message) {
   return isNew;
 }
 
+/**
+ * A message changed (edited, deleted, reacted to): replaces the one held, with a new
+ * `version` so it is drawn again. Returns whether anything on screen may differ.
+ */
+export function updateMessage(message) {
+  const conversation = state.conversations.get(message.conversation_id);
+  if (conversation?.last_message?.id === message.id) conversation.last_message = message;
+  const held = state.windows.get(message.conversation_id);
+  const index = held ? held.list.findIndex((m) => m.id === message.id) : -1;
+  if (index < 0) return Boolean(conversation);
+  held.list[index] = { ...message, version: (held.list[index].version ?? 0) + 1 };
+  return true;
+}
+
 /** Per-user key: a pending message must never be sent under another account. */
 const outboxKey = () => `messenger.outbox.${state.me.id}`;
 

@@ -67,23 +67,25 @@ function chooseClickTarget(windowClients, url) {
 const API_BASE = new URL('/api/v1/', self.location.origin).href;
 const ACTIONS_URL = new URL('messenger/notification-actions/', API_BASE).href;
 
-// Action labels, should a payload not name them (the server localises title, body and labels,
-// in the user's language, `lang`).
-const ACTION_LABELS = {
-  en: { reply: 'Reply', read: 'Mark as read', placeholder: 'Reply…' },
-  de: { reply: 'Antworten', read: 'Als gelesen markieren', placeholder: 'Antworten…' },
-};
+// The buttons' labels come with each push, in the user's language (`actions`: the server
+// localises title, body and labels); these stand in for a payload that names none.
+const FALLBACK_LABELS = { reply: 'Reply', read: 'Mark as read' };
 
+/** {reply, read, placeholder}: the payload's labels where it has them. */
 function actionLabels(payload) {
-  const language = String(payload.lang ?? self.navigator?.language ?? 'en').slice(0, 2).toLowerCase();
-  const labels = { ...(ACTION_LABELS[language] ?? ACTION_LABELS.en) };
+  const labels = { ...FALLBACK_LABELS, placeholder: null };
   for (const action of Array.isArray(payload.actions) ? payload.actions : []) {
-    if ((action?.action === 'reply' || action?.action === 'read') && typeof action.title === 'string') labels[action.action] = action.title;
+    if ((action?.action === 'reply' || action?.action === 'read') && typeof action.title === 'string' && action.title) {
+      labels[action.action] = action.title;
+      if (action.action === 'reply' && typeof action.placeholder === 'string') labels.placeholder = action.placeholder;
+    }
   }
+  labels.placeholder ??= `${labels.reply}…`;
   return labels;
 }
 
 const asCount = (value) => (Number.isSafeInteger(value) && value >= 0 ? value : null);
+const asId = (value) => (typeof value === 'string' && value ? value : null);
 
 /**
  * Turns the server's message push {title, body, data, tag, url, badge, count, action_token} into
@@ -119,6 +121,7 @@ function notificationFromPayload(payload) {
       data: {
         url: url.href,
         conversation_id: conversationId,
+        message_id: asId(data.message_id),
         seq: asCount(data.seq),
         count: asCount(payload.count) ?? 1,
         action_token: token,
@@ -156,26 +159,43 @@ async function setBadge(badge) {
 async function handlePush(payload) {
   if (payload?.type === 'clear') return handleClear(payload);
   const { title, options } = notificationFromPayload(payload);
-  await setBadge(payload.badge);
   const { conversation_id: conversationId, seq, count } = options.data;
-  // A read elsewhere may overtake its conversation's push: what is read is not shown again.
-  if (conversationId !== null && seq !== null && seq <= ((await loadClearedSeq(conversationId).catch(() => 0)) ?? 0)) return;
+  // A read elsewhere may overtake its conversation's push: what is read is not shown again
+  // (nor its badge, counted before that read).
+  if (conversationId !== null && seq !== null && seq <= ((await loadReadMark(conversationId).catch(() => 0)) ?? 0)) return;
+  const [previous] = options.tag ? await self.registration.getNotifications({ tag: options.tag }) : [];
+  // A conversation's pushes may arrive out of order: one for an older message than the
+  // notification shows came late, and its text and badge are out of date.
+  const shownSeq = asCount(previous?.data?.seq);
+  if (seq !== null && shownSeq !== null && seq < shownSeq) return;
+  await setBadge(payload.badge);
   if (!shouldShowNotification(await listWindows(), conversationId)) return;
-  if (options.tag) {
-    const [previous] = await self.registration.getNotifications({ tag: options.tag });
-    // It alerts again only when more is unread; the same again (a retried delivery, an
-    // edit) replaces the shown one silently.
-    if (previous) options.renotify = count > (asCount(previous.data?.count) ?? 0);
-  }
+  // It alerts again only when more is unread; the same again (a retried delivery, an
+  // edit) replaces the shown one silently.
+  if (previous) options.renotify = count > (asCount(previous.data?.count) ?? 0);
   await self.registration.showNotification(title, options);
 }
 
-/** The clearing push {type: "clear", tag, conversation_id, seq, badge}: read up to seq elsewhere. */
+/**
+ * A clearing push {type: "clear", tag, conversation_id, seq, badge}: the conversation was read
+ * up to seq elsewhere. With `reason: "deleted"` and `message_id`, that message was deleted
+ * instead: only a notification showing it goes, and nothing counts as read.
+ */
 async function handleClear(payload) {
   const conversationId = payload.conversation_id == null ? null : String(payload.conversation_id);
   const tag = payload.tag == null ? conversationId : String(payload.tag);
+  const messageId = asId(payload.message_id);
+  if (payload.reason === 'deleted' || messageId !== null) {
+    if (tag && messageId !== null) {
+      for (const notification of await self.registration.getNotifications({ tag })) {
+        if (notification.data?.message_id === messageId) notification.close();
+      }
+    }
+    await setBadge(payload.badge);
+    return;
+  }
   const seq = asCount(payload.seq);
-  if (conversationId !== null && seq !== null) await saveClearedSeq(conversationId, seq).catch(() => {});
+  if (conversationId !== null && seq !== null) await saveReadMark(conversationId, seq).catch(() => {});
   if (tag) {
     for (const notification of await self.registration.getNotifications({ tag })) {
       const shownSeq = asCount(notification.data?.seq);
@@ -244,13 +264,12 @@ function newClientMsgId() {
  * notificationclick: Reply posts the typed text, Mark as read marks the conversation read up to
  * the notification's message, both without a page; a plain click (or an action the worker cannot
  * do: no inline reply, no token, the server refused) opens the conversation.
- * Resolves to what was done: "replied", "read", "opened" or "dismissed".
+ * Resolves to what was done: "replied", "read" or "opened".
  */
 async function handleNotificationClick(event) {
   const notification = event.notification;
   const data = notification?.data ?? {};
   notification?.close();
-  if (event.action === 'dismiss') return 'dismissed';
   const token = data.action_token;
   if (event.action === 'reply' && token) {
     const content = typeof event.reply === 'string' ? event.reply : '';
@@ -262,7 +281,7 @@ async function handleNotificationClick(event) {
   } else if (event.action === 'read' && token && data.seq != null) {
     const response = await postAction('read', { action_token: token, seq: data.seq });
     if (response?.ok) {
-      if (data.conversation_id != null) await saveClearedSeq(String(data.conversation_id), data.seq).catch(() => {});
+      if (data.conversation_id != null) await saveReadMark(String(data.conversation_id), data.seq).catch(() => {});
       return 'read';
     }
     console.warn('Mark as read from the notification failed:', response ? response.status : 'no answer');
@@ -330,8 +349,9 @@ function base64UrlToBytes(value) {
   return Uint8Array.from(atob(base64), (char) => char.charCodeAt(0));
 }
 
-// A small IndexedDB key-value store (workers have no localStorage): the access token, read marks.
-function tokenStore(mode, operation) {
+// The worker's own small key-value store in IndexedDB (workers have no localStorage): the
+// access token a page left for renewing the subscription, and each conversation's read mark.
+function workerStore(mode, operation) {
   return new Promise((resolve, reject) => {
     const opening = indexedDB.open('messenger-sw', 1);
     opening.onupgradeneeded = () => opening.result.createObjectStore('kv');
@@ -353,21 +373,21 @@ function tokenStore(mode, operation) {
 }
 
 function saveAccessToken(token) {
-  return tokenStore('readwrite', (store) => (token ? store.put(token, 'access_token') : store.delete('access_token')));
+  return workerStore('readwrite', (store) => (token ? store.put(token, 'access_token') : store.delete('access_token')));
 }
 
 function loadAccessToken() {
-  return tokenStore('readonly', (store) => store.get('access_token'));
+  return workerStore('readonly', (store) => store.get('access_token'));
 }
 
 // How far each conversation is known to be read (clearing pushes, Mark as read), so a push
 // that arrives after its clear is not shown.
-async function saveClearedSeq(conversationId, seq) {
+async function saveReadMark(conversationId, seq) {
   const key = `cleared:${conversationId}`;
-  const known = (await tokenStore('readonly', (store) => store.get(key))) ?? 0;
-  if (seq > known) await tokenStore('readwrite', (store) => store.put(seq, key));
+  const known = (await workerStore('readonly', (store) => store.get(key))) ?? 0;
+  if (seq > known) await workerStore('readwrite', (store) => store.put(seq, key));
 }
 
-function loadClearedSeq(conversationId) {
-  return tokenStore('readonly', (store) => store.get(`cleared:${conversationId}`));
+function loadReadMark(conversationId) {
+  return workerStore('readonly', (store) => store.get(`cleared:${conversationId}`));
 }

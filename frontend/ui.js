@@ -1,6 +1,7 @@
 // Drawing. User data only ever goes in through textContent or attributes, never as HTML.
 // Lists are keyed and reconciled, so a redraw keeps focus, scroll position and unchanged nodes.
 
+import { messageExtras } from './messageactions.js';
 import { state } from './store.js';
 import { conversationTitle, displayName, loadUser, otherParticipant, username } from './users.js';
 
@@ -316,12 +317,16 @@ function messageNode(message, conversation) {
   const own = message.sender_id === state.me.id;
   const date = new Date(message.created_at);
   const mentionsMe = !own && Array.isArray(message.mentions) && message.mentions.includes(state.me.id);
-  return el('li', { class: `message ${own ? 'own' : 'other'}${mentionsMe ? ' mentions-me' : ''}`, dataset: { messageId: message.id, seq: message.seq, senderId: message.sender_id } },
+  const deleted = Boolean(message.deleted_at);
+  const extras = messageExtras(message, conversation); // reply quote, reactions, actions
+  return el('li', { class: `message ${own ? 'own' : 'other'}${mentionsMe ? ' mentions-me' : ''}${deleted ? ' deleted' : ''}`, dataset: { messageId: message.id, seq: message.seq, senderId: message.sender_id } },
     !own && conversation.type === 'group' && el('span', { class: 'sender', text: displayName(message.sender_id) }),
+    extras.quote,
     el('div', { class: 'bubble' },
-      el('p', { class: 'text' }, ...contentWithMentions(message, conversation)),
-      el('span', { class: 'meta' },
-        el('time', { datetime: message.created_at, title: fullFormat.format(date), text: timeFormat.format(date) }))));
+      el('p', { class: 'text' }, ...(deleted ? ['This message was deleted.'] : contentWithMentions(message, conversation))),
+      el('span', { class: 'meta' }, extras.edited,
+        el('time', { datetime: message.created_at, title: fullFormat.format(date), text: timeFormat.format(date) }))),
+    ...extras.after);
 }
 
 function pendingNode(item) {
@@ -376,7 +381,7 @@ export function renderMessages({ prepended = false } = {}) {
     }
     const node = item.seq === undefined
       ? keep(`pending:${item.client_msg_id}:${item.status}:${item.error ?? ''}`, () => pendingNode(item))
-      : keep(`message:${item.id}`, () => messageNode(item, conversation));
+      : keep(`message:${item.id}:${item.version ?? 0}`, () => messageNode(item, conversation));
     node.classList.toggle('continued', continues(previous, item));
     nodes.push(node);
     if (seen && item.id === seen.messageId) {

@@ -65,13 +65,21 @@ class Settings(BaseSettings):
     max_pending_auth_sockets_per_address: int = Field(default=8, ge=1)
     max_pending_auth_sockets: int = Field(default=1000, ge=1)
     max_message_length: int = 4000
+    # How long after sending a message its sender may edit it (0: never); past it 403.
+    message_edit_window_seconds: int = Field(default=172_800, ge=0)
+    # Distinct emoji on one message; one more is refused (409 `too_many_reactions`).
+    max_reactions_per_message: int = Field(default=20, ge=1, le=200)
     # Message search on PostgreSQL: the text search configuration (stemming, stop words)
     # the index is built with when migration 0007 runs, and that queries use; a node
     # refuses to start when it is not one of pg_ts_config's or not the index's.
     search_language: str = Field(default="english", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
-    # Searches per user (each may rank thousands of matches); one more answers 429.
+    # Searches per user (each may rank thousands of matches and holds a connection while
+    # it runs); one more answers 429.
     search_rate_per_minute: float = Field(default=120.0, gt=0)
-    search_burst: int = Field(default=30, ge=1)
+    search_burst: int = Field(default=10, ge=1)
+    # A search that runs longer is cancelled (503 `search_timeout`); at most the database
+    # statement timeout counts.
+    search_timeout_seconds: float = Field(default=2.0, gt=0)
     # Transactions the message writer runs side by side (PostgreSQL; SQLite has one).
     # One lane makes the fewest, largest commits (each waits on a disk flush); more pay
     # where PostgreSQL has cores and a disk to spare.

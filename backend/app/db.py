@@ -8,6 +8,10 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from sqlalchemy import ARRAY, ColumnElement, DateTime, MetaData, Table, any_, bindparam, event
+from sqlalchemy.dialects.postgresql import Insert as PgInsert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
@@ -70,6 +74,14 @@ def one_of(
     if dialect == "postgresql":
         return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
     return column.in_(values)
+
+
+def upsert(table: Table, dialect: str) -> PgInsert | SqliteInsert:
+    """An INSERT into `table` that takes an ON CONFLICT clause (`on_conflict_do_nothing`,
+    `on_conflict_do_update`), in the form of the dialect in use."""
+    if dialect == "postgresql":
+        return pg_insert(table)
+    return sqlite_insert(table)
 
 
 def make_engine(

@@ -19,6 +19,7 @@ from app.messenger.blocks import BlockRoutes
 from app.messenger.conversations import ConversationRoutes
 from app.messenger.devices import DeviceRoutes
 from app.messenger.framewriter import ServerSend
+from app.messenger.message_changes import MessageChangeRoutes
 from app.messenger.notification_actions import NotificationActionRoutes
 from app.messenger.push.endpoints import EndpointPolicy
 from app.messenger.search import SearchRoutes, check_search_language
@@ -56,11 +57,20 @@ def build_routes(services: Services) -> list[BaseRoute]:
             s.blocks,
             s.limiter,
             s.settings,
+            s.changes,
         ).routes,
+        *MessageChangeRoutes(reader, s.changes).routes,
         *BlockRoutes(reader, s.blocks, s.contacts, s.presence, s.fanout).routes,
         *SearchRoutes(s.engine, reader, s.participants, s.limiter, s.settings).routes,
         *NotificationActionRoutes(
-            s.engine, reader, s.participants, s.sender, s.reads, s.limiter, s.settings
+            s.engine,
+            reader,
+            s.participants,
+            s.sender,
+            s.reads,
+            s.limiter,
+            s.settings,
+            s.session_store,
         ).routes,
         *DeviceRoutes(
             s.engine,

@@ -22,17 +22,16 @@ from pydantic import (
     model_validator,
 )
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.db import one_of
+from app.db import one_of, upsert
 from app.errors import ApiError
 from app.jsonutil import JSONResponse
 from app.locales import DEFAULT_LOCALE, SUPPORTED_LOCALES
+from app.messenger.push.quiet_hours import clock_time
 from app.models import NotificationSettings
 from app.web import RequestReader
 
@@ -120,8 +119,14 @@ def _supported_locale(value: str) -> str:
     return value
 
 
-# 24-hour "HH:MM", 00:00 to 23:59.
-ClockTime = Annotated[str, StringConstraints(pattern=r"^(?:[01][0-9]|2[0-3]):[0-5][0-9]$")]
+def _clock_time(value: str) -> str:
+    if clock_time(value) is None:
+        raise ValueError("must be a 24-hour time HH:MM, 00:00 to 23:59")
+    return value
+
+
+# 24-hour "HH:MM", 00:00 to 23:59: read as quiet hours are when a push is decided.
+ClockTime = Annotated[str, AfterValidator(_clock_time)]
 
 
 class QuietHoursBody(BaseModel):
@@ -191,9 +196,8 @@ class NotificationSettingsRoutes:
             values["quiet_allow_mentions"] = quiet.allow_mentions if quiet else False
         async with self._engine.begin() as conn:
             if values:
-                insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
                 await conn.execute(
-                    insert(_settings)
+                    upsert(_settings, conn.dialect.name)
                     .values(user_id=user_id, **values)
                     .on_conflict_do_update(index_elements=[_settings.c.user_id], set_=values)
                 )

@@ -9,7 +9,7 @@ for i, rate, burst in string.gmatch(ARGV[2], '(%d+) ([^ ]+) ([^;]+);') do
   local interval = 1.0 / tonumber(rate)
   local tat = tats[i] or tonumber(redis.call('GET', KEYS[i]) or now)
   if tat < now then tat = now end
-  local allow_at = tat + interval - tonumber(burst) * interval
+  local allow_at = tat - (tonumber(burst) - 1) * interval
   if now < allow_at then
     answers[#answers + 1] = tostring(allow_at - now)
   else

@@ -56,7 +56,9 @@ def _gcra(tat: float, now: float, rate: float, burst: int) -> tuple[float, float
     """(new tat, retry_after). Allowed when retry_after == 0."""
     interval = 1.0 / rate
     tat = max(tat, now)
-    allow_at = tat + interval - burst * interval
+    # (burst - 1) * interval, not + interval - burst * interval: with a burst of 1 the
+    # latter can round above tat and refuse a first hit.
+    allow_at = tat - (burst - 1) * interval
     if now < allow_at:
         return tat, allow_at - now
     return tat + interval, 0.0

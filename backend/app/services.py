@@ -24,6 +24,7 @@ from app.messenger.fanout import Fanout, LocalFanout
 from app.messenger.fanout_redis import RedisFanout
 from app.messenger.hub import Hub
 from app.messenger.mentions import Mentions
+from app.messenger.message_changes import MessageChanges
 from app.messenger.participants import ParticipantCache
 from app.messenger.presence import LocalPresence, Presence
 from app.messenger.presence_redis import RedisPresence
@@ -61,6 +62,7 @@ class Services:
     reads: ReadMarks
     push: PushService
     clearing: Clearing
+    changes: MessageChanges
     cleanup: CleanupLoop
     passwords: PasswordPool
     session_store: SessionStore
@@ -145,6 +147,8 @@ def build_services(settings: Settings) -> Services:
     push = PushService(settings, engine, attention)
     attention.on_gone = push.recheck.users_gone
     clearing = Clearing(settings, engine, push)
+    # A push delivered for a message read while it was in flight is cleared too.
+    push.read_already = clearing.read_moved
     writer = MessageWriter(
         engine,
         settings.node_id,
@@ -159,6 +163,11 @@ def build_services(settings: Settings) -> Services:
         redis_presence.announce = contacts.announce
         redis_fanout.on_subscribed = redis_presence.check_claims
     session_store = SessionStore(engine, settings)
+    mentions = Mentions(engine)
+    # Edits, deletions and reactions; a deleted message's notifications are cleared.
+    changes = MessageChanges(
+        engine, settings, participants, mentions, fanout, limiter, clearing.message_deleted
+    )
     return Services(
         settings=settings,
         engine=engine,
@@ -174,11 +183,21 @@ def build_services(settings: Settings) -> Services:
         limiter=limiter,
         participants=participants,
         writer=writer,
-        sender=Sender(settings, participants, limiter, writer, fanout, blocks, Mentions(engine)),
+        sender=Sender(
+            settings,
+            participants,
+            limiter,
+            writer,
+            fanout,
+            blocks,
+            mentions,
+            reply_exists=changes.reply_exists,
+        ),
         # A read mark that moves takes down what the user's devices were shown.
         reads=ReadMarks(engine, fanout, on_moved=clearing.read_moved),
         push=push,
         clearing=clearing,
+        changes=changes,
         cleanup=CleanupLoop(engine, settings),
         passwords=PasswordPool(
             settings.password_profile,

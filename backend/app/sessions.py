@@ -5,6 +5,11 @@ A refresh token is "<session id>.<secret>", the secret being "<nonce>.<mac>": th
 a made-up one. Only the SHA-256 of the current secret is stored. A spent token that
 comes back (stolen, or replayed) revokes its whole session; a forged one naming
 someone's session id is only refused, so knowing an id is not enough to end a session.
+
+A device registered for push is bound to the session that registered it: however a
+session ends (logout, revoked from the list or with all the others, a reused refresh
+token, pushed out past the cap, or expired and swept), its devices are switched off in
+the same transaction, so they get no more pushes and their action tokens are refused.
 """
 
 from __future__ import annotations
@@ -16,28 +21,31 @@ import logging
 import re
 import secrets
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, Field
-from sqlalchemy import insert, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from app.auth import AccessClaims, InvalidToken, create_access_token, decode_access_token
 from app.config import Settings
-from app.db import utcnow
+from app.db import one_of, utcnow
 from app.errors import ApiError
 from app.jsonutil import JSONResponse
+from app.messenger.models import DeviceToken
 from app.models import Session
 from app.web import RequestReader
 
 log = logging.getLogger(__name__)
 
 _sessions = Session.__table__
+_devices = DeviceToken.__table__
 _REFRESH_TOKEN = re.compile(
     r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
     r"\.([A-Za-z0-9_-]{43}\.[A-Za-z0-9_-]{22})"
@@ -65,6 +73,36 @@ class Issued:
 
 def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+async def switch_off_devices(conn: AsyncConnection, session_ids: Collection[str]) -> int:
+    """Switch off the devices these sessions registered, in the caller's transaction
+    (the one that ends the sessions); how many were on."""
+    if not session_ids:
+        return 0
+    result = await conn.execute(
+        update(_devices)
+        .where(
+            one_of(_devices.c.session_id, list(session_ids), conn.dialect.name),
+            _devices.c.is_active.is_(True),
+        )
+        .values(is_active=False)
+    )
+    return int(result.rowcount)
+
+
+async def switch_off_devices_of_ended_sessions(conn: AsyncConnection) -> int:
+    """The sweep: switch off devices whose session expired (or ended any other way and
+    somehow kept its devices on); how many. For the daily cleanup's transaction."""
+    ended = select(_sessions.c.id).where(
+        or_(_sessions.c.revoked_at.is_not(None), _sessions.c.expires_at <= utcnow())
+    )
+    result = await conn.execute(
+        update(_devices)
+        .where(_devices.c.session_id.in_(ended), _devices.c.is_active.is_(True))
+        .values(is_active=False)
+    )
+    return int(result.rowcount)
 
 
 class SessionStore:
@@ -128,12 +166,19 @@ class SessionStore:
                     .offset(self._settings.max_sessions_per_user - 1)
                 )
             ).all()
+            devices = 0
             if stale:
                 await conn.execute(
                     update(_sessions).where(_sessions.c.id.in_(stale)).values(revoked_at=now)
                 )
+                devices = await switch_off_devices(conn, stale)
         if stale:
-            log.info("sessions over the cap revoked user=%s count=%d", user_id, len(stale))
+            log.info(
+                "sessions over the cap revoked user=%s count=%d devices_off=%d",
+                user_id,
+                len(stale),
+                devices,
+            )
         return self._issue(user_id, session_id, secret)
 
     async def refresh(
@@ -150,6 +195,7 @@ class SessionStore:
         session_id, secret = match.groups()
         now = utcnow()
         reused = False
+        devices = 0
         async with self._engine.begin() as conn:
             row = (
                 await conn.execute(
@@ -203,11 +249,13 @@ class SessionStore:
                     .where(_sessions.c.id == session_id, _sessions.c.revoked_at.is_(None))
                     .values(revoked_at=now)
                 )
+                devices = await switch_off_devices(conn, [session_id])
         if reused:
             log.warning(
-                "refresh token reused, session revoked session=%s user=%s",
+                "refresh token reused, session revoked session=%s user=%s devices_off=%d",
                 session_id,
                 row.user_id,
+                devices,
             )
             raise InvalidToken("refresh token reused")
         return self._issue(row.user_id, session_id, new_secret)
@@ -242,20 +290,27 @@ class SessionStore:
     async def verify(self, access_token: str) -> AccessClaims:
         """The token's claims if it is valid and its session still stands; else InvalidToken."""
         claims = decode_access_token(access_token, self._settings.signing_key)
-        async with self._engine.connect() as conn:
-            standing = await conn.scalar(
-                select(_sessions.c.id).where(
-                    _sessions.c.id == claims.session_id,
-                    _sessions.c.user_id == claims.user_id,
-                    _sessions.c.revoked_at.is_(None),
-                )
-            )
-        if standing is None:
+        if not await self.stands(claims.user_id, claims.session_id):
             raise InvalidToken("the session has ended")
         return claims
 
+    async def stands(self, user_id: int, session_id: str) -> bool:
+        """Whether this session of the user is neither revoked nor expired: one
+        primary-key read, made for every REST call and notification action."""
+        async with self._engine.connect() as conn:
+            standing = await conn.scalar(
+                select(_sessions.c.id).where(
+                    _sessions.c.id == session_id,
+                    _sessions.c.user_id == user_id,
+                    _sessions.c.revoked_at.is_(None),
+                    _sessions.c.expires_at > utcnow(),
+                )
+            )
+        return standing is not None
+
     async def revoke(self, user_id: int, session_id: str) -> bool:
-        """End one of the user's sessions; False if they have no such standing session."""
+        """End one of the user's sessions (and switch its devices off); False if they
+        have no such standing session."""
         async with self._engine.begin() as conn:
             result = await conn.execute(
                 update(_sessions)
@@ -266,20 +321,48 @@ class SessionStore:
                 )
                 .values(revoked_at=utcnow())
             )
-        return bool(result.rowcount == 1)
+            ended = result.rowcount == 1
+            devices = await switch_off_devices(conn, [session_id]) if ended else 0
+        if ended:
+            log.info(
+                "session ended, devices off user=%s session=%s devices_off=%d",
+                user_id,
+                session_id,
+                devices,
+            )
+        return ended
 
     async def revoke_others(self, user_id: int, keep: str) -> int:
-        """End every session of the user but `keep`; how many ended."""
+        """End every session of the user but `keep` (and switch their devices off); how
+        many ended."""
         async with self._engine.begin() as conn:
+            others = list(
+                await conn.scalars(
+                    select(_sessions.c.id).where(
+                        _sessions.c.user_id == user_id,
+                        _sessions.c.id != keep,
+                        _sessions.c.revoked_at.is_(None),
+                    )
+                )
+            )
+            if not others:
+                return 0
             result = await conn.execute(
                 update(_sessions)
                 .where(
-                    _sessions.c.user_id == user_id,
-                    _sessions.c.id != keep,
+                    one_of(_sessions.c.id, others, conn.dialect.name),
                     _sessions.c.revoked_at.is_(None),
                 )
                 .values(revoked_at=utcnow())
             )
+            devices = await switch_off_devices(conn, others)
+        log.info(
+            "sessions ended, devices off user=%s kept=%s sessions=%d devices_off=%d",
+            user_id,
+            keep,
+            int(result.rowcount),
+            devices,
+        )
         return int(result.rowcount)
 
     async def standing(self, user_id: int) -> list[dict[str, Any]]:

@@ -105,6 +105,10 @@ async def test_history_paging(client: Client) -> None:
         "client_msg_id",
         "created_at",
         "mentions",
+        "edited_at",
+        "deleted_at",
+        "reply_to",
+        "reactions",
     }
     assert message["created_at"].endswith("+00:00")
 

@@ -1,7 +1,9 @@
-"""Device registration for push: register, refresh, move, unregister, list, validate."""
+"""Device registration for push: register, refresh, move, unregister, list, validate; a
+device is bound to the session that registered it."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -10,8 +12,11 @@ from urllib.parse import quote
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from sqlalchemy import select
 
-from tests.helpers import Client
+from app.messenger.models import DeviceToken
+from app.models import Session as DbSession
+from tests.helpers import Client, User
 
 D = "/api/v1/messenger/devices"
 
@@ -57,9 +62,11 @@ async def test_register_refresh_move_unregister(client: Client) -> None:
     status, again = await register(client, a, device_token=token, platform="ios", provider="apns")
     assert status == 200 and again["device_token_id"] == body["device_token_id"]
 
-    # The phone changed hands: the token moves to the caller.
+    # The phone changed hands: the token moves to the caller, as a new device (nothing
+    # of a's, such as its action tokens or delivery history, names it any more).
     status, moved = await register(client, b, device_token=token, platform="ios", provider="apns")
     assert status == 200 and moved["user_id"] == b.id
+    assert moved["device_token_id"] != body["device_token_id"]
     assert (await client.http.get(D, headers=a.headers)).json()["devices"] == []
     devices = (await client.http.get(D, headers=b.headers)).json()["devices"]
     assert len(devices) == 1
@@ -159,3 +166,55 @@ async def test_vapid_key_says_when_web_push_is_off(pg_client: Client) -> None:
     a = await pg_client.user()
     r = await pg_client.http.get("/api/v1/messenger/push/vapid-public-key", headers=a.headers)
     assert r.status_code == 404 and r.json()["error"]["code"] == "web_push_off"
+
+
+async def bindings(client: Client, user: User) -> dict[str, str | None]:
+    """Device id -> the session it is bound to."""
+    async with client.node.services.engine.connect() as conn:
+        rows = await conn.execute(
+            select(DeviceToken.id, DeviceToken.session_id).where(DeviceToken.user_id == user.id)
+        )
+        return {r.id: r.session_id for r in rows}
+
+
+async def test_a_device_is_bound_to_the_session_that_registered_it_last(client: Client) -> None:
+    a = await client.user()
+    r = await client.http.post(
+        "/api/v1/auth/login", json={"username": a.username, "password": "correct horse battery"}
+    )
+    other = User(a.id, a.username, r.json()["access_token"], a.display_name)
+    token = "c3" * 32
+    status, first = await register(client, a, device_token=token, platform="ios", provider="apns")
+    assert status == 201
+    assert await bindings(client, a) == {first["device_token_id"]: a.session_id}
+    status, again = await register(
+        client, other, device_token=token, platform="ios", provider="apns"
+    )
+    assert status == 200 and again["device_token_id"] == first["device_token_id"]
+    assert await bindings(client, a) == {first["device_token_id"]: r.json()["session_id"]}
+
+
+async def test_a_registration_racing_a_logout_leaves_no_device_on(client: Client) -> None:
+    """However a registration and its session's end interleave, the device is either
+    refused or switched off with the session."""
+    for _ in range(8):
+        a = await client.user()
+        registering = register(
+            client, a, device_token=json.dumps(subscription()), platform="web", provider="web_push"
+        )
+        logout = client.http.post("/api/v1/auth/logout", headers=a.headers)
+        (status, _), out = await asyncio.gather(registering, logout)
+        assert status in (201, 401) and out.status_code == 200
+        async with client.node.services.engine.connect() as conn:
+            on = (
+                await conn.execute(
+                    select(DeviceToken.id)
+                    .join(DbSession, DbSession.id == DeviceToken.session_id)
+                    .where(
+                        DeviceToken.user_id == a.id,
+                        DeviceToken.is_active.is_(True),
+                        DbSession.revoked_at.is_not(None),
+                    )
+                )
+            ).all()
+        assert on == []

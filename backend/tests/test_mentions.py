@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.messenger.mentions import mentioned_names
+from app.messenger.mentions import MAX_NAMES, Mentions, mentioned_names
 from app.messenger.models import Message
-from tests.helpers import Client, Socket, User
+from tests.helpers import Client, Socket, User, make_settings, start_node
 
 BASE = "/api/v1/messenger/conversations"
 
@@ -41,8 +45,27 @@ def test_mentioned_names(content: str, names: list[tuple[str, ...]]) -> None:
 
 
 def test_mentioned_names_are_bounded() -> None:
-    content = " ".join(f"@user{i}" for i in range(1000))
-    assert len(mentioned_names(content)) == 200
+    content = " ".join(f"@user{i}." for i in range(1000))
+    names = mentioned_names(content)
+    assert MAX_NAMES == 20
+    assert names == [(f"user{i}.", f"user{i}") for i in range(20)]
+
+
+@contextmanager
+def name_lookups(engine: AsyncEngine) -> Iterator[list[Any]]:
+    """The statements that look users up by name on this engine, as the driver gets them,
+    with their parameters."""
+    seen: list[Any] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if "FROM users" in statement and "users.username" in statement:
+            seen.append(parameters)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
 
 
 async def _users(client: Client, n: int) -> list[User]:
@@ -120,11 +143,74 @@ async def test_all_is_for_group_admins_only(client: Client) -> None:
 
 
 async def test_many_mentions(client: Client) -> None:
+    """The first MAX_NAMES names count, looked up in one query; the rest are plain text."""
     people = await _users(client, 25)
     owner, others = people[0], people[1:]
     cid = (await client.conversation(owner, *others, title="crowd"))["id"]
     content = " ".join(f"@{u.username}" for u in others)
-    assert (await _send(client, owner, cid, content))["mentions"] == sorted(u.id for u in others)
+    with name_lookups(client.node.services.engine) as lookups:
+        message = await _send(client, owner, cid, content)
+    assert message["mentions"] == sorted(u.id for u in others[:MAX_NAMES])
+    assert len(lookups) == 1
+
+
+async def test_a_refused_send_looks_up_no_name(db_url: str) -> None:
+    """The flood check comes first: a send it refuses costs no mention query."""
+    node = await start_node(make_settings(db_url, send_rate_per_second=0.001, send_burst=2))
+    client = Client(node)
+    try:
+        a, b, c = await _users(client, 3)
+        cid = (await client.conversation(a, b, c, title="flood"))["id"]
+        with name_lookups(node.services.engine) as lookups:
+            assert (await _send(client, a, cid, "no names"))["mentions"] == []
+            assert lookups == []
+            assert (await _send(client, a, cid, f"@{b.username} hi"))["mentions"] == [b.id]
+            assert len(lookups) == 1
+            # A name this node has never looked up, in a send past the burst.
+            r = await client.send(a, cid, f"@{c.username} and @nobody{secrets.token_hex(3)}")
+            assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limited"
+            assert len(lookups) == 1
+        # Another sender's mentions are still looked up.
+        assert (await _send(client, b, cid, f"@{c.username}!"))["mentions"] == [c.id]
+    finally:
+        await client.close()
+        await node.stop()
+
+
+async def test_an_unknown_name_is_nobodys_for_a_few_seconds(client: Client) -> None:
+    engine = client.node.services.engine
+    now = [1000.0]
+    mentions = Mentions(engine, unknown_seconds=5.0, max_unknown=2, clock=lambda: now[0])
+    name = f"late{secrets.token_hex(4)}"
+    a = await client.user()
+    with name_lookups(engine) as lookups:
+        assert await mentions.resolve(a.id, "c", f"@{name} hi", frozenset({a.id})) is None
+        assert len(lookups) == 1
+        # Known to be nobody's: no query.
+        assert await mentions.resolve(a.id, "c", f"@{name} again", frozenset({a.id})) is None
+        assert len(lookups) == 1
+    late = await client.user(name)
+    members = frozenset({a.id, late.id})
+    with name_lookups(engine) as lookups:
+        now[0] += 4.9
+        assert await mentions.resolve(a.id, "c", f"@{name}", members) is None
+        assert lookups == []
+        # Once the few seconds are over the name is looked up again, and found.
+        now[0] += 0.2
+        assert await mentions.resolve(a.id, "c", f"@{name}", members) == [late.id]
+        assert len(lookups) == 1
+        # Found names stay known: no query.
+        assert await mentions.resolve(a.id, "c", f"@{name}", members) == [late.id]
+        assert len(lookups) == 1
+        # At most max_unknown unknown names are remembered, the oldest forgotten first.
+        ghosts = [f"ghost{secrets.token_hex(4)}" for _ in range(3)]
+        for ghost in ghosts:
+            await mentions.resolve(a.id, "c", f"@{ghost}", members)
+        assert len(lookups) == 4
+        await mentions.resolve(a.id, "c", f"@{ghosts[2]} @{ghosts[1]}", members)
+        assert len(lookups) == 4
+        await mentions.resolve(a.id, "c", f"@{ghosts[0]}", members)
+        assert len(lookups) == 5
 
 
 async def test_mentions_on_the_socket_and_on_retry(client: Client) -> None:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import column, insert, inspect, select, table
+from sqlalchemy import column, func, insert, inspect, select, table, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.db import Base, UTCDateTime
@@ -29,6 +29,7 @@ TABLES = {
     "push_attempts",
     "push_decisions",
     "notification_settings",
+    "message_reactions",
 }
 
 
@@ -229,5 +230,209 @@ async def test_search_index_covers_messages_from_before_and_after_0007(empty_url
                 await conn.execute(
                     messages.update().where(messages.c.id == "m-2").values(content="old lighthouse")
                 )
+    finally:
+        await engine.dispose()
+
+
+async def test_message_changes_go_up_and_down_with_messages_in_place(empty_url: str) -> None:
+    """0009 adds edits, deletions, replies, reactions and the change counter to the
+    messages already there (unchanged, searchable), and takes them away again keeping
+    the messages and their search index."""
+    engine = create_async_engine(empty_url)
+    now = {"created_at": datetime(2030, 1, 2, tzinfo=UTC)}
+    messages = table(
+        "messages", *columns("id", "conversation_id", "seq", "sender_id", "content", "created_at")
+    )
+    changed = table(
+        "messages",
+        *columns("id", "content", "reply_to", "change_seq"),
+        column("edited_at", UTCDateTime()),
+        column("deleted_at", UTCDateTime()),
+    )
+    reactions = table("message_reactions", *columns("message_id", "emoji", "user_id", "created_at"))
+
+    async def found(q: str) -> list[str]:
+        page, _ = await search_messages(engine, 1, q, language="english")
+        return sorted(m["id"] for m in page)
+
+    async def indexed(word: str) -> list[str]:
+        """The messages the search index finds for a word, read without the models."""
+        if engine.dialect.name == "postgresql":
+            sql = "SELECT id FROM messages WHERE search_vector @@ to_tsquery('english', :w)"
+        else:
+            sql = (
+                "SELECT m.id FROM messages_fts JOIN messages AS m ON m.rowid = messages_fts.rowid"
+                " WHERE messages_fts MATCH :w"
+            )
+        async with engine.connect() as conn:
+            return sorted((await conn.execute(text(sql), {"w": word})).scalars())
+
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(upgrade, "0008")
+            await conn.execute(
+                insert(
+                    table(
+                        "users",
+                        *columns("id", "username", "display_name", "password_hash", "created_at"),
+                    )
+                ),
+                {"id": 1, "username": "ann", "display_name": "Ann", "password_hash": "x", **now},
+            )
+            await conn.execute(
+                insert(table("conversations", *columns("id", "type", "created_by", "created_at"))),
+                {"id": "c-1", "type": "group", "created_by": 1, **now},
+            )
+            await conn.execute(
+                insert(table("participants", *columns("conversation_id", "user_id", "joined_at"))),
+                {"conversation_id": "c-1", "user_id": 1, "joined_at": now["created_at"]},
+            )
+            await conn.execute(
+                insert(messages),
+                [
+                    {
+                        "id": f"m-{seq}",
+                        "conversation_id": "c-1",
+                        "seq": seq,
+                        "sender_id": 1,
+                        "content": text,
+                        **now,
+                    }
+                    for seq, text in ((1, "harbour at noon"), (2, "lighthouse keeper"))
+                ],
+            )
+        for _ in range(2):  # up, down, and up again
+            async with engine.begin() as conn:
+                await conn.run_sync(upgrade)
+                rows = (await conn.execute(select(changed).order_by(changed.c.id))).all()
+                assert [tuple(r) for r in rows] == [
+                    ("m-1", "harbour at noon", None, None, None, None),
+                    ("m-2", "lighthouse keeper", None, None, None, None),
+                ]
+                counter = table("conversations", column("id"), column("change_seq"))
+                assert (await conn.execute(select(counter.c.change_seq))).scalar_one() == 0
+                # A reply, an edit, a deletion and a reaction, as the app writes them.
+                await conn.execute(
+                    counter.update().where(counter.c.id == "c-1").values(change_seq=3)
+                )
+                await conn.execute(
+                    insert(
+                        table(
+                            "messages",
+                            *columns(
+                                "id", "conversation_id", "seq", "sender_id", "content", "reply_to"
+                            ),
+                            column("created_at", UTCDateTime()),
+                        )
+                    ),
+                    {
+                        "id": "m-3",
+                        "conversation_id": "c-1",
+                        "seq": 3,
+                        "sender_id": 1,
+                        "content": "windmill",
+                        "reply_to": "m-1",
+                        **now,
+                    },
+                )
+                await conn.execute(
+                    changed.update()
+                    .where(changed.c.id == "m-1")
+                    .values(content="harbour at one", edited_at=now["created_at"], change_seq=1)
+                )
+                await conn.execute(
+                    changed.update()
+                    .where(changed.c.id == "m-2")
+                    .values(content="", deleted_at=now["created_at"], change_seq=2)
+                )
+                await conn.execute(
+                    insert(reactions),
+                    {"message_id": "m-3", "emoji": "👍", "user_id": 1, **now},
+                )
+                await conn.execute(
+                    changed.update().where(changed.c.id == "m-3").values(change_seq=3)
+                )
+            assert await found("harbour") == ["m-1"]
+            assert await found("lighthouse") == []
+            assert await found("windmill") == ["m-3"]
+            async with engine.connect() as conn:
+                assert await conn.run_sync(_tables) == TABLES
+            async with engine.begin() as conn:
+                await conn.run_sync(downgrade, "0008")
+                assert "message_reactions" not in await conn.run_sync(_tables)
+                rows = (
+                    await conn.execute(select(messages.c.id, messages.c.content).order_by("id"))
+                ).all()
+                assert [tuple(r) for r in rows] == [
+                    ("m-1", "harbour at one"),
+                    ("m-2", ""),
+                    ("m-3", "windmill"),
+                ]
+            # The search index still follows the messages (rowids kept on SQLite).
+            assert await indexed("windmill") == ["m-3"]
+            async with engine.begin() as conn:
+                await conn.execute(messages.delete().where(messages.c.id == "m-3"))
+                await conn.execute(
+                    messages.update()
+                    .where(messages.c.id.in_(["m-1", "m-2"]))
+                    .values(content=func.replace(messages.c.content, "one", "noon"))
+                )
+                await conn.execute(
+                    messages.update()
+                    .where(messages.c.id == "m-2")
+                    .values(content="lighthouse keeper")
+                )
+            assert await indexed("lighthouse") == ["m-2"]
+            assert await indexed("noon") == ["m-1"]
+    finally:
+        await engine.dispose()
+
+
+async def test_devices_from_before_0008_keep_working_without_a_session(empty_url: str) -> None:
+    """0008 gives devices a session: those already there get none and stay on; a
+    downgrade keeps every device, without the column."""
+    engine = create_async_engine(empty_url)
+    now = datetime(2030, 1, 2, tzinfo=UTC)
+    devices = table(
+        "device_tokens",
+        *columns("id", "user_id", "token", "token_key", "platform", "provider", "is_active"),
+        column("created_at", UTCDateTime()),
+        column("last_used_at", UTCDateTime()),
+    )
+    device = {"id": "d-1", "user_id": 1, "token": "t" * 64, "token_key": "t" * 64,
+              "platform": "ios", "provider": "apns", "is_active": True,
+              "created_at": now, "last_used_at": now}  # fmt: skip
+
+    def device_columns(conn) -> set[str]:  # type: ignore[no-untyped-def]
+        return {c["name"] for c in inspect(conn).get_columns("device_tokens")}
+
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(upgrade, "0007")
+            await conn.execute(
+                insert(
+                    table(
+                        "users",
+                        *columns("id", "username", "display_name", "password_hash", "created_at"),
+                    )
+                ),
+                {"id": 1, "username": "ann", "display_name": "Ann", "password_hash": "x",
+                 "created_at": now},
+            )  # fmt: skip
+            await conn.execute(insert(devices), device)
+        for _ in range(2):  # up, down, and up again
+            async with engine.begin() as conn:
+                await conn.run_sync(upgrade, "0008")
+            bound = table("device_tokens", *columns("id", "is_active", "session_id"))
+            async with engine.begin() as conn:
+                rows = (await conn.execute(select(bound))).all()
+                assert [tuple(r) for r in rows] == [("d-1", True, None)]
+                await conn.execute(bound.update().values(session_id="s-1"))
+            async with engine.begin() as conn:
+                await conn.run_sync(downgrade, "0007")
+            async with engine.connect() as conn:
+                assert "session_id" not in await conn.run_sync(device_columns)
+                rows = [dict(r._mapping) for r in await conn.execute(select(devices))]
+            assert rows == [device]
     finally:
         await engine.dispose()

@@ -1,5 +1,6 @@
 """Reply and Mark as read from a notification, with an action token instead of a session,
-on SQLite and PostgreSQL: what they do, and everything they refuse."""
+on SQLite and PostgreSQL: what they do, and everything they refuse; ending the session
+that registered the device ends its tokens."""
 
 from __future__ import annotations
 
@@ -7,20 +8,36 @@ import base64
 import json
 import os
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import replace
 from datetime import timedelta
+from typing import Any
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from app.db import utcnow
 from app.logs import redact
 from app.messenger.action_tokens import AUDIENCE, issue_action_token
-from app.messenger.models import DeviceToken
-from tests.helpers import SECRET, Client, Node, Socket, User, make_settings, start_node
+from app.messenger.cleanup import run_cleanup
+from app.messenger.models import DeviceToken, PushAttempt
+from app.models import Session as DbSession
+from tests.helpers import (
+    SECRET,
+    Client,
+    Node,
+    Socket,
+    User,
+    eventually,
+    make_settings,
+    start_node,
+)
 from tests.logcapture import captured_logs
+from tests.push_world import PushWorld, start_push_world
+from tests.test_sessions import login, refresh
 
 ACTIONS = "/api/v1/messenger/notification-actions"
 DEVICES = "/api/v1/messenger/devices"
@@ -76,7 +93,10 @@ class Pair:
         self.me, self.other, self.cid, self.device_id, self.sub = me, other, cid, device_id, sub
 
     def token(self, key: str = SECRET, conversation_id: str | None = None) -> str:
-        return issue_action_token(key, self.me.id, self.device_id, conversation_id or self.cid)
+        """A token as a push to the device carries: bound to the session that registered it."""
+        return issue_action_token(
+            key, self.me.id, self.device_id, conversation_id or self.cid, self.me.session_id
+        )
 
 
 async def pair(client: Client) -> Pair:
@@ -123,11 +143,33 @@ async def test_read_moves_the_mark_like_a_read_anywhere(client: Client) -> None:
     r = await client.http.get("/api/v1/messenger/conversations", headers=p.me.headers)
     [conversation] = [c for c in r.json()["conversations"] if c["id"] == p.cid]
     assert conversation["unread_count"] == 1
-    # Never backwards.
-    assert (await read(client, p.token(), 1)).status_code == 200
+    # Never backwards: the answer is the mark as it is, not the seq asked for.
+    r = await read(client, p.token(), 1)
+    assert r.status_code == 200 and r.json() == {"conversation_id": p.cid, "seq": 2}
     r = await client.http.get("/api/v1/messenger/conversations", headers=p.me.headers)
     [conversation] = [c for c in r.json()["conversations"] if c["id"] == p.cid]
     assert conversation["unread_count"] == 1
+
+
+async def test_read_answers_the_mark_it_left(client: Client) -> None:
+    p = await pair(client)
+    # Nothing to read yet: a mark past the last message does not move.
+    r = await read(client, p.token(), 5)
+    assert r.status_code == 200 and r.json() == {"conversation_id": p.cid, "seq": 0}
+    for text in ("one", "two"):
+        assert (await client.send(p.other, p.cid, text)).status_code == 201
+    r = await read(client, p.token(), 3)
+    assert r.status_code == 200 and r.json() == {"conversation_id": p.cid, "seq": 0}
+    r = await read(client, p.token(), 2)
+    assert r.status_code == 200 and r.json() == {"conversation_id": p.cid, "seq": 2}
+    # Read further elsewhere (REST): the notification's older seq answers that mark.
+    assert (await client.send(p.other, p.cid, "three")).status_code == 201
+    r = await client.http.post(
+        f"/api/v1/messenger/conversations/{p.cid}/read", json={"seq": 3}, headers=p.me.headers
+    )
+    assert r.status_code == 200, r.text
+    r = await read(client, p.token(), 1)
+    assert r.status_code == 200 and r.json() == {"conversation_id": p.cid, "seq": 3}
 
 
 async def test_bad_expired_and_foreign_tokens_are_refused(client: Client) -> None:
@@ -210,14 +252,39 @@ async def test_a_device_unregistered_deactivated_or_moved_ends_its_tokens(
     p = await pair(client)
     token = p.token()
     stranger = await client.user()
-    assert await register(client, stranger, p.sub) == p.device_id
+    moved = await register(client, stranger, p.sub)
+    assert moved != p.device_id  # a new device for its new user
     r = await reply(client, token)
     assert (r.status_code, error_code(r)) == (401, "invalid_token")
     assert (await read(client, token, 1)).status_code == 401
     # ... and a token naming the device's new owner is no good for the old one's chats.
-    r = await reply(client, issue_action_token(SECRET, stranger.id, p.device_id, p.cid))
+    r = await reply(
+        client, issue_action_token(SECRET, stranger.id, moved, p.cid, stranger.session_id)
+    )
     assert (r.status_code, error_code(r)) == (403, "not_a_participant")
     assert [m["content"] for m in await client.messages(p.other, p.cid)] == []
+
+
+async def test_a_device_that_moves_away_and_back_is_a_new_device(client: Client) -> None:
+    """A -> B -> A: A's tokens from before the move stay refused (the device's id is not
+    the one they name), and its new tokens work."""
+    p = await pair(client)
+    before = p.token()
+    assert (await reply(client, before, "first")).status_code == 201
+    stranger = await client.user()
+    to_b = await register(client, stranger, p.sub)
+    back = await register(client, p.me, p.sub)
+    assert len({p.device_id, to_b, back}) == 3
+    for token in (before, issue_action_token(SECRET, p.me.id, to_b, p.cid, p.me.session_id)):
+        r = await reply(client, token, "stale")
+        assert (r.status_code, error_code(r)) == (401, "invalid_token"), r.text
+        assert (await read(client, token, 1)).status_code == 401
+    fresh = issue_action_token(SECRET, p.me.id, back, p.cid, p.me.session_id)
+    assert (await reply(client, fresh, "back again")).status_code == 201
+    devices = (await client.http.get(DEVICES, headers=p.me.headers)).json()["devices"]
+    assert [d["id"] for d in devices] == [back]
+    assert (await client.http.get(DEVICES, headers=stranger.headers)).json()["devices"] == []
+    assert [m["content"] for m in await client.messages(p.other, p.cid)] == ["first", "back again"]
 
 
 async def test_a_token_acts_on_its_own_conversation_only(client: Client) -> None:
@@ -330,3 +397,293 @@ async def test_no_action_token_reaches_the_log(client: Client) -> None:
     ):
         clean = redact(text)
         assert token not in clean and "not-a-jwt-but-secret" not in clean, clean
+
+
+# -- the session behind the device -----------------------------------------------------
+
+
+def as_session(user: User, session: dict[str, Any]) -> User:
+    """The same user, signed in through another session (another browser)."""
+    return replace(
+        user,
+        token=session["access_token"],
+        refresh_token=session["refresh_token"],
+        session_id=session["session_id"],
+    )
+
+
+async def devices_on(client: Client, user: User) -> dict[str, bool]:
+    r = await client.http.get(DEVICES, headers=user.headers)
+    return {d["id"]: d["is_active"] for d in r.json()["devices"]}
+
+
+def token_device(token: str) -> str:
+    return str(jwt.decode(token, options={"verify_signature": False})["dev"])
+
+
+async def end_session(
+    client: Client, ending: str, laptop: User, phone: User, db_url: str, token: str
+) -> None:
+    """End the laptop's session the way named; the phone's stands. `token`: one of the
+    laptop's action tokens."""
+    if ending == "logout":
+        r = await client.http.post("/api/v1/auth/logout", headers=laptop.headers)
+    elif ending == "revoked from another":
+        r = await client.http.delete(
+            f"/api/v1/me/sessions/{laptop.session_id}", headers=phone.headers
+        )
+    elif ending == "all others revoked":
+        r = await client.http.delete("/api/v1/me/sessions", headers=phone.headers)
+        assert r.json()["revoked"] == 1
+    elif ending == "refresh token reused":
+        spent = laptop.refresh_token
+        second = await refresh(client, spent)
+        assert (await refresh(client, second.json()["refresh_token"])).status_code == 200
+        r = await refresh(client, spent)  # spent before the last: stolen, the session ends
+        assert r.status_code == 401
+        return
+    else:  # expired, then swept by the daily cleanup
+        engine = client.node.services.engine
+        async with engine.begin() as conn:
+            await conn.execute(
+                update(DbSession)
+                .where(DbSession.id == laptop.session_id)
+                .values(expires_at=utcnow() - timedelta(seconds=1))
+            )
+        # Refused from the moment it expires, its device still on until the sweep.
+        r = await reply(client, token, "expired")
+        assert (r.status_code, error_code(r)) == (401, "invalid_token"), r.text
+        assert (await devices_on(client, phone))[token_device(token)] is True
+        report = await run_cleanup(engine, make_settings(db_url))
+        assert report.ran and report.devices_switched_off >= 1
+        return
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize(
+    "ending",
+    ["logout", "revoked from another", "all others revoked", "refresh token reused", "expired"],
+)
+async def test_ending_a_session_switches_its_devices_off_and_refuses_their_tokens(
+    client: Client, db_url: str, ending: str
+) -> None:
+    p = await pair(client)  # the laptop's browser, registered by its session
+    laptop = p.me
+    phone = as_session(p.me, await login(client, p.me))
+    phone_device = await register(client, phone, web_subscription())
+    laptop_token = p.token()
+    phone_token = issue_action_token(SECRET, p.me.id, phone_device, p.cid, phone.session_id)
+    assert (await reply(client, laptop_token, "from the laptop")).status_code == 201
+
+    with captured_logs() as logs:
+        await end_session(client, ending, laptop, phone, db_url, laptop_token)
+        assert await devices_on(client, phone) == {p.device_id: False, phone_device: True}
+        for r in (
+            await reply(client, laptop_token, "stolen?"),
+            await read(client, laptop_token, 1),
+        ):
+            assert (r.status_code, error_code(r)) == (401, "invalid_token"), r.text
+        # The same user's other session, and its device, carry on.
+        assert (await reply(client, phone_token, "from the phone")).status_code == 201
+        assert (await read(client, phone_token, 1)).status_code == 200
+    lines = [record.getMessage() for record in logs.records]
+    if ending == "expired":
+        assert any("devices_switched_off=" in line for line in lines), lines
+    else:
+        assert any(
+            (laptop.session_id in line or ending == "all others revoked")
+            and f"user={p.me.id}" in line
+            and "devices_off=1" in line
+            for line in lines
+        ), lines
+    # Refused for its session (expiry, before the sweep) or its device (every ending).
+    why = "session ended" if ending == "expired" else "device gone"
+    assert any(f"refused, {why} device={p.device_id}" in line for line in lines), lines
+    assert [m["content"] for m in await client.messages(p.other, p.cid)] == [
+        "from the laptop",
+        "from the phone",
+    ]
+
+
+async def test_a_device_registered_again_from_another_session_follows_it(client: Client) -> None:
+    p = await pair(client)
+    laptop = p.me
+    old_token = p.token()
+    # Signed in afresh in the same browser: the page registers its subscription again.
+    again = as_session(p.me, await login(client, p.me))
+    assert await register(client, again, p.sub) == p.device_id
+    new_token = issue_action_token(SECRET, p.me.id, p.device_id, p.cid, again.session_id)
+    # A token of the session the device was bound to before is done with.
+    r = await reply(client, old_token, "old binding")
+    assert (r.status_code, error_code(r)) == (401, "invalid_token"), r.text
+    # Ending that earlier session leaves the device alone; ending the new one does not.
+    r = await client.http.post("/api/v1/auth/logout", headers=laptop.headers)
+    assert r.status_code == 200
+    assert await devices_on(client, again) == {p.device_id: True}
+    assert (await reply(client, new_token, "new binding")).status_code == 201
+    r = await client.http.post("/api/v1/auth/logout", headers=again.headers)
+    assert r.status_code == 200
+    async with client.node.services.engine.connect() as conn:
+        active = await conn.scalar(
+            select(DeviceToken.is_active).where(DeviceToken.id == p.device_id)
+        )
+    assert active is False
+    assert (await reply(client, new_token, "after")).status_code == 401
+
+
+async def test_a_device_from_before_sessions_keeps_working(client: Client) -> None:
+    """A device registered before 0008 has no session, nor have its tokens: both stand
+    as long as the device does; a session ending leaves it alone."""
+    p = await pair(client)
+    async with client.node.services.engine.begin() as conn:
+        await conn.execute(
+            update(DeviceToken).where(DeviceToken.id == p.device_id).values(session_id=None)
+        )
+    legacy = issue_action_token(SECRET, p.me.id, p.device_id, p.cid)
+    assert (await reply(client, legacy, "old style")).status_code == 201
+    # A token naming a session is not good for a device without one.
+    r = await reply(client, p.token(), "forged binding")
+    assert (r.status_code, error_code(r)) == (401, "invalid_token"), r.text
+    assert (await client.http.post("/api/v1/auth/logout", headers=p.me.headers)).status_code == 200
+    assert (await reply(client, legacy, "still")).status_code == 201
+    # A session's device refuses a token without one.
+    q = await pair(client)
+    r = await reply(client, issue_action_token(SECRET, q.me.id, q.device_id, q.cid))
+    assert (r.status_code, error_code(r)) == (401, "invalid_token"), r.text
+
+
+async def test_a_revoked_session_registers_no_device(client: Client) -> None:
+    u = await client.user()
+    assert (await client.http.post("/api/v1/auth/logout", headers=u.headers)).status_code == 200
+    r = await client.http.post(
+        f"{DEVICES}/register",
+        json={"device_token": web_subscription(), "platform": "web", "provider": "web_push"},
+        headers=u.headers,
+    )
+    assert (r.status_code, error_code(r)) == (401, "invalid_token"), r.text
+
+
+# -- with real pushes: the token a push carries, and the clear after its read ------------
+
+
+@pytest.fixture(scope="module")
+async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[PushWorld]:
+    async with AsyncExitStack() as stack:
+        yield await start_push_world(stack, tmp_path_factory.mktemp("actions"))
+
+
+@pytest.fixture(scope="module")
+async def push_node(world: PushWorld, db_url: str) -> AsyncIterator[Node]:
+    n = await start_node(make_settings(db_url, **world.settings))
+    yield n
+    await n.stop()
+
+
+@pytest.fixture
+async def push_api(push_node: Node, world: PushWorld) -> AsyncIterator[Client]:
+    world.reset()
+    client = Client(push_node)
+    yield client
+    await client.close()
+
+
+async def register_for(api: Client, user: User, provider: str, token: str) -> str:
+    platform = {"web_push": "web", "fcm": "android"}[provider]
+    r = await api.http.post(
+        f"{DEVICES}/register",
+        json={"device_token": token, "platform": platform, "provider": provider},
+        headers=user.headers,
+    )
+    assert r.status_code == 201, r.text
+    return str(r.json()["device_token_id"])
+
+
+def pushed(world: PushWorld, provider: str, token: str, kind: str) -> list[dict[str, Any]]:
+    """What the device was pushed of one kind ("message" or "clear")."""
+    found = []
+    for r in world.accepted(provider, token):
+        fields = r.message.get("data", {}) if provider == "fcm" else r.payload
+        if (fields.get("type") == "clear") == (kind == "clear"):
+            found.append(fields)
+    return found
+
+
+async def test_mark_as_read_from_a_notification_clears_the_other_devices_only(
+    push_api: Client, push_node: Node, world: PushWorld
+) -> None:
+    alice, bob = await push_api.user(), await push_api.user()
+    cid = (await push_api.conversation(alice, bob))["id"]
+    laptop, tablet, phone = world.webpush.subscribe(), world.webpush.subscribe(), world.fcm_token()
+    laptop_id = await register_for(push_api, bob, "web_push", laptop)
+    await register_for(push_api, bob, "web_push", tablet)
+    await register_for(push_api, bob, "fcm", phone)
+    r = await push_api.send(alice, cid, "lunch?")
+    assert r.status_code == 201, r.text
+    message_id = r.json()["id"]
+
+    async def shown() -> bool:
+        async with push_node.services.engine.connect() as conn:
+            rows = await conn.execute(
+                select(PushAttempt.id).where(
+                    PushAttempt.message_id == message_id, PushAttempt.outcome == "delivered"
+                )
+            )
+            return len(rows.all()) == 3
+
+    await eventually(shown, what="the message pushed to bob's three devices")
+    [notification] = pushed(world, "web_push", laptop, "message")
+    token = notification["action_token"]  # what the laptop's service worker holds
+
+    r = await read(push_api, token, notification["data"]["seq"])
+    assert r.status_code == 200 and r.json() == {"conversation_id": cid, "seq": 1}
+    clearing = push_node.services.clearing
+    await eventually(lambda: clearing.pending == 0, what="the clearing to finish")
+    # The laptop closed its own notification: no clearing push for it, its row is done.
+    assert pushed(world, "web_push", laptop, "clear") == []
+    for provider, device in (("web_push", tablet), ("fcm", phone)):
+        [clear] = pushed(world, provider, device, "clear")
+        assert (clear["conversation_id"], int(clear["seq"])) == (cid, 1), clear
+    async with push_node.services.engine.connect() as conn:
+        rows = await conn.execute(
+            select(PushAttempt.device_id, PushAttempt.cleared_at).where(
+                PushAttempt.message_id == message_id
+            )
+        )
+        states = {row.device_id: row.cleared_at is not None for row in rows}
+    assert len(states) == 3 and set(states.values()) == {True} and laptop_id in states
+
+
+async def test_the_token_a_push_carries_ends_with_its_session(
+    push_api: Client, push_node: Node, world: PushWorld
+) -> None:
+    alice, bob = await push_api.user(), await push_api.user()
+    cid = (await push_api.conversation(alice, bob))["id"]
+    phone = as_session(bob, await login(push_api, bob))
+    laptop, tablet = world.webpush.subscribe(), world.webpush.subscribe()
+    await register_for(push_api, bob, "web_push", laptop)
+    await register_for(push_api, phone, "web_push", tablet)
+    assert (await push_api.send(alice, cid, "are you in?")).status_code == 201
+
+    async def tokens() -> dict[str, str] | None:
+        found = {
+            name: pushed(world, "web_push", sub, "message")
+            for name, sub in (("laptop", laptop), ("tablet", tablet))
+        }
+        if not all(found.values()):
+            return None
+        return {name: shown[0]["action_token"] for name, shown in found.items()}
+
+    carried = await eventually(tokens, what="both browsers pushed")
+    claims = jwt.decode(carried["laptop"], options={"verify_signature": False})
+    assert claims["sid"] == bob.session_id
+    r = await push_api.http.delete(f"/api/v1/me/sessions/{bob.session_id}", headers=phone.headers)
+    assert r.status_code == 200, r.text
+    r = await reply(push_api, carried["laptop"], "from a stolen laptop")
+    assert (r.status_code, error_code(r)) == (401, "invalid_token"), r.text
+    assert (await reply(push_api, carried["tablet"], "from the tablet")).status_code == 201
+    # The laptop is pushed nothing more; the tablet is.
+    assert (await push_api.send(alice, cid, "still there?")).status_code == 201
+    await eventually(
+        lambda: len(pushed(world, "web_push", tablet, "message")) == 2, what="the tablet pushed"
+    )
+    assert len(pushed(world, "web_push", laptop, "message")) == 1

@@ -73,8 +73,9 @@ async def three_devices(api: Client, user: User, world: PushWorld) -> dict[str, 
 
 
 def clears(world: PushWorld, provider: str, token: str) -> list[dict[str, Any]]:
-    """The clearing pushes a device accepted, as {conversation_id, seq, badge}, each
-    checked against its provider's form of a clear."""
+    """The clearing pushes a device accepted, as {conversation_id, seq, badge} (a
+    deleted message's adding message_id and reason), each checked against its
+    provider's form of a clear."""
     found = []
     for r in world.accepted(provider, token):
         if provider == "fcm":
@@ -100,13 +101,14 @@ def clears(world: PushWorld, provider: str, token: str) -> list[dict[str, Any]]:
                 shown = world.accepted(provider, token)
                 tags = {p.payload.get("tag") for p in shown if p.payload.get("type") != "clear"}
                 assert fields["tag"] in tags - {None}, fields
-        found.append(
-            {
-                "conversation_id": fields["conversation_id"],
-                "seq": int(fields["seq"]),  # FCM data values are strings
-                "badge": int(fields["badge"]),
-            }
-        )
+        clear = {
+            "conversation_id": fields["conversation_id"],
+            "seq": int(fields["seq"]),  # FCM data values are strings
+            "badge": int(fields["badge"]),
+        }
+        if "reason" in fields or "message_id" in fields:
+            clear |= {"message_id": fields["message_id"], "reason": fields["reason"]}
+        found.append(clear)
     return found
 
 
@@ -175,11 +177,13 @@ async def test_a_read_clears_each_device_once_up_to_its_seq(
     alice, bob = await api.user(), await api.user()
     conv = (await api.conversation(alice, bob))["id"]
     tokens = await three_devices(api, bob, world)
+    # Each pushed before the next is sent (one batch would push the newest alone).
     first = await send(api, alice, conv, "one")
+    for row in await delivered(node, first["id"], 3):
+        assert (row.conversation_id, row.seq) == (conv, first["seq"])
     second = await send(api, alice, conv, "two")
-    for message in (first, second):
-        for row in await delivered(node, message["id"], 3):
-            assert (row.conversation_id, row.seq) == (conv, message["seq"])
+    for row in await delivered(node, second["id"], 3):
+        assert (row.conversation_id, row.seq) == (conv, second["seq"])
     # Registered after the pushes: it was shown nothing, and is told nothing.
     late = world.webpush.subscribe()
     await add_device(api, bob, "web_push", late)
@@ -268,14 +272,22 @@ async def test_a_deleted_messages_notification_is_cleared(
     conv = (await api.conversation(alice, bob))["id"]
     tokens = await three_devices(api, bob, world)
     first = await send(api, alice, conv, "keep me")
-    second = await send(api, alice, conv, "oops, wrong chat")
     await delivered(node, first["id"], 3)
+    second = await send(api, alice, conv, "oops, wrong chat")
     await delivered(node, second["id"], 3)
     clearing = node.services.clearing
 
     clearing.message_deleted(conv, second["id"])
     await settled(clearing)
-    gone = {"conversation_id": conv, "seq": 2, "badge": 2}
+    # It names the message (a client closes only a notification showing it), and its
+    # seq is that message's, no read mark.
+    gone = {
+        "conversation_id": conv,
+        "seq": 2,
+        "badge": 2,
+        "message_id": second["id"],
+        "reason": "deleted",
+    }
     assert every_clear(world, tokens) == {p: [gone] for p in PROVIDERS}
     assert set((await cleared(node, second["id"])).values()) == {True}
     assert set((await cleared(node, first["id"])).values()) == {False}
@@ -287,6 +299,29 @@ async def test_a_deleted_messages_notification_is_cleared(
     assert every_clear(world, tokens) == {p: [gone] for p in PROVIDERS}
 
 
+async def test_a_read_while_the_push_is_in_flight_still_clears_it(
+    api: Client, node: Node, world: PushWorld
+) -> None:
+    alice, bob = await api.user(), await api.user()
+    conv = (await api.conversation(alice, bob))["id"]
+    # A slow push service: it asks twice to come back in a second (Retry-After: 1).
+    web = world.webpush.subscribe(Mode.THROTTLED, Mode.THROTTLED, Mode.OK)
+    await add_device(api, bob, "web_push", web)
+    message = await send(api, alice, conv, "read me before you show me")
+
+    await eventually(lambda: world.webpush.received_for(web), what="the first try")
+    await read(api, bob, conv, 1)
+    # Nothing recorded yet: the read's own clearing finds nothing to take down.
+    assert await cleared(node, message["id"]) == {}
+
+    # Once its outcome is recorded, the push is found read already, and cleared.
+    await eventually(lambda: clears(world, "web_push", web), what="a clear after the late push")
+    await settled(node.services.clearing)
+    assert clears(world, "web_push", web) == [{"conversation_id": conv, "seq": 1, "badge": 0}]
+    assert [r.status for r in world.webpush.received_for(web)] == [429, 429, 201, 201]
+    assert set((await cleared(node, message["id"])).values()) == {True}
+
+
 async def test_a_burst_of_marks_is_one_clearing_and_a_full_queue_drops(
     api: Client, node: Node, world: PushWorld
 ) -> None:
@@ -296,8 +331,8 @@ async def test_a_burst_of_marks_is_one_clearing_and_a_full_queue_drops(
     await add_device(api, bob, "web_push", bob_web)
     await add_device(api, carol, "web_push", carol_web)
     first = await send(api, alice, conv, "a")
-    second = await send(api, alice, conv, "b")
     await delivered(node, first["id"], 2)
+    second = await send(api, alice, conv, "b")
     await delivered(node, second["id"], 2)
 
     services = node.services
@@ -405,8 +440,8 @@ async def test_reads_on_either_node_clear_every_device_once(
         conv = (await api.conversation(alice, bob))["id"]
         tokens = await three_devices(api, bob, world)
         first = await send(api, alice, conv, "one")
-        second = await send(api, alice, conv, "two")
         await delivered(n1, first["id"], 3)
+        second = await send(api, alice, conv, "two")
         await delivered(n1, second["id"], 3)
 
         # REST on the first node.

@@ -55,6 +55,13 @@ class Case:
     recipient: User
     conversation_id: str
     sockets: list[Socket]
+    sender: User
+
+    async def block_sender(self) -> None:
+        r = await self.api.http.put(
+            f"/api/v1/me/blocks/{self.sender.id}", headers=self.recipient.headers
+        )
+        assert r.status_code == 200, r.text
 
     async def conversation_settings(self, **body: Any) -> None:
         r = await self.api.http.put(
@@ -123,6 +130,20 @@ ROWS: dict[str, Row] = {
     "looking": Row(lambda c: c.socket(), "online", False),
     "idle tab only": Row(lambda c: c.socket("idle"), "sent", True),
     "back from idle": Row(lambda c: _then(c.socket("idle"), c.activity("active")), "online", False),
+    # A group both are in stays open to a blocked sender; their messages push nothing.
+    "blocked the sender": Row(lambda c: c.block_sender(), "blocked", False),
+    "blocked the sender, mentioned, notify mentions": Row(
+        lambda c: _then(c.block_sender(), c.conversation_settings(notify="mentions")),
+        "blocked",
+        False,
+        mention=True,
+    ),
+    "blocked the sender, mentioned, mentions let through quiet hours": Row(
+        lambda c: _then(c.block_sender(), c.quiet(now=True, allow_mentions=True)),
+        "blocked",
+        False,
+        mention=True,
+    ),
     "muted": Row(lambda c: c.conversation_settings(muted=True), "muted", False),
     "snoozed": Row(
         lambda c: c.conversation_settings(mute_until=(utcnow() + timedelta(hours=1)).isoformat()),
@@ -227,7 +248,7 @@ async def test_who_is_pushed_and_why(name: str, api: Client, world: PushWorld) -
             headers=recipient.headers,
         )
         assert r.status_code == 201, r.text
-    case = Case(api, recipient, conv["id"], [])
+    case = Case(api, recipient, conv["id"], [], sender)
     try:
         await row.setup(case)
         content = f"hello @{recipient.username}" if row.mention else "hello"

@@ -262,19 +262,27 @@ async def test_clearing_pushes_show_nothing_and_set_the_badge(
         "title": "Read on another device",  # for a browser that must show something
         "lang": "en",
     }  # no action token, no text of any message
-    # The same Topic as the conversation's message push: the clear replaces one still
-    # waiting at the push service.
-    assert (web.headers["Topic"], web.headers["Urgency"]) == (collapse_id(cid), "normal")
+    # A Topic of its own: waiting at the push service, a clear replaces an older clear,
+    # never the conversation's message push (which may be newer than the read).
+    assert (web.headers["Topic"], web.headers["Urgency"]) == (
+        collapse_id("clear:" + cid),
+        "normal",
+    )
+    assert web.headers["Topic"] != collapse_id(cid)
 
     fcm = got["fcm"].message
     assert "notification" not in fcm  # a data message: nothing shown
     assert fcm["data"] == {"type": "clear", "conversation_id": cid, "seq": "9", "badge": "2"}
-    assert fcm["android"] == {"priority": "normal", "ttl": "86400s", "collapse_key": cid}
+    assert fcm["android"] == {
+        "priority": "normal",
+        "ttl": "86400s",
+        "collapse_key": collapse_id("clear:" + cid),
+    }
     assert fcm["apns"] == {
         "headers": {"apns-push-type": "background", "apns-priority": "5"},
         "payload": {"aps": {"content-available": 1, "badge": 2}},
     }
-    assert fcm["webpush"]["headers"]["Topic"] == collapse_id(cid)
+    assert fcm["webpush"]["headers"]["Topic"] == collapse_id("clear:" + cid)
 
     apns = got["apns"]
     assert apns.payload == {
@@ -296,6 +304,57 @@ async def test_clearing_pushes_show_nothing_and_set_the_badge(
     got = await push(world, providers, targets, lambda _d: clear_notification(cid, 10, None))
     assert got["apns"].payload["aps"] == {"content-available": 1}
     assert "badge" not in got["fcm"].message["data"] and "badge" not in got["web_push"].payload
+
+
+async def test_a_deleted_messages_clear_names_it_everywhere(
+    world: PushWorld, providers: dict[str, Provider]
+) -> None:
+    targets = devices(world)
+    cid, mid = str(uuid.uuid4()), str(uuid.uuid4())
+    clear = clear_notification(cid, 4, 1, deleted_message_id=mid)
+    message = message_notification(
+        {**a_message(cid, seq=5)}, "Alice", None, BASE, Recipient(7), targets["web_push"]
+    )
+
+    got = await push(world, providers, targets, lambda _device: clear)
+
+    # Every provider's clear says which message went and why: a client closes only a
+    # notification showing that message, and reads no read mark into its seq.
+    web = got["web_push"]
+    assert web.payload == {
+        "type": "clear",
+        "tag": cid,
+        "conversation_id": cid,
+        "seq": 4,
+        "message_id": mid,
+        "reason": "deleted",
+        "badge": 1,
+        "title": "Read on another device",
+        "lang": "en",
+    }
+    assert got["fcm"].message["data"] == {
+        "type": "clear",
+        "conversation_id": cid,
+        "seq": "4",
+        "message_id": mid,
+        "reason": "deleted",
+        "badge": "1",
+    }
+    assert got["apns"].payload == {
+        "aps": {"content-available": 1, "badge": 1},
+        "type": "clear",
+        "conversation_id": cid,
+        "seq": 4,
+        "message_id": mid,
+        "reason": "deleted",
+    }
+    # A collapse id of its own too: neither a read's clear nor a message push replaces
+    # it while the device is away, nor it them.
+    topics = {collapse_id(message.topic), collapse_id("clear:" + cid)}
+    assert web.headers["Topic"] == collapse_id("clear:" + mid) not in topics
+    assert got["fcm"].message["android"]["collapse_key"] == collapse_id("clear:" + mid)
+    assert got["apns"].headers["apns-id"] == apns_id(f"clear:{mid}", targets["apns"].id)
+    assert "apns-collapse-id" not in got["apns"].headers
 
 
 async def test_action_token_only_in_web_push(
@@ -402,8 +461,8 @@ def test_builder_keeps_titles_short_and_text_flat() -> None:
 
 
 def test_every_supported_locale_has_every_text() -> None:
-    assert set(SUPPORTED_LOCALES) <= set(texts.LOCALES)
-    keys = {locale: set(texts._CATALOGUE[locale]) for locale in texts.LOCALES}
+    assert set(SUPPORTED_LOCALES) == set(texts._CATALOGUE)
+    keys = {locale: set(texts._CATALOGUE[locale]) for locale in SUPPORTED_LOCALES}
     assert all(k == keys["en"] for k in keys.values())
     assert [texts.text("en", "new_messages", n) for n in (1, 2)] == [
         "1 new message",

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from app.messenger.push import quiet_hours
 from app.messenger.push.quiet_hours import clock_time, is_quiet, zone
 
 
@@ -110,3 +111,8 @@ def test_clock_times() -> None:
     arabic_indic = "\u0660\u0667:\u0660\u0660"  # digits, but not ASCII ones
     for bad in ("", "7:00", "07:60", "24:00", "ab:cd", "07-00", arabic_indic, "07:001"):
         assert clock_time(bad) is None, bad
+    # The settings endpoint reads "HH:MM" with this, so what a client sends reaches it:
+    # a long string is refused before the cache, never kept as one of its keys.
+    before = quiet_hours._clock_time.cache_info().currsize
+    assert clock_time("07:00" * 100_000) is None
+    assert quiet_hours._clock_time.cache_info().currsize == before

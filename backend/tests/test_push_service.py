@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import Row, select
 
 from app.db import utcnow
-from app.messenger.models import PushAttempt
+from app.messenger.models import PushAttempt, PushDecision
 from app.messenger.writer import MessageWriter
 from tests.fakes import Mode
 from tests.helpers import (
@@ -150,6 +150,55 @@ async def test_offline_user_gets_a_push_on_every_device(api: Client, world: Push
     ]
     devices = (await api.http.get(D, headers=bob.headers)).json()["devices"]
     assert all(d["last_used_at"] > d["registered_at"] for d in devices)
+
+
+async def test_a_burst_is_one_push_per_device_saying_how_many(
+    api: Client, world: PushWorld
+) -> None:
+    alice = await api.user(display_name="Alice")
+    bob = await api.user(display_name="Bob")
+    conv = await api.conversation(alice, bob)
+    web, fcm, apns = world.webpush.subscribe(), world.fcm_token(), world.apns_token()
+    for provider, token in (("web_push", web), ("fcm", fcm), ("apns", apns)):
+        await add_device(api, bob, provider, token)
+
+    # Three sends committed in one batch (queued before the writer runs), so planned in
+    # one batch too: pushes racing each other could leave an older one shown last.
+    writer = api.node.services.writer
+    participants = frozenset(conv["participant_ids"])
+    futures = [
+        writer.submit(conv["id"], alice.id, text, f"burst-{i}", participants)
+        for i, text in enumerate(("first", "second", "third"))
+    ]
+    burst = [message for message, _ in await asyncio.gather(*futures)]
+    await eventually(lambda: job_done(api.node, burst[-1]["id"]), what="the push job")
+
+    latest = burst[-1]
+    [w] = world.accepted("web_push", web)
+    assert (w.payload["data"]["message_id"], w.payload["count"]) == (latest["id"], 3)
+    assert w.payload["body"] == "3 new messages: third"
+    [f] = world.accepted("fcm", fcm)
+    assert f.message["data"]["message_id"] == latest["id"]
+    assert f.message["notification"]["body"] == "3 new messages: third"
+    [a] = world.accepted("apns", apns)
+    assert (a.payload["message_id"], a.payload["aps"]["alert"]["body"]) == (
+        latest["id"],
+        "3 new messages: third",
+    )
+    # Only the push made is an outcome; all three are decided sent, as one run.
+    for older in burst[:-1]:
+        assert await attempts_for(api.node, older["id"]) == []
+    assert len(await attempts_for(api.node, latest["id"])) == 3
+    async with api.node.services.engine.connect() as conn:
+        runs = [
+            (r.first_seq, r.last_seq, r.reason)
+            for r in await conn.execute(
+                select(PushDecision).where(
+                    PushDecision.user_id == bob.id, PushDecision.conversation_id == conv["id"]
+                )
+            )
+        ]
+    assert runs == [(1, 3, "sent")]
 
 
 async def test_only_offline_unmuted_participants_are_pushed(api: Client, world: PushWorld) -> None:
@@ -307,8 +356,13 @@ async def test_hanging_provider_never_holds_up_the_socket(api: Client, world: Pu
         assert [m["seq"] for m in acks] == [1, 2, 3, 4, 5]
     finally:
         await sock.close()
-    [row] = await eventually(lambda: attempts_for(api.node, acks[0]["id"]), what="an outcome")
-    assert row.outcome == "gave_up"
+    # Messages planned in one batch push the newest alone: whichever were pushed end up
+    # given up, and the newest is among them.
+    await eventually(lambda: attempts_for(api.node, acks[-1]["id"]), what="an outcome")
+    for message in acks:
+        await eventually(lambda m=message: job_done(api.node, m["id"]), what="the push jobs")
+    rows = [r for m in acks for r in await attempts_for(api.node, m["id"])]
+    assert rows and {r.outcome for r in rows} == {"gave_up"}
 
 
 async def test_metrics_count_pushes(api: Client, world: PushWorld) -> None:

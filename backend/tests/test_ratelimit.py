@@ -9,7 +9,7 @@ import secrets
 import pytest
 
 from app.messenger.redis_breaker import RedisBreaker
-from app.ratelimit import LocalRateLimiter, RedisRateLimiter
+from app.ratelimit import LocalRateLimiter, RedisRateLimiter, _gcra
 from tests.cluster import RedisServer
 
 pytest_plugins = ["tests.cluster_fixtures"]
@@ -56,3 +56,12 @@ async def test_refused_hits_take_nothing(redis_server: RedisServer) -> None:
         await asyncio.sleep(0.6)
         second = await asyncio.gather(*(limiter.start_hit("k", 2.0, 2) for _ in range(2)))
         assert [a == 0 for a in second] == [True, False]
+
+
+async def test_a_burst_of_one_allows_the_first_hit_at_any_moment() -> None:
+    """tat + interval - interval can round above tat; the first hit must still pass."""
+    rate = 3.0  # an interval (1/3) that is not exact in binary
+    for now in (0.1, 1_700_000_000.123, 1_795_934_154.987654):
+        tat, retry_after = _gcra(now, now, rate, 1)
+        assert retry_after == 0.0
+        assert _gcra(tat, now, rate, 1)[1] > 0  # and the second, at once, is refused

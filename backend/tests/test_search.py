@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, text, update
+from sqlalchemy import delete, insert, text, update
 
 from app.config import ConfigError
 from app.db import make_engine
@@ -308,6 +309,47 @@ async def test_searches_are_rate_limited(db_url: str) -> None:
         assert codes == [200, 200, 429]
     finally:
         await client.close()
+        await node.stop()
+
+
+async def test_a_search_past_its_time_answers_503(db_url: str, client: Client) -> None:
+    """A search that runs longer than SEARCH_TIMEOUT_SECONDS is cancelled (PostgreSQL's
+    statement_timeout, SQLite's progress handler) and answered 503 `search_timeout`,
+    never a 500; the connection it used serves the next search as usual."""
+    node = await start_node(make_settings(db_url, search_timeout_seconds=0.001))
+    hurried = Client(node)
+    try:
+        a, b = await hurried.user(), await hurried.user()
+        cid = (await hurried.conversation(a, b))["id"]
+        # A few thousand matches to rank: far more than a millisecond's work.
+        now = datetime.now(UTC)
+        rows = [
+            {
+                "id": str(uuid.uuid4()),
+                "conversation_id": cid,
+                "seq": seq,
+                "sender_id": a.id,
+                "content": f"the quarterly budget review number {seq} is on the shared drive",
+                "created_at": now,
+            }
+            for seq in range(1, 4001)
+        ]
+        async with node.services.engine.begin() as conn:
+            await conn.execute(insert(Message), rows)
+            await conn.execute(
+                text("UPDATE conversations SET last_seq = 4000 WHERE id = :c"), {"c": cid}
+            )
+        for _ in range(3):
+            r = await hurried.http.get(
+                SEARCH, params={"q": "budget review drive"}, headers=b.headers
+            )
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["code"] == "search_timeout"
+            assert int(r.headers["Retry-After"]) > 0
+        # The same search on a node with the default time: found.
+        assert await contents(client, b, "number 17", limit=1) == [rows[16]["content"]]
+    finally:
+        await hurried.close()
         await node.stop()
 
 

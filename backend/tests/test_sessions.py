@@ -350,6 +350,24 @@ async def test_sessions_past_the_cap_end_least_recently_used_first(strict: Clien
     assert_refused(await refresh(strict, second["refresh_token"]))
 
 
+async def test_a_session_pushed_out_past_the_cap_switches_its_devices_off(
+    strict: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    u = await strict.user()
+    r = await strict.http.post(
+        "/api/v1/messenger/devices/register",
+        json={"device_token": "d4" * 32, "platform": "ios", "provider": "apns"},
+        headers=u.headers,
+    )
+    assert r.status_code == 201, r.text
+    device_id = r.json()["device_token_id"]
+    with caplog.at_level(logging.INFO, logger="app.sessions"):
+        latest = [await login(strict, u) for _ in range(3)][-1]
+    r = await strict.http.get("/api/v1/messenger/devices", headers=bearer(latest["access_token"]))
+    assert [(d["id"], d["is_active"]) for d in r.json()["devices"]] == [(device_id, False)]
+    assert f"sessions over the cap revoked user={u.id} count=1 devices_off=1" in caplog.text
+
+
 # -- sockets ------------------------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ from app.config import Settings
 from app.db import utcnow
 from app.messenger.models import DeviceToken, PushAttempt, PushDecision
 from app.models import Session
+from app.sessions import switch_off_devices_of_ended_sessions
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class CleanupReport:
     attempts_removed: int = 0
     sessions_removed: int = 0
     decisions_removed: int = 0
+    devices_switched_off: int = 0  # of sessions that expired since the last run
 
 
 async def run_cleanup(engine: AsyncEngine, settings: Settings) -> CleanupReport:
@@ -57,6 +59,9 @@ async def run_cleanup(engine: AsyncEngine, settings: Settings) -> CleanupReport:
                 or_(_devices.c.is_active.is_(False), _devices.c.last_used_at < device_cutoff)
             )
         )
+        # A session that expired ends its devices as a revoked one does (shown switched
+        # off until the next run removes them).
+        devices_off = await switch_off_devices_of_ended_sessions(conn)
         attempts = await conn.execute(
             delete(_attempts).where(_attempts.c.created_at < attempt_cutoff)
         )
@@ -78,14 +83,16 @@ async def run_cleanup(engine: AsyncEngine, settings: Settings) -> CleanupReport:
         attempts.rowcount,
         sessions.rowcount,
         decisions_removed=decisions.rowcount,
+        devices_switched_off=devices_off,
     )
     log.info(
         "cleanup done devices_removed=%d attempts_removed=%d sessions_removed=%d"
-        " decisions_removed=%d",
+        " decisions_removed=%d devices_switched_off=%d",
         report.devices_removed,
         report.attempts_removed,
         report.sessions_removed,
         report.decisions_removed,
+        report.devices_switched_off,
     )
     return report
 

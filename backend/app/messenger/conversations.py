@@ -20,11 +20,13 @@ from app.jsonutil import JSONResponse, dumps
 from app.messenger.blocks import BLOCKED, Blocks
 from app.messenger.contacts import presence_frame
 from app.messenger.fanout import Fanout
+from app.messenger.message_changes import MessageChanges, changes_page
 from app.messenger.message_store import FIELDS, message_dict, page_of_messages
 from app.messenger.models import Conversation, Message, Participant
 from app.messenger.participants import ParticipantCache
 from app.messenger.presence import Presence
 from app.messenger.reads import ReadMarks
+from app.messenger.roles import is_group_admin
 from app.messenger.send import Sender
 from app.models import MAX_ID, User
 from app.ratelimit import RateLimiter, too_many_requests
@@ -48,6 +50,8 @@ class CreateConversationBody(BaseModel):
 class SendBody(BaseModel):
     content: str
     client_msg_id: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+    # The id of a message of the same conversation this one answers.
+    reply_to: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
 
 
 class SettingsBody(BaseModel):
@@ -102,6 +106,7 @@ def _conversation_dict(row: Any) -> dict[str, Any]:
         "id": row.id,
         "type": row.type,
         "title": row.title,
+        "created_by": row.created_by,
         "participant_ids": sorted(int(u) for u in row.member_ids.split(",")),
         "last_message": last_message,
         "unread_count": row.unread_count,
@@ -124,7 +129,9 @@ class ConversationRoutes:
         blocks: Blocks,
         limiter: RateLimiter,
         settings: Settings,
+        changes: MessageChanges,
     ) -> None:
+        self._changes = changes
         self._engine = engine
         self._limiter = limiter
         self._settings = settings
@@ -142,6 +149,7 @@ class ConversationRoutes:
         return [
             Route(base, self.list_conversations, methods=["GET"]),
             Route(base, self.create_conversation, methods=["POST"]),
+            Route(base + "/{conversation_id}", self.get_conversation, methods=["GET"]),
             Route(base + "/{conversation_id}/messages", self.list_messages, methods=["GET"]),
             Route(base + "/{conversation_id}/messages", self.post_message, methods=["POST"]),
             Route(base + "/{conversation_id}/settings", self.get_settings, methods=["GET"]),
@@ -161,6 +169,26 @@ class ConversationRoutes:
         async with self._engine.connect() as conn:
             rows = await conn.execute(_list_query(user_id))
             return JSONResponse({"conversations": [_conversation_dict(r) for r in rows]})
+
+    async def get_conversation(self, request: Request) -> Response:
+        user_id, conversation_id, _ = await self._member(request)
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(_list_query(user_id, conversation_id))).one()
+            members = await conn.execute(
+                select(_participants.c.user_id, _participants.c.last_read_seq)
+                .where(_participants.c.conversation_id == conversation_id)
+                .order_by(_participants.c.user_id)
+            )
+            participants = [
+                {
+                    "user_id": m.user_id,
+                    "role": _role(row.type, row.created_by, m.user_id),
+                    # Read receipts ("Seen by") survive a reload from here.
+                    "last_read_seq": m.last_read_seq,
+                }
+                for m in members
+            ]
+        return JSONResponse({**_conversation_dict(row), "participants": participants})
 
     async def create_conversation(self, request: Request) -> Response:
         user_id = await self._reader.user_id(request)
@@ -254,20 +282,23 @@ class ConversationRoutes:
 
     async def list_messages(self, request: Request) -> Response:
         _, conversation_id, _ = await self._member(request)
+        if "changed_after" in request.query_params:
+            return await changes_page(request, self._changes, conversation_id)
         after_seq = query_int(request, "after_seq", minimum=0)
         before_seq = query_int(request, "before_seq", minimum=0)
         limit = query_int(request, "limit", minimum=1, maximum=200) or 50
-        messages = await page_of_messages(
+        messages, cursor = await page_of_messages(
             self._engine, conversation_id, after_seq, before_seq, limit
         )
-        return JSONResponse({"messages": messages})
+        # cursor: where this client's changed_after starts (message_changes).
+        return JSONResponse({"messages": messages, "cursor": cursor})
 
     async def post_message(self, request: Request) -> Response:
         user_id = await self._reader.user_id(request)
         conversation_id = request.path_params["conversation_id"]
         body = await self._reader.json(request, SendBody)
         message, created = await self._sender.send(
-            user_id, conversation_id, body.content, body.client_msg_id
+            user_id, conversation_id, body.content, body.client_msg_id, body.reply_to
         )
         return JSONResponse(message, 201 if created else 200)
 
@@ -301,6 +332,11 @@ class ConversationRoutes:
         body = await self._reader.json(request, ReadBody)
         await self._reads.mark(user_id, conversation_id, body.seq, participants)
         return JSONResponse({"conversation_id": conversation_id, "seq": body.seq})
+
+
+def _role(kind: str, created_by: int, user_id: int) -> str:
+    """Participants have no stored roles yet: a group's admin (its creator) owns it."""
+    return "owner" if is_group_admin(kind, created_by, user_id) else "member"
 
 
 def _me(conversation_id: str, user_id: int) -> ColumnElement[bool]:

@@ -1,4 +1,10 @@
-"""Devices registered for push: register, list, unregister; the VAPID public key."""
+"""Devices registered for push: register, list, unregister; the VAPID public key.
+
+A device is bound to the sign-in session that registered it (or registered it last):
+ending that session switches it off (app.sessions). A device that moves to another user
+gets a new id, so nothing of its former user's (action tokens, delivery history) names
+it any more.
+"""
 
 from __future__ import annotations
 
@@ -27,13 +33,14 @@ from app.messenger.models import DeviceToken
 from app.messenger.push.endpoints import EndpointPolicy, EndpointRefused
 from app.messenger.push.service import PushService
 from app.messenger.push.webpush import WebPushProvider
-from app.models import User
+from app.models import Session, User
 from app.ratelimit import RateLimiter, too_many_requests
 from app.web import RequestReader
 
 log = logging.getLogger(__name__)
 _devices = DeviceToken.__table__
 _users = User.__table__
+_sessions = Session.__table__
 
 # Which providers can reach which platform (FCM also delivers to iOS and browsers).
 PROVIDERS_FOR = {"ios": {"apns", "fcm"}, "android": {"fcm"}, "web": {"web_push", "fcm"}}
@@ -142,7 +149,8 @@ class DeviceRoutes:
         ]
 
     async def register_device(self, request: Request) -> Response:
-        user_id = await self._reader.user_id(request)
+        caller = await self._reader.caller(request)
+        user_id, session_id = caller.user_id, caller.session_id
         settings = self._settings
         retry_after = await self._limiter.hit(
             f"device:{user_id}",
@@ -169,8 +177,10 @@ class DeviceRoutes:
             "device_name": body.device_name,
             "is_active": True,
             "last_used_at": now,
+            "session_id": session_id,
         }
         engine = self._engine
+        postgresql = engine.dialect.name == "postgresql"
         for _ in range(2):
             try:
                 async with engine.begin() as conn:
@@ -181,25 +191,45 @@ class DeviceRoutes:
                         .where(_users.c.id == user_id)
                         .with_for_update(key_share=True)
                     )
+                    if postgresql:
+                        await _session_stands(conn, user_id, session_id)
                     row = (
                         await conn.execute(
-                            select(_devices.c.id, _devices.c.user_id).where(
+                            select(_devices.c.id, _devices.c.user_id, _devices.c.session_id).where(
                                 _devices.c.token_key == key
                             )
                         )
                     ).first()
                     evicted: list[str] = []
-                    if row is not None:
-                        # Known token: refresh it, and move it to the caller if another user had it.
+                    if row is not None and row.user_id == user_id:
+                        # Known token: refresh it (and bind it to the caller's session).
                         await conn.execute(
                             update(_devices).where(_devices.c.id == row.id).values(**values)
                         )
-                        if row.user_id != user_id:
-                            log.info(
-                                "device moved device=%s from=%s to=%s", row.id, row.user_id, user_id
-                            )
-                            evicted = await self._evict_beyond_cap(conn, user_id, row.id)
                         device_id, status = row.id, 200
+                        if row.session_id != session_id:
+                            log.info(
+                                "device bound to another session device=%s user=%s session=%s",
+                                device_id,
+                                user_id,
+                                session_id,
+                            )
+                    elif row is not None:
+                        # Another user's: it moves to the caller, under a new id.
+                        device_id, status = str(uuid.uuid4()), 200
+                        await conn.execute(
+                            update(_devices)
+                            .where(_devices.c.id == row.id)
+                            .values(id=device_id, created_at=now, **values)
+                        )
+                        log.info(
+                            "device moved device=%s new_id=%s from=%s to=%s",
+                            row.id,
+                            device_id,
+                            row.user_id,
+                            user_id,
+                        )
+                        evicted = await self._evict_beyond_cap(conn, user_id, device_id)
                     else:
                         device_id, status = str(uuid.uuid4()), 201
                         await conn.execute(
@@ -208,6 +238,11 @@ class DeviceRoutes:
                             )
                         )
                         evicted = await self._evict_beyond_cap(conn, user_id, device_id)
+                    if not postgresql:
+                        # SQLite: this transaction holds the only write lock once it has
+                        # written, so a revocation commits either before this check or
+                        # after this device is bound (and then switches it off).
+                        await _session_stands(conn, user_id, session_id)
             except IntegrityError:
                 continue  # registered concurrently: go round and refresh it
             for old in evicted:
@@ -219,9 +254,10 @@ class DeviceRoutes:
                 )
             if status == 201:
                 log.info(
-                    "device registered device=%s user=%s provider=%s",
+                    "device registered device=%s user=%s session=%s provider=%s",
                     device_id,
                     user_id,
+                    session_id,
                     body.provider,
                 )
             return _registered(device_id, user_id, body.platform, status)
@@ -287,6 +323,25 @@ class DeviceRoutes:
         if not isinstance(provider, WebPushProvider):
             raise ApiError(404, "web_push_off", "Web Push is not configured on this server")
         return JSONResponse({"public_key": provider.public_key})
+
+
+async def _session_stands(conn: AsyncConnection, user_id: int, session_id: str) -> None:
+    """401 unless the caller's session still stands, in the registration's transaction.
+    On PostgreSQL its row is share-locked before the device is written: a revocation
+    under way finishes first (and this is refused), or waits for this registration to
+    commit and then switches the new device off with the session's others."""
+    standing = await conn.scalar(
+        select(_sessions.c.id)
+        .where(
+            _sessions.c.id == session_id,
+            _sessions.c.user_id == user_id,
+            _sessions.c.revoked_at.is_(None),
+            _sessions.c.expires_at > utcnow(),
+        )
+        .with_for_update(read=True)
+    )
+    if standing is None:
+        raise ApiError(401, "invalid_token", "the access token is invalid, expired or revoked")
 
 
 def _registered(device_id: str, user_id: int, platform: str, status: int) -> Response:

@@ -8,13 +8,16 @@ group's only admin is its creator (conversations.created_by) until roles come.
 Sends are many and mentions few: content without an "@" is never looked at, and the
 names and conversations looked up are cached (usernames, a conversation's type and
 creator never change), so a send pays a query only for a name this node has not seen.
+A name nobody holds is remembered too, but only for a few seconds (someone may take it),
+and a message's first MAX_NAMES names count: one frame costs at most one small query.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections import OrderedDict
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import TypeVar
 
 from sqlalchemy import select
@@ -22,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import one_of
 from app.messenger.models import Conversation
+from app.messenger.roles import is_group_admin
 from app.models import User
 
 K = TypeVar("K")
@@ -31,8 +35,14 @@ _users = User.__table__
 _conversations = Conversation.__table__
 
 EVERYONE = "all"
-# Names a message may look up at most; the rest of a longer list is plain text.
-MAX_NAMES = 200
+# The @names of a message that count (the first ones); the rest are plain text. Each is
+# looked up as typed and, ending in "." or "-", without it: at most twice as many names
+# in one query.
+MAX_NAMES = 20
+# How long a name nobody holds is taken as nobody's, and how many such names a node
+# remembers: a user who registers it is mentionable within this time.
+UNKNOWN_NAME_SECONDS = 5.0
+MAX_UNKNOWN_NAMES = 10_000
 # An "@" right after a letter, digit or one of ".+-_" is part of an e-mail address or a
 # word (bob@ann.com), not a mention. A name runs as far as a username's characters do.
 _MENTION = re.compile(r"(?<![\w.+@-])@([A-Za-z0-9_.-]{1,64})")
@@ -57,11 +67,23 @@ def mentioned_names(content: str) -> list[tuple[str, ...]]:
 class Mentions:
     """Resolves the mentions of a send (see the module's note)."""
 
-    def __init__(self, engine: AsyncEngine, max_cached: int = 100_000) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        max_cached: int = 100_000,
+        unknown_seconds: float = UNKNOWN_NAME_SECONDS,
+        max_unknown: int = MAX_UNKNOWN_NAMES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._engine = engine
         self._dialect = engine.dialect.name
         self._max_cached = max_cached
+        self._unknown_seconds = unknown_seconds
+        self._max_unknown = max_unknown
+        self._clock = clock
         self._user_ids: OrderedDict[str, int] = OrderedDict()
+        # name nobody held when looked up -> until when it is taken as nobody's
+        self._unknown: OrderedDict[str, float] = OrderedDict()
         # conversation id -> (type, created_by)
         self._conversations: OrderedDict[str, tuple[str, int]] = OrderedDict()
 
@@ -109,21 +131,22 @@ class Mentions:
             found = (row.type, row.created_by)
             _remember(self._conversations, conversation_id, found, self._max_cached)
         kind, created_by = found
-        return kind == "group" and created_by == sender_id
+        return is_group_admin(kind, created_by, sender_id)
 
     async def _user_ids_of(self, names: Collection[str]) -> dict[str, int]:
         """The ids of the users with these names (unknown names are left out)."""
         ids: dict[str, int] = {}
         missing: list[str] = []
+        now = self._clock()
         for name in names:
             user_id = self._user_ids.get(name)
-            if user_id is None:
-                missing.append(name)
-            else:
+            if user_id is not None:
                 self._user_ids.move_to_end(name)
                 ids[name] = user_id
+            elif self._unknown.get(name, now) <= now:
+                self._unknown.pop(name, None)
+                missing.append(name)
         if missing:
-            # An unknown name is not remembered: someone may take it later.
             async with self._engine.connect() as conn:
                 rows = await conn.execute(
                     select(_users.c.id, _users.c.username).where(
@@ -133,6 +156,11 @@ class Mentions:
                 for row in rows:
                     ids[row.username] = row.id
                     _remember(self._user_ids, row.username, row.id, self._max_cached)
+            # Nobody's, for a few seconds only: someone may take the name.
+            until = now + self._unknown_seconds
+            for name in missing:
+                if name not in ids:
+                    _remember(self._unknown, name, until, self._max_unknown)
         return ids
 
 

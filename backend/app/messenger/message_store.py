@@ -18,17 +18,17 @@ from typing import Any, NamedTuple, Protocol
 import asyncpg
 import orjson
 from sqlalchemy import bindparam, select, tuple_, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.db import one_of, upsert
 from app.errors import ApiError
-from app.messenger.models import Conversation, Message, Participant, PushJob
+from app.messenger.models import Conversation, Message, MessageReaction, Participant, PushJob
 
 _conversations = Conversation.__table__
 _messages = Message.__table__
 _push_jobs = PushJob.__table__
 _participants = Participant.__table__
+_reactions = MessageReaction.__table__
 
 # The JSON shape of a message is its row: these columns, under these names.
 FIELDS = (
@@ -40,6 +40,9 @@ FIELDS = (
     "client_msg_id",
     "created_at",
     "mentions",
+    "edited_at",
+    "deleted_at",
+    "reply_to",
 )
 
 # (conversation_id, sender_id, client_msg_id): what makes a send a repeat.
@@ -52,6 +55,7 @@ def message_dict(row: Any, prefix: str = "") -> dict[str, Any]:
     if prefix:
         message = {name: getattr(row, prefix + name) for name in FIELDS}
         message["mentions"] = message["mentions"] or []
+        message["reactions"] = {}  # (filled in by reactions_of where there are any)
         return message
     # Spelled out: every message sent passes here (the comprehension costs twice as much).
     return {
@@ -63,6 +67,12 @@ def message_dict(row: Any, prefix: str = "") -> dict[str, Any]:
         "client_msg_id": row.client_msg_id,
         "created_at": row.created_at,
         "mentions": row.mentions or [],  # NULL when the message names nobody
+        "edited_at": row.edited_at,
+        "deleted_at": row.deleted_at,
+        "reply_to": row.reply_to,
+        # A message with reactions has been changed (change_seq): the pages that hold
+        # one fill these in (message_changes.with_reactions); a new message has none.
+        "reactions": {},
     }
 
 
@@ -81,6 +91,7 @@ class NewMessage(Protocol):
     content: str
     client_msg_id: str | None
     mentions: list[int] | None
+    reply_to: str | None
     id: str
     seq: int
     created_at: datetime
@@ -106,9 +117,9 @@ class PushLease(NamedTuple):
 BATCH_SQL = """
 WITH sends AS (
     SELECT * FROM unnest(
-        $1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $10::text[]
+        $1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $10::text[], $11::text[]
     ) WITH ORDINALITY AS s (
-        id, conversation_id, sender_id, content, client_msg_id, mentions, ord
+        id, conversation_id, sender_id, content, client_msg_id, mentions, reply_to, ord
     )
 ),
 counts AS (
@@ -128,10 +139,11 @@ bumped AS (
 ),
 inserted AS (
     INSERT INTO messages
-        (id, conversation_id, seq, sender_id, content, client_msg_id, created_at, mentions)
+        (id, conversation_id, seq, sender_id, content, client_msg_id, created_at, mentions,
+         reply_to)
     SELECT s.id, s.conversation_id,
            b.base + row_number() OVER (PARTITION BY s.conversation_id ORDER BY s.ord),
-           s.sender_id, s.content, s.client_msg_id, $6, s.mentions::json
+           s.sender_id, s.content, s.client_msg_id, $6, s.mentions::json, s.reply_to
     FROM sends AS s LEFT JOIN bumped AS b ON b.id = s.conversation_id
     RETURNING id, conversation_id, sender_id, seq
 ),
@@ -170,6 +182,7 @@ async def insert_in_one_statement(
             lease.until,
             lease.job_id,
             [None if s.mentions is None else _json(s.mentions) for s in sends],
+            [s.reply_to for s in sends],
         )
     except asyncpg.IntegrityConstraintViolationError:
         return False
@@ -185,8 +198,6 @@ async def insert_in_transaction(
     """The careful way: the batch in one transaction of Core statements. Raises Repeated
     (nothing written) when a send's client_msg_id is already stored, and 404 when a
     conversation is gone."""
-    postgres = engine.dialect.name == "postgresql"
-    insert = pg_insert if postgres else sqlite_insert
     counts = Counter(s.conversation_id for s in sends)
     async with engine.begin() as conn:
         next_seq: dict[str, int] = {}
@@ -210,6 +221,8 @@ async def insert_in_transaction(
             )
             next_seq[send.conversation_id] += 1
         rows = [message_dict(send) for send in sends]
+        for row in rows:
+            del row["reactions"]  # (not a column)
         # A message that names nobody leaves mentions out (SQL NULL, not JSON null), so
         # those with mentions go in a statement of their own.
         named = [row for row in rows if row["mentions"]]
@@ -220,7 +233,10 @@ async def insert_in_transaction(
         for group in (named, plain):
             if group:
                 inserted = await conn.execute(
-                    insert(_messages).on_conflict_do_nothing().returning(_messages.c.id), group
+                    upsert(_messages, engine.dialect.name)
+                    .on_conflict_do_nothing()
+                    .returning(_messages.c.id),
+                    group,
                 )
                 stored += len(inserted.all())
         if stored != len(rows):
@@ -265,15 +281,59 @@ async def find_originals(
         return {(r.conversation_id, r.sender_id, r.client_msg_id): message_dict(r) for r in rows}
 
 
+async def reactions_of(
+    conn: AsyncConnection, message_ids: Sequence[str]
+) -> dict[str, dict[str, list[int]]]:
+    """Each message's reactions, {emoji: [user_id]} in the order they were made; one query."""
+    found: dict[str, dict[str, list[int]]] = {}
+    if not message_ids:
+        return found
+    rows = await conn.execute(
+        select(_reactions.c.message_id, _reactions.c.emoji, _reactions.c.user_id)
+        .where(one_of(_reactions.c.message_id, message_ids, conn.dialect.name))
+        .order_by(_reactions.c.created_at, _reactions.c.user_id)
+    )
+    for row in rows:
+        found.setdefault(row.message_id, {}).setdefault(row.emoji, []).append(row.user_id)
+    return found
+
+
+async def with_reactions(
+    conn: AsyncConnection, rows: Sequence[Any], prefix: str = ""
+) -> list[dict[str, Any]]:
+    """The rows as messages with their reactions: one query for the page, none when no
+    message of it was ever changed (a reaction is a change)."""
+    messages = [message_dict(row, prefix) for row in rows]
+    changed = [
+        m["id"]
+        for row, m in zip(rows, messages, strict=True)
+        if getattr(row, prefix + "change_seq")
+    ]
+    if changed:
+        found = await reactions_of(conn, changed)
+        for message in messages:
+            message["reactions"] = found.get(message["id"], {})
+    return messages
+
+
+async def change_cursor(conn: AsyncConnection, conversation_id: str) -> int:
+    """The conversation's change counter: changed_after from here misses nothing."""
+    value = await conn.scalar(
+        select(_conversations.c.change_seq).where(_conversations.c.id == conversation_id)
+    )
+    return int(value or 0)
+
+
 async def page_of_messages(
     engine: AsyncEngine,
     conversation_id: str,
     after_seq: int | None,
     before_seq: int | None,
     limit: int,
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], int]:
     """A page of a conversation's history in ascending seq: with only before_seq (or
-    nothing) the newest `limit` before it; with after_seq the oldest after it."""
+    nothing) the newest `limit` before it; with after_seq the oldest after it. And the
+    change cursor, read first: whatever changes after it is found by changed_after."""
     stmt = select(_messages).where(_messages.c.conversation_id == conversation_id)
     if after_seq is not None:
         stmt = stmt.where(_messages.c.seq > after_seq)
@@ -282,7 +342,8 @@ async def page_of_messages(
     newest_first = after_seq is None
     stmt = stmt.order_by(_messages.c.seq.desc() if newest_first else _messages.c.seq).limit(limit)
     async with engine.connect() as conn:
-        messages = [message_dict(r) for r in await conn.execute(stmt)]
+        cursor = await change_cursor(conn, conversation_id)
+        messages = await with_reactions(conn, (await conn.execute(stmt)).all())
     if newest_first:
         messages.reverse()
-    return messages
+    return messages, cursor

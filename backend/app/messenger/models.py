@@ -33,6 +33,9 @@ class Conversation(Base):
     last_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # "low_id:high_id" for a direct conversation, so one pair has one conversation.
     direct_key: Mapped[str | None] = mapped_column(String(64), unique=True)
+    # Changes to its messages (edits, deletions, reactions), counted under the row lock:
+    # each stamps its message with the new value, a client's changed_after cursor.
+    change_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Participant(Base):
@@ -57,6 +60,8 @@ class Message(Base):
         UniqueConstraint("conversation_id", "seq"),
         # A client's retry of the same send finds the original through this constraint.
         UniqueConstraint("conversation_id", "sender_id", "client_msg_id"),
+        # changed_after: a conversation's changed messages in the order they changed.
+        Index("ix_messages_changes", "conversation_id", "change_seq"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -68,6 +73,28 @@ class Message(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     # The participants the content names (@username, or everyone for @all); None: nobody.
     mentions: Mapped[list[int] | None] = mapped_column(JSON)
+    edited_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # A deleted message keeps its row and seq, with empty content.
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # A message of the same conversation (the send path checks; no foreign key, see 0009).
+    reply_to: Mapped[str | None] = mapped_column(String(36))
+    # The conversation's change_seq at this message's latest change; None: never changed.
+    change_seq: Mapped[int | None] = mapped_column(Integer)
+
+
+class MessageReaction(Base):
+    """One user's reaction with one emoji to one message."""
+
+    __tablename__ = "message_reactions"
+
+    message_id: Mapped[str] = mapped_column(
+        ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True
+    )
+    emoji: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class PushJob(Base):
@@ -109,6 +136,10 @@ class DeviceToken(Base):
     is_active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_used_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    # The sign-in session that registered it (or last registered it again): when that
+    # session ends, the device is switched off. None for a device registered before
+    # devices had sessions (0008): it stays as it was until registered again.
+    session_id: Mapped[str | None] = mapped_column(String(36), index=True)
 
 
 class PushAttempt(Base):
@@ -145,7 +176,8 @@ class PushDecision(Base):
     may span the recipient's own messages (never theirs to be pushed), so a two-way chat
     is not broken into a row per reply.
 
-    reason: sent, online, muted, notify_level, quiet_hours, read_before_delay, no_device
+    reason: sent, online, blocked, muted, notify_level, quiet_hours, read_before_delay,
+    no_device
     (deliveries, with their outcomes, are in push_attempts).
     """
 

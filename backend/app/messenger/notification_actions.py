@@ -2,9 +2,10 @@
 
 The service worker holds no access token; each notification's payload carries an action
 token (action_tokens) good for one user, device and conversation. These routes take it
-instead of an Authorization header, check that its device is still that user's and
-active, then go the same way as the REST send and read: the Sender (participant, blocks,
-size, flood limits) and the read marks.
+instead of an Authorization header, check that its device is still that user's, active
+and bound to the token's session, and that the session stands (the same primary-key
+read as every REST call), then go the same way as the REST send and read: the Sender
+(participant, blocks, size, flood limits) and the read marks.
 """
 
 from __future__ import annotations
@@ -23,16 +24,18 @@ from app.config import Settings
 from app.errors import ApiError
 from app.jsonutil import JSONResponse
 from app.messenger.action_tokens import ActionClaims, InvalidActionToken, decode_action_token
-from app.messenger.models import DeviceToken
+from app.messenger.models import DeviceToken, Participant
 from app.messenger.participants import ParticipantCache
 from app.messenger.reads import ReadMarks
 from app.messenger.send import Sender
 from app.models import MAX_ID
 from app.ratelimit import RateLimiter, too_many_requests
+from app.sessions import SessionStore
 from app.web import RequestReader
 
 log = logging.getLogger(__name__)
 _devices = DeviceToken.__table__
+_participants = Participant.__table__
 
 # Far longer than any token we issue: a longer one is not ours, and is not decoded.
 MAX_ACTION_TOKEN = 2048
@@ -53,7 +56,9 @@ class ReadActionBody(_ActionBody):
 
 def _refused() -> ApiError:
     return ApiError(
-        401, "invalid_token", "the action token is invalid, expired, or its device is gone"
+        401,
+        "invalid_token",
+        "the action token is invalid or expired, or its device or session has ended",
     )
 
 
@@ -69,6 +74,7 @@ class NotificationActionRoutes:
         reads: ReadMarks,
         limiter: RateLimiter,
         settings: Settings,
+        sessions: SessionStore,
     ) -> None:
         self._engine = engine
         self._reader = reader
@@ -77,6 +83,7 @@ class NotificationActionRoutes:
         self._reads = reads
         self._limiter = limiter
         self._settings = settings
+        self._sessions = sessions
 
     @property
     def routes(self) -> list[Route]:
@@ -88,7 +95,8 @@ class NotificationActionRoutes:
 
     async def _claims(self, token: str | None) -> ActionClaims:
         """Who may act, and on which conversation: 401 unless the token is ours, unexpired,
-        and its device is still active and still the same user's."""
+        its device is still active, the same user's and bound to the token's session, and
+        that session stands."""
         if not token:
             raise ApiError(401, "unauthorized", "missing action token")
         if len(token) > MAX_ACTION_TOKEN:
@@ -100,7 +108,7 @@ class NotificationActionRoutes:
         async with self._engine.connect() as conn:
             device = (
                 await conn.execute(
-                    select(_devices.c.user_id, _devices.c.is_active).where(
+                    select(_devices.c.user_id, _devices.c.is_active, _devices.c.session_id).where(
                         _devices.c.id == claims.device_id
                     )
                 )
@@ -110,6 +118,20 @@ class NotificationActionRoutes:
                 "notification action refused, device gone device=%s user=%s",
                 claims.device_id,
                 claims.user_id,
+            )
+            raise _refused()
+        # A token names the session its device was bound to when it was issued: once the
+        # device is registered again from another session, the earlier tokens are done.
+        # A device from before devices had sessions has none, nor have its tokens.
+        if device.session_id != claims.session_id or (
+            claims.session_id is not None
+            and not await self._sessions.stands(claims.user_id, claims.session_id)
+        ):
+            log.info(
+                "notification action refused, session ended device=%s user=%s session=%s",
+                claims.device_id,
+                claims.user_id,
+                claims.session_id,
             )
             raise _refused()
         return claims
@@ -143,5 +165,16 @@ class NotificationActionRoutes:
         )
         if retry_after > 0:
             raise too_many_requests(retry_after, "too many read marks; slow down")
-        await self._reads.mark(claims.user_id, claims.conversation_id, body.seq, participants)
-        return JSONResponse({"conversation_id": claims.conversation_id, "seq": body.seq})
+        # The device that acted closed its notification itself: no clearing push for it.
+        await self._reads.mark(
+            claims.user_id, claims.conversation_id, body.seq, participants, claims.device_id
+        )
+        # The mark as it now is: not past the last message, never moved back.
+        async with self._engine.connect() as conn:
+            mark = await conn.scalar(
+                select(_participants.c.last_read_seq).where(
+                    _participants.c.conversation_id == claims.conversation_id,
+                    _participants.c.user_id == claims.user_id,
+                )
+            )
+        return JSONResponse({"conversation_id": claims.conversation_id, "seq": mark or 0})

@@ -33,6 +33,9 @@ class _Waiting:
     seq: int
     participants: frozenset[int]
     done: asyncio.Future[None]
+    # The device whose notification action made this mark: it closed that notification
+    # itself, so its clearing push is left out.
+    skip_device: str | None = None
 
 
 class ReadMarks:
@@ -40,35 +43,49 @@ class ReadMarks:
         self,
         engine: AsyncEngine,
         fanout: Fanout,
-        on_moved: Callable[[int, str, int], None] | None = None,
+        on_moved: Callable[[int, str, int, str | None], None] | None = None,
     ) -> None:
         self._engine = engine
         self._fanout = fanout
-        # Told (user, conversation, seq) of each mark that moved; it must not wait (the
-        # push clearing queues its work).
+        # Told (user, conversation, seq, device to skip) of each mark that moved; it must
+        # not wait (the push clearing queues its work).
         self._on_moved = on_moved
         self._waiting: dict[tuple[int, str], _Waiting] = {}
         self._writers: dict[tuple[int, str], asyncio.Task[None]] = {}
 
     async def mark(
-        self, user_id: int, conversation_id: str, seq: int, participants: frozenset[int]
+        self,
+        user_id: int,
+        conversation_id: str,
+        seq: int,
+        participants: frozenset[int],
+        skip_device: str | None = None,
     ) -> None:
         """Move the user's read mark forward to `seq` (never back, never past the last
         message) and, if it moved, tell every socket of the participants. Returns once
-        this mark, or a higher one, is written."""
-        await self.submit(user_id, conversation_id, seq, participants)
+        this mark, or a higher one, is written. `skip_device`: the device that marked
+        from its notification, which needs no clearing push."""
+        await self.submit(user_id, conversation_id, seq, participants, skip_device)
 
     def submit(
-        self, user_id: int, conversation_id: str, seq: int, participants: frozenset[int]
+        self,
+        user_id: int,
+        conversation_id: str,
+        seq: int,
+        participants: frozenset[int],
+        skip_device: str | None = None,
     ) -> asyncio.Future[None]:
         """mark() without waiting: the future is done once the mark is written."""
         key = (user_id, conversation_id)
         waiting = self._waiting.get(key)
         if waiting is None:
             future = asyncio.get_running_loop().create_future()
-            waiting = self._waiting[key] = _Waiting(seq, participants, future)
+            waiting = self._waiting[key] = _Waiting(seq, participants, future, skip_device)
         elif seq > waiting.seq:
             waiting.seq, waiting.participants = seq, participants
+            waiting.skip_device = skip_device
+        elif seq == waiting.seq and skip_device != waiting.skip_device:
+            waiting.skip_device = None  # marked from two places: every device is cleared
         if key not in self._writers:
             self._writers[key] = asyncio.create_task(self._write(key))
         return waiting.done
@@ -81,7 +98,9 @@ class ReadMarks:
                     moved = await self._move(user_id, conversation_id, waiting.seq)
                     if moved:
                         if self._on_moved is not None:
-                            self._on_moved(user_id, conversation_id, waiting.seq)
+                            self._on_moved(
+                                user_id, conversation_id, waiting.seq, waiting.skip_device
+                            )
                         frame = {
                             "type": "read",
                             "conversation_id": conversation_id,

@@ -16,6 +16,11 @@ the ranking does. The highlighted snippet is made for the rows of the page only.
 A page ends with `next_cursor`, opaque to clients: the (rank, created_at, id) of its
 last message, from which the next page goes on (keyset, so a message arriving
 between two pages causes no duplicate).
+
+A search has SEARCH_TIMEOUT_SECONDS: a common word over many busy conversations, or many
+words at once, may rank for longer, holding a connection meanwhile. PostgreSQL cancels
+it (statement_timeout, for its transaction only); SQLite's progress handler interrupts
+it. Either way it answers 503 `search_timeout` with Retry-After.
 """
 
 from __future__ import annotations
@@ -27,6 +32,10 @@ import binascii
 import logging
 import math
 import re
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,6 +58,7 @@ from sqlalchemy import (
     union_all,
 )
 from sqlalchemy.dialects.postgresql import REGCONFIG, TSVECTOR
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.requests import Request
 from starlette.responses import Response
@@ -73,6 +83,11 @@ MAX_QUERY_CHARS = 200
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
 MAX_CURSOR_CHARS = 300
+# What a search that ran out of time tells the client to wait.
+TIMEOUT_RETRY_AFTER = "5"
+# SQLite calls the progress handler every this many virtual machine steps (well under a
+# millisecond each time).
+PROGRESS_STEPS = 1000
 
 # Where the database marks a match in a snippet: private-use characters, split on here
 # (see snippet_parts), so a client gets plain strings and never markup.
@@ -203,10 +218,13 @@ def _order(page: Any) -> list[Any]:
 
 
 def _mine(user_id: int, conversation_id: str | None) -> Any:
-    """Messages of the caller's conversations (of that one, when given). A later deleted
-    message (deleted_at) must be left out here too."""
+    """Messages of the caller's conversations (of that one, when given). Nothing else is
+    filtered: a message nobody may read any more (deleted) must have no text left to
+    match (the search indexes follow its content), or be left out here."""
     p = _participants
     where = and_(p.c.conversation_id == _messages.c.conversation_id, p.c.user_id == user_id)
+    # A deleted message is emptied as well (message_changes), so this costs no match.
+    where = and_(where, _messages.c.deleted_at.is_(None))
     if conversation_id is not None:
         where = and_(where, _messages.c.conversation_id == conversation_id)
     return where
@@ -322,11 +340,53 @@ def sqlite_search(
 # of all messages from a rare one, so it reads the GIN index for both; for a common
 # word that is every message holding it (seconds on a million), where reading the
 # caller's conversations is milliseconds. And no parallel workers: starting them
-# costs more than the few thousand rows of a search gain from them.
-_PLAN_SETTINGS = text(
+# costs more than the few thousand rows of a search gain from them. And the search's own
+# statement timeout, when it has one.
+_PLAN_SETTINGS = (
     "SELECT set_config('plan_cache_mode', 'force_custom_plan', true), "
     "set_config('max_parallel_workers_per_gather', '0', true)"
 )
+_PLAN = text(_PLAN_SETTINGS)
+_PLAN_AND_TIMEOUT = text(_PLAN_SETTINGS + ", set_config('statement_timeout', :timeout, true)")
+# PostgreSQL's query_canceled: a statement timeout (or a cancel request).
+_QUERY_CANCELED = "57014"
+
+
+def search_timeout() -> ApiError:
+    return ApiError(
+        503,
+        "search_timeout",
+        "the search took too long; try again later, or with fewer or rarer words",
+        headers={"Retry-After": TIMEOUT_RETRY_AFTER},
+    )
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether a database error is the search's time running out."""
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        state = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
+        if state == _QUERY_CANCELED:
+            return True
+        if isinstance(error, sqlite3.OperationalError) and str(error) == "interrupted":
+            return True
+        error = getattr(error, "orig", None) or error.__cause__
+    return False
+
+
+@asynccontextmanager
+async def _sqlite_deadline(conn: AsyncConnection, seconds: float) -> AsyncIterator[None]:
+    """Interrupts the connection's statements once `seconds` have passed (the progress
+    handler runs in aiosqlite's thread, where the statement runs)."""
+    driver: Any = (await conn.get_raw_connection()).driver_connection  # aiosqlite's
+    deadline = time.monotonic() + seconds
+    await driver.set_progress_handler(lambda: time.monotonic() > deadline, PROGRESS_STEPS)
+    try:
+        yield
+    finally:
+        await driver.set_progress_handler(None, 0)
 
 
 async def search_messages(
@@ -338,18 +398,36 @@ async def search_messages(
     conversation_id: str | None = None,
     cursor: tuple[float, datetime, str] | None = None,
     limit: int = DEFAULT_LIMIT,
+    time_limit: float | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:
     """A page of the user's messages that match `q`, best first, each with `snippet`,
-    and the cursor of the next page (None when this is the last)."""
+    and the cursor of the next page (None when this is the last). Past `time_limit`
+    seconds (None: the connection's own limit) 503 `search_timeout` is raised."""
     terms = query_terms(q)
-    if engine.dialect.name == "postgresql":
+    postgres = engine.dialect.name == "postgresql"
+    if postgres:
         stmt = postgres_search(user_id, conversation_id, terms, language, cursor, limit + 1)
     else:
         stmt = sqlite_search(user_id, conversation_id, terms, cursor, limit + 1)
-    async with engine.connect() as conn:
-        if engine.dialect.name == "postgresql":
-            await conn.execute(_PLAN_SETTINGS)
-        rows = (await conn.execute(stmt)).all()
+    try:
+        async with engine.connect() as conn:
+            if postgres and time_limit is not None:
+                # In milliseconds, at least 1 (0 would turn the limit off).
+                milliseconds = str(max(1, round(time_limit * 1000)))
+                await conn.execute(_PLAN_AND_TIMEOUT, {"timeout": milliseconds})
+                rows = (await conn.execute(stmt)).all()
+            elif postgres:
+                await conn.execute(_PLAN)
+                rows = (await conn.execute(stmt)).all()
+            elif time_limit is not None:
+                async with _sqlite_deadline(conn, time_limit):
+                    rows = (await conn.execute(stmt)).all()
+            else:
+                rows = (await conn.execute(stmt)).all()
+    except DBAPIError as exc:
+        if _timed_out(exc):
+            raise search_timeout() from None
+        raise
     messages = []
     for row in rows[:limit]:
         message = message_dict(row)
@@ -415,6 +493,11 @@ class SearchRoutes:
             conversation_id=conversation_id,
             cursor=cursor,
             limit=limit,
+            # A longer one would meet the connection's own statement timeout first.
+            time_limit=min(
+                self._settings.search_timeout_seconds,
+                self._settings.database_statement_timeout_seconds,
+            ),
         )
         return JSONResponse({"messages": messages, "next_cursor": next_cursor})
 

@@ -1,7 +1,8 @@
 """The send path: one way in for WebSocket and REST sends.
 
-A send is checked (content, membership), its flood check is started, and it is
-handed to the writer, which commits it with whatever else is queued (see writer).
+A send is checked (content, membership), its flood check is started (content with an
+"@" waits for its answer, then has its mentions looked up), and it is handed to the
+writer, which commits it with whatever else is queued (see writer).
 Once committed, its frame goes to every socket of the participants; the writer has
 already handed the commit to the push service.
 """
@@ -9,6 +10,7 @@ already handed the commit to the push service.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 from app import metrics
@@ -31,6 +33,18 @@ class Accepted(NamedTuple):
     written: asyncio.Future[Written]
 
 
+async def _let_through(flood_check: asyncio.Future[float]) -> bool:
+    """Whether the flood check lets the send through (an error is the writer's to tell)."""
+    try:
+        return await asyncio.shield(flood_check) <= 0
+    except asyncio.CancelledError:
+        if flood_check.cancelled():
+            return False
+        raise  # this send's own task is cancelled
+    except Exception:
+        return False
+
+
 class Sender:
     def __init__(
         self,
@@ -41,6 +55,7 @@ class Sender:
         fanout: Fanout,
         blocks: Blocks,
         mentions: Mentions,
+        reply_exists: Callable[[str, str], Awaitable[bool]] | None = None,
     ) -> None:
         self._max_length = settings.max_message_length
         self._rate = settings.send_rate_per_second
@@ -51,9 +66,16 @@ class Sender:
         self._fanout = fanout
         self._blocks = blocks
         self._mentions = mentions
+        # (conversation_id, message_id) -> whether a reply may quote that message.
+        self._reply_exists = reply_exists
 
     async def accept(
-        self, sender_id: int, conversation_id: str, content: str, client_msg_id: str | None
+        self,
+        sender_id: int,
+        conversation_id: str,
+        content: str,
+        client_msg_id: str | None,
+        reply_to: str | None = None,
     ) -> Accepted:
         """Check a send and queue it for the writer.
 
@@ -68,16 +90,26 @@ class Sender:
             )
         participants = await self._participants.of_member(sender_id, conversation_id)
         await self._blocks.check_send(sender_id, conversation_id, participants)
-        # Only content with an "@" can name anyone: the rest never awaits the lookup.
-        mentions = None
-        if "@" in content:
-            mentions = await self._mentions.resolve(
-                sender_id, conversation_id, content, participants
-            )
         self._writer.check_room()  # before the flood check takes a token
         # The flood check goes to Redis without waiting here: the writer waits for its
         # answer just before writing, so a socket's next frame is read meanwhile.
         flood_check = self._limiter.start_hit(f"send:{sender_id}", self._rate, self._burst)
+        # Only content with an "@" can name anyone: the rest never awaits the lookup. The
+        # lookup may cost a query, so it waits for the flood check: a refused send costs
+        # none (the writer answers the refusal, as for any send).
+        mentions = None
+        if "@" in content and await _let_through(flood_check):
+            mentions = await self._mentions.resolve(
+                sender_id, conversation_id, content, participants
+            )
+        # A reply costs one query, after the flood check as mentions do; other sends none.
+        if reply_to is not None and await _let_through(flood_check):
+            if self._reply_exists is None or not await self._reply_exists(
+                conversation_id, reply_to
+            ):
+                raise ApiError(
+                    404, "reply_to_not_found", "reply_to is no message of this conversation"
+                )
         written = self._writer.submit(
             conversation_id,
             sender_id,
@@ -86,6 +118,7 @@ class Sender:
             participants,
             flood_check,
             mentions=mentions,
+            reply_to=reply_to,
         )
         return Accepted(participants, written)
 
@@ -102,8 +135,13 @@ class Sender:
         return message, created
 
     async def send(
-        self, sender_id: int, conversation_id: str, content: str, client_msg_id: str | None
+        self,
+        sender_id: int,
+        conversation_id: str,
+        content: str,
+        client_msg_id: str | None,
+        reply_to: str | None = None,
     ) -> tuple[dict[str, Any], bool]:
         """Check, persist, then deliver. (message, created)."""
-        accepted = await self.accept(sender_id, conversation_id, content, client_msg_id)
+        accepted = await self.accept(sender_id, conversation_id, content, client_msg_id, reply_to)
         return await self.finish(accepted)

@@ -52,6 +52,8 @@ class SendFrame(BaseModel):
     conversation_id: ConversationId
     content: str
     client_msg_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    # The id of a message of the same conversation this one answers.
+    reply_to: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
 
 
 class TypingFrame(BaseModel):
@@ -387,7 +389,11 @@ class SendPipeline:
             finally:
                 self._room = None
         accepted = await self._sender.accept(
-            self._conn.user_id, frame.conversation_id, frame.content, frame.client_msg_id
+            self._conn.user_id,
+            frame.conversation_id,
+            frame.content,
+            frame.client_msg_id,
+            frame.reply_to,
         )
         if self._pending is None:
             self._pending = deque()

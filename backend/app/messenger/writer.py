@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -54,6 +54,11 @@ class _Send:
     flood_check: asyncio.Future[float] | None = field(default=None, repr=False)
     # The participants the content names (mentions.Mentions); None: nobody.
     mentions: list[int] | None = None
+    # A message of the same conversation this one answers (checked by the sender).
+    reply_to: str | None = None
+    # A new message is neither edited nor deleted (message_dict reads these).
+    edited_at: ClassVar[None] = None
+    deleted_at: ClassVar[None] = None
     # Filled in by the store when written (message_dict of an unwritten send is meaningless).
     id: str = ""
     seq: int = 0
@@ -116,6 +121,7 @@ class MessageWriter:
         participants: frozenset[int],
         flood_check: asyncio.Future[float] | None = None,
         mentions: list[int] | None = None,
+        reply_to: str | None = None,
     ) -> asyncio.Future[Written]:
         """Queue a send; its future answers once committed, or with 503 `unavailable` when
         the database could not commit it. A conversation's sends are committed in the
@@ -133,6 +139,7 @@ class MessageWriter:
             future,
             flood_check,
             mentions,
+            reply_to,
         )
         self._lanes[hash(conversation_id) % len(self._lanes)].add(send)
         return future

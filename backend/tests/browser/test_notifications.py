@@ -1,6 +1,8 @@
 """Notifications that follow the person, in Chromium: a hidden or idle tab lets the push
 through, Reply and Mark as read work from the service worker without a page, a read on one
-profile takes the notification down on another, and the app badge follows the unread total.
+profile takes the notification down on another, a push that arrives late changes nothing,
+a deleted message takes down only its own notification, and the app badge follows the
+unread total.
 
 Pushes travel for real up to the local fake push service (which decrypts them with the
 subscriber's keys); from there the test hands each payload to the browser's service worker
@@ -319,11 +321,16 @@ async def test_a_read_on_one_profile_clears_the_other_and_the_badge(
     await hide(laptop_page, laptop_sockets)
     await hide(desktop_page, desktop_sockets)
 
-    for text in ("first", "second"):
-        assert (await api.send(hana, cid, text)).status_code == 201
+    # One message at a time: sent together, they would be planned together, and only
+    # the second pushed (it stands for both).
+    assert (await api.send(hana, cid, "first")).status_code == 201
+    pushes_of_first = [await pushed(push_world, sub, 1) for sub in (laptop_sub, desktop_sub)]
+    assert (await api.send(hana, cid, "second")).status_code == 201
     # Both profiles show the conversation's notification: one, for both messages.
-    for sub, driver in ((laptop_sub, laptop_driver), (desktop_sub, desktop_driver)):
-        first, second = await pushed(push_world, sub, 1), await pushed(push_world, sub, 2)
+    for first, sub, driver in zip(
+        pushes_of_first, (laptop_sub, desktop_sub), (laptop_driver, desktop_driver), strict=True
+    ):
+        second = await pushed(push_world, sub, 2)
         assert second["count"] == 2
         assert "Notification displayed" in await driver.deliver(first)
         assert "Notification displayed" in await driver.deliver(second)
@@ -336,6 +343,14 @@ async def test_a_read_on_one_profile_clears_the_other_and_the_badge(
     second = await pushed(push_world, desktop_sub, 2)
     await desktop_driver.deliver(second)
     assert await renotifies(desktop_worker, cid) is False
+    # The first message's push arriving after the second's (a retry, another route through
+    # the push service) changes nothing: neither the text shown nor the badge.
+    # Its badge as it was when only the first was unread.
+    late = {**await pushed(push_world, desktop_sub, 1), "badge": 1}
+    assert "Notification displayed" not in await desktop_driver.deliver(late)
+    [shown] = await shown_notifications(desktop_page, cid)
+    assert shown["data"]["seq"] == 2 and shown["body"] == second["body"]
+    assert (await badges(desktop_worker))[-1] == 2
     # A read up to the first message elsewhere leaves the notification of the second.
     await desktop_driver.deliver(
         {"type": "clear", "tag": cid, "conversation_id": cid, "seq": 1, "badge": 1}
@@ -362,3 +377,50 @@ async def test_a_read_on_one_profile_clears_the_other_and_the_badge(
     # A push that comes after the read that covers it is not shown again.
     assert "Notification displayed" not in await desktop_driver.deliver(second)
     assert await shown_notifications(desktop_page, cid) == []
+
+
+async def test_a_deleted_message_takes_down_only_its_own_notification(
+    new_context: NewContext, web_node: Node, api: Client, push_world: PushWorld
+) -> None:
+    """A clear with `reason: "deleted"` and `message_id` closes the notification showing
+    that message, leaves one showing another, and marks nothing read."""
+    ivy = await api.user(display_name="Ivy")
+    jon = await api.user(display_name="Jon")
+    cid = (await api.conversation(jon, ivy))["id"]
+    subscription = push_world.webpush.subscribe()
+    ctx, page, sockets = await browser_of(new_context, web_node, ivy, subscription)
+    await registered(api, ivy, 1)
+    driver = await PushDriver.attach(page, web_node.url)
+    worker = await service_worker(ctx)
+    assert await worker.evaluate(BADGE_PROBE)
+    await hide(page, sockets)
+    # One at a time, so each gets its own push (a burst is planned as one).
+    assert (await api.send(jon, cid, "first")).status_code == 201
+    first = await pushed(push_world, subscription, 1)
+    assert (await api.send(jon, cid, "second")).status_code == 201
+    second = await pushed(push_world, subscription, 2)
+    assert "Notification displayed" in await driver.deliver(second)
+
+    def deleted(message: dict[str, Any], badge: int) -> dict[str, Any]:
+        return {
+            "type": "clear",
+            "reason": "deleted",
+            "tag": cid,
+            "conversation_id": cid,
+            "message_id": message["data"]["message_id"],
+            "seq": message["data"]["seq"],
+            "badge": badge,
+        }
+
+    # The first message deleted: the notification shows the second, and stays.
+    await driver.deliver(deleted(first, 1))
+    assert [n["data"]["seq"] for n in await shown_notifications(page, cid)] == [2]
+    assert (await badges(worker))[-1] == 1
+    # The second deleted: its notification goes, and nothing counts as read.
+    await driver.deliver(deleted(second, 0))
+    assert await shown_notifications(page, cid) == []
+    assert (await badges(worker))[-1] == 0
+    assert await worker.evaluate("(cid) => loadReadMark(cid)", cid) is None
+    # So a push for an earlier message, still unread, is shown.
+    assert "Notification displayed" in await driver.deliver(first)
+    assert [n["data"]["seq"] for n in await shown_notifications(page, cid)] == [1]

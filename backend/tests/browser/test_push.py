@@ -214,6 +214,7 @@ async def test_pushes_show_replace_and_skip_the_chat_on_screen(
     assert shown["data"] == {
         "url": f"{base}/?conversation={with_pete}",
         "conversation_id": with_pete,
+        "message_id": f"m-{with_pete}-1",
         "seq": 1,
         "count": 1,
         "action_token": None,  # none in this payload: no Reply or Mark as read then
@@ -385,6 +386,7 @@ async def test_notification_click_choices(
             "data": {
                 "url": target,
                 "conversation_id": "c1",
+                "message_id": None,  # none in this payload
                 "seq": 3,
                 "count": 1,
                 "action_token": None,
@@ -398,6 +400,7 @@ async def test_notification_click_choices(
             "data": {
                 "url": base + "/",
                 "conversation_id": None,
+                "message_id": None,
                 "seq": None,
                 "count": 1,
                 "action_token": None,

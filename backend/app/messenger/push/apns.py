@@ -116,6 +116,7 @@ class APNsProvider:
         if notification.kind == "clear":
             # A background push: no alert, no sound; the app takes the conversation's
             # notification down and sets the badge. Apple requires priority 5 for it.
+            # No collapse id: it never replaces a message push waiting for the device.
             request = NotificationRequest(
                 device_token=device.token,
                 message=_clear_payload(notification),

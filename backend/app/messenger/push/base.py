@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol
 
+from app.locales import DEFAULT_LOCALE
+
 
 class Outcome(StrEnum):
     DELIVERED = "delivered"  # the provider accepted it
@@ -43,6 +45,9 @@ class Device:
     token: str
     platform: str  # "ios" | "android" | "web"
     provider: str  # "fcm" | "apns" | "web_push"
+    # The sign-in session it is bound to (None: registered before devices had one); an
+    # action token names it, and is refused once that session ends.
+    session_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,11 +60,12 @@ class Notification:
     title: str
     body: str
     # Message: {type: "message.new", conversation_id, message_id, sender_id, seq}
-    # (preview "none": no sender_id); clear: {type: "clear", conversation_id, seq}.
+    # (preview "none": no sender_id); clear: {type: "clear", conversation_id, seq}, and
+    # a deleted message's clear adds {message_id, reason: "deleted"}.
     # JSON types kept; FCM turns the values into strings.
     data: dict[str, Any]
     conversation_id: str
-    message_id: str  # "" for a clear
+    message_id: str  # a clear: "" after a read, the deleted message's id after a deletion
     # The conversation's page in the web client.
     url: str
     badge: int | None = None  # the recipient's unread total; None: leave the badge as is
@@ -69,15 +75,28 @@ class Notification:
     # Unread messages of the conversation this one notification stands for.
     count: int = 1
     preview: str = "full"  # "full" | "sender" | "none": what title/body/data show
-    locale: str = "en"  # the language of title, body and action labels
+    locale: str = DEFAULT_LOCALE  # the language of title, body and action labels
 
     @property
     def ref(self) -> str:
-        """What logs and stable per-device ids name it by: a message's id, or the
-        conversation and read mark of a clear."""
-        if self.kind == "message" or self.message_id:
-            return self.message_id
-        return f"{self.kind}:{self.conversation_id}:{self.seq}"
+        """What logs and stable per-device ids name it by: a message's id, the
+        conversation and read mark of a clear, or the deleted message of its clear."""
+        if self.kind == "clear":
+            if self.message_id:
+                return f"clear:{self.message_id}"
+            return f"clear:{self.conversation_id}:{self.seq}"
+        return self.message_id
+
+    @property
+    def topic(self) -> str:
+        """What a provider's collapse id (Web Push Topic, FCM collapse_key) is made of:
+        the conversation, so its next notification replaces this one while the device
+        is away. A clear has one of its own (a deletion's clear, one per message): a
+        clear never replaces a newer message push still waiting for the device, and a
+        read's clear and a deletion's never replace each other."""
+        if self.kind != "clear":
+            return self.conversation_id
+        return "clear:" + (self.message_id or self.conversation_id)
 
 
 def fitted(

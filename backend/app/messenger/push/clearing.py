@@ -35,10 +35,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import metrics
 from app.config import Settings
 from app.db import one_of, utcnow
+from app.locales import DEFAULT_LOCALE
 from app.messenger.models import DeviceToken, PushAttempt
 from app.messenger.push.base import Device, Notification, Outcome
 from app.messenger.push.decision import unread_totals
-from app.messenger.push.delivery import Delivery, RetryPolicy, deliver
+from app.messenger.push.delivery import Delivery, RetryPolicy, deactivate_dead, deliver
 from app.messenger.push.notification import clear_notification
 from app.messenger.push.service import PushService
 from app.models import NotificationSettings
@@ -62,6 +63,8 @@ class _Work:
     conversation_id: str
     user_id: int | None = None  # a read: this user's devices
     message_id: str | None = None  # a deleted message: every device it was shown on
+    # A read from this device's notification action: it closed that itself, no push.
+    skip_device: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,12 +90,7 @@ class Clearing:
         # The providers the push service started (known once it has started).
         self._push = push
         self._queue_limit = queue_limit
-        self._policy = RetryPolicy(
-            max_attempts=settings.push_max_attempts,
-            base_seconds=settings.push_backoff_base_seconds,
-            max_seconds=settings.push_backoff_max_seconds,
-            timeout_seconds=settings.push_timeout_seconds,
-        )
+        self._policy = RetryPolicy.from_settings(settings)
         self._limits: dict[str, asyncio.Semaphore] = {}
         self._slots = asyncio.Semaphore(WORKERS)
         # Work waiting (a read: the highest seq marked), and one task per work item.
@@ -107,14 +105,19 @@ class Clearing:
         """Clearings waiting or under way on this node."""
         return len(self._tasks)
 
-    def read_moved(self, user_id: int, conversation_id: str, seq: int) -> None:
+    def read_moved(
+        self, user_id: int, conversation_id: str, seq: int, skip_device: str | None = None
+    ) -> None:
         """The user's read mark moved up to `seq`: clear what their devices were shown of
-        the conversation up to there (in the background)."""
-        self._queue(_Work(conversation_id, user_id=user_id), seq)
+        the conversation up to there (in the background), but for `skip_device`'s (the
+        read came from its notification): its rows are only recorded cleared."""
+        self._queue(_Work(conversation_id, user_id=user_id, skip_device=skip_device), seq)
 
     def message_deleted(self, conversation_id: str, message_id: str) -> None:
         """A message was deleted: clear its notification from every device it was shown
-        on (in the background)."""
+        on (in the background). The clear names the message (`message_id`, `reason:
+        "deleted"`): a client closes the notification only if it shows that message,
+        and takes its seq for no read mark."""
         self._queue(_Work(conversation_id, message_id=message_id), 0)
 
     def _queue(self, work: _Work, seq: int) -> None:
@@ -167,7 +170,9 @@ class Clearing:
         shown = await self._shown(work, seq)
         if shown:
             read_seq = seq if work.user_id is not None else None
-            await self._take_down(work.conversation_id, shown, read_seq)
+            await self._take_down(
+                work.conversation_id, shown, read_seq, work.skip_device, work.message_id
+            )
 
     async def _shown(self, work: _Work, seq: int) -> list[_Shown]:
         """The delivered, uncleared pushes this work clears: one indexed query."""
@@ -193,10 +198,15 @@ class Clearing:
             return [_Shown(r.id, r.user_id, r.device_id, r.seq or 0) for r in rows]
 
     async def _take_down(
-        self, conversation_id: str, shown: list[_Shown], read_seq: int | None
+        self,
+        conversation_id: str,
+        shown: list[_Shown],
+        read_seq: int | None,
+        skip_device: str | None = None,
+        deleted: str | None = None,
     ) -> None:
         """One clearing push per device shown something (the newest seq it was shown, or
-        the read mark's), then its rows marked cleared."""
+        the read mark's; `deleted`: that message's), then its rows marked cleared."""
         by_device: dict[tuple[int, str], list[_Shown]] = {}
         for s in shown:
             by_device.setdefault((s.user_id, s.device_id), []).append(s)
@@ -236,12 +246,19 @@ class Clearing:
             if row is None or not row.is_active or row.user_id != user_id:
                 gone += rows
                 continue
+            if device_id == skip_device:
+                gone += rows  # it took its notification down itself
+                continue
             if row.provider not in providers:
                 continue  # its provider is off on this node: left for a read later
             device = Device(row.id, row.user_id, row.token, row.platform, row.provider)
             seq = read_seq if read_seq is not None else max(r.seq for r in rows)
             notification = clear_notification(
-                conversation_id, seq, badges.get(user_id, 0), locales.get(user_id, "en")
+                conversation_id,
+                seq,
+                badges.get(user_id, 0),
+                locales.get(user_id, DEFAULT_LOCALE),
+                deleted_message_id=deleted,
             )
             sends.append((device, rows, self._send(device, notification)))
 
@@ -289,14 +306,7 @@ class Clearing:
                     )
                     .values(cleared_at=utcnow())
                 )
-            if dead:
-                # As the push service does: a token the provider declared dead is off.
-                await conn.execute(
-                    update(DeviceToken)
-                    .where(one_of(_devices.c.id, dead, dialect))
-                    .values(is_active=False)
-                )
-                log.info("devices deactivated (dead token) count=%d", len(dead))
+            await deactivate_dead(conn, dead)
 
     async def stop(self) -> None:
         """Let clearings under way finish briefly (the providers close next); what is cut

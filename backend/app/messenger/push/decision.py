@@ -3,20 +3,27 @@
 For each message and each participant but the sender, the first of these that holds
 is the decision, recorded with its reason (push.decision_log):
 
-1. `online`: they are looking (an active socket on any node). Asked of presence by the
-   push service before anything here; the re-check remembers them (push.recheck).
-2. `muted`: the conversation is muted, snoozed (`mute_until` ahead) or push-disabled.
-3. `notify_level`: the conversation's notify level is `none`, or `mentions` and the
+1. `online`: they are looking (an active socket on any node). Asked of attention by
+   the push service before anything here; the re-check remembers them (push.recheck).
+2. `blocked`: they blocked the sender (a group both are in). Before the rest, so a
+   mention from someone blocked gets past neither a notify level nor quiet hours.
+3. `muted`: the conversation is muted, snoozed (`mute_until` ahead) or push-disabled.
+4. `notify_level`: the conversation's notify level is `none`, or `mentions` and the
    message does not name them.
-4. `quiet_hours`: now is inside their quiet hours, in their time zone (unless the
+5. `quiet_hours`: now is inside their quiet hours, in their time zone (unless the
    message names them and they let mentions through).
-5. `read_before_delay`: they have read it already (on a socket gone since, or while
+6. `read_before_delay`: they have read it already (on a socket gone since, or while
    the push waited out their delay).
-6. a push delay not over yet: no decision; a delayed job is written (push.jobs), and
+7. a push delay not over yet: no decision; a delayed job is written (push.jobs), and
    when it comes due all of this is decided again, without the delay.
-7. `no_device`: no active device whose provider is on.
-8. `sent`: every such device gets it (their outcomes go to push_attempts), except one
-   that already has an outcome for the message (a job taken up again after a crash).
+8. `no_device`: no active device whose provider is on.
+9. `sent`: every such device gets it (their outcomes go to push_attempts). One
+   notification stands for all of a conversation's unread messages, so of the
+   messages of a batch for one recipient's conversation only the newest is pushed to
+   a device (saying how many are unread): the older ones are `sent` too, covered by
+   it, with no push of their own that could race it and land last. A device that
+   already has an outcome for the message or a newer one of the conversation (a job
+   taken up again after a crash, a re-check, a delayed job) is not pushed again.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import and_, func, select, tuple_
+from sqlalchemy import and_, func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import one_of, utcnow
@@ -36,7 +43,7 @@ from app.messenger.push import decision_log as reasons
 from app.messenger.push.base import Device, Notification
 from app.messenger.push.notification import Recipient, message_notification
 from app.messenger.push.quiet_hours import is_quiet
-from app.models import User
+from app.models import Block, User
 from app.notification_settings import load_settings
 
 _participants = Participant.__table__
@@ -44,6 +51,7 @@ _devices = DeviceToken.__table__
 _attempts = PushAttempt.__table__
 _users = User.__table__
 _conversations = Conversation.__table__
+_blocks = Block.__table__
 
 CHUNK = 500  # values per IN list
 ALL_PROVIDERS = ("fcm", "apns", "web_push")
@@ -64,7 +72,8 @@ class Candidate(NamedTuple):
 
     message: Mapping[str, Any]
     user_id: int
-    # Taken up again (recovered, re-checked, delayed): devices with an outcome are skipped.
+    # Taken up again (recovered, re-checked, delayed): devices with an outcome for it
+    # (or a newer message of the conversation) are skipped.
     skip_done: bool = False
     # A delayed push come due: the recipient's delay is not applied again.
     delay_over: bool = False
@@ -102,15 +111,15 @@ def recipients(
     }
 
 
-async def offline_recipients(
-    presence: Presence, wanted: Collection[tuple[str, int]]
+async def inattentive_recipients(
+    attention: Presence, wanted: Collection[tuple[str, int]]
 ) -> set[tuple[str, int]]:
     """Those of the (conversation, user) pairs whose user is not looking (no active
-    socket on any node): one presence round trip for all of them."""
+    socket on any node): one round trip to attention for all of them."""
     if not wanted:
         return set()
-    online = await presence.online({user_id for _, user_id in wanted})
-    return {(c, u) for c, u in wanted if u not in online}
+    looking = await attention.online({user_id for _, user_id in wanted})
+    return {(c, u) for c, u in wanted if u not in looking}
 
 
 def mentioned(message: Mapping[str, Any], user_id: int) -> bool:
@@ -137,15 +146,18 @@ async def decide(
             Decision(candidates[i].user_id, m["conversation_id"], m["seq"], m["id"], reason)
         )
 
-    states = await _participant_states(
+    states = await participant_states(
         conn, {(c.message["conversation_id"], c.user_id) for c in candidates}
     )
+    blocked = await _blocked(conn, {(c.user_id, c.message["sender_id"]) for c in candidates})
     left: list[int] = []
     for i, c in enumerate(candidates):
         state = states.get((c.message["conversation_id"], c.user_id))
         if state is None:
             continue  # no longer a participant: nothing to decide
-        if (
+        if (c.user_id, c.message["sender_id"]) in blocked:
+            final(i, reasons.BLOCKED)
+        elif (
             not state.push_enabled
             or state.muted
             or (state.mute_until is not None and state.mute_until > now)
@@ -184,7 +196,14 @@ async def decide(
         return decided
 
     devices = await _devices_of(conn, {candidates[i].user_id for i in due}, providers)
-    done = await _done(conn, {candidates[i].message["id"] for i in due if candidates[i].skip_done})
+    shown = await _pushed_up_to(
+        conn,
+        {
+            (candidates[i].user_id, candidates[i].message["conversation_id"])
+            for i in due
+            if candidates[i].skip_done
+        },
+    )
     to_push: list[tuple[int, list[Device]]] = []
     for i in due:
         c = candidates[i]
@@ -193,18 +212,24 @@ async def decide(
             final(i, reasons.NO_DEVICE)
             continue
         if c.skip_done:
-            mine = [d for d in mine if (c.message["id"], d.id) not in done]
-            if not mine:
-                continue  # every device has its outcome already (decided before)
+            # Devices with an outcome for this message or a newer one of the
+            # conversation (which shows it already) are not pushed it again.
+            conversation_id, seq = c.message["conversation_id"], c.message["seq"]
+            up_to = [shown.get((d.id, conversation_id), 0) for d in mine]
+            mine = [d for d, done in zip(mine, up_to, strict=True) if done < seq]
+            if not mine and seq in up_to:
+                continue  # pushed itself, so decided before (a job taken up again)
         final(i, reasons.SENT)
-        to_push.append((i, mine))
+        if mine:
+            to_push.append((i, mine))
+    to_push = _newest_per_device(candidates, to_push)
     if not to_push:
         return decided
 
     messages = [candidates[i].message for i, _ in to_push]
     names = await _display_names(conn, {m["sender_id"] for m in messages})
     titles = await _titles(conn, {m["conversation_id"] for m in messages})
-    badges = await unread_totals(conn, {candidates[i].user_id for i, _ in to_push})
+    badges = await unread_totals(conn, {candidates[i].user_id for i, _ in to_push}, now)
     for i, mine in to_push:
         c = candidates[i]
         m = c.message
@@ -228,27 +253,30 @@ async def decide(
     return decided
 
 
-async def plan_for_offline(
-    conn: AsyncConnection,
-    messages: Collection[Mapping[str, Any]],
-    participants: Mapping[str, Collection[int]],
-    wanted: set[tuple[str, int]],
-    base_url: str,
-    skip_done: bool = False,
-) -> list[PlannedPush]:
-    """The pushes `decide` plans for the recipients `wanted` (not looking) of these
-    messages; a delayed push is left out."""
-    candidates = [
-        Candidate(m, user_id, skip_done)
-        for m in messages
-        for user_id in participants[m["conversation_id"]]
-        if (m["conversation_id"], user_id) in wanted and user_id != m["sender_id"]
-    ]
-    decided = await decide(conn, candidates, base_url)
-    return [plan for _, plan in decided.pushes]
+def _newest_per_device(
+    candidates: list[Candidate], to_push: list[tuple[int, list[Device]]]
+) -> list[tuple[int, list[Device]]]:
+    """Of these pushes (candidate, devices), each device keeps only the newest message
+    of each conversation: its notification says how many are unread, and stands for
+    the older ones (which are decided `sent` all the same)."""
+    newest: dict[tuple[str, str], int] = {}  # (conversation, device) -> candidate
+    for i, mine in to_push:
+        m = candidates[i].message
+        for d in mine:
+            key = (m["conversation_id"], d.id)
+            found = newest.get(key)
+            if found is None or candidates[found].message["seq"] < m["seq"]:
+                newest[key] = i
+    kept: list[tuple[int, list[Device]]] = []
+    for i, mine in to_push:
+        conversation_id = candidates[i].message["conversation_id"]
+        mine = [d for d in mine if newest[(conversation_id, d.id)] == i]
+        if mine:
+            kept.append((i, mine))
+    return kept
 
 
-class _State(NamedTuple):
+class ParticipantState(NamedTuple):
     last_read_seq: int
     muted: bool
     mute_until: datetime | None
@@ -256,11 +284,13 @@ class _State(NamedTuple):
     notify: str
 
 
-async def _participant_states(
+async def participant_states(
     conn: AsyncConnection, pairs: Iterable[tuple[str, int]]
-) -> dict[tuple[str, int], _State]:
+) -> dict[tuple[str, int], ParticipantState]:
+    """The participants among these (conversation, user) pairs: their read mark and
+    push settings (a pair that is not a participant is left out)."""
     pairs = list(pairs)
-    found: dict[tuple[str, int], _State] = {}
+    found: dict[tuple[str, int], ParticipantState] = {}
     p = _participants.c
     for i in range(0, len(pairs), CHUNK):
         rows = await conn.execute(
@@ -275,9 +305,26 @@ async def _participant_states(
             ).where(tuple_(p.conversation_id, p.user_id).in_(pairs[i : i + CHUNK]))
         )
         for r in rows:
-            found[(r.conversation_id, r.user_id)] = _State(
+            found[(r.conversation_id, r.user_id)] = ParticipantState(
                 r.last_read_seq, r.muted, r.mute_until, r.push_enabled, r.notify
             )
+    return found
+
+
+async def _blocked(
+    conn: AsyncConnection, pairs: Collection[tuple[int, int]]
+) -> set[tuple[int, int]]:
+    """Those of the (recipient, sender) pairs where the recipient blocked the sender."""
+    pairs = list(pairs)
+    found: set[tuple[int, int]] = set()
+    b = _blocks.c
+    for i in range(0, len(pairs), CHUNK):
+        rows = await conn.execute(
+            select(b.blocker_id, b.blocked_id).where(
+                tuple_(b.blocker_id, b.blocked_id).in_(pairs[i : i + CHUNK])
+            )
+        )
+        found.update((r.blocker_id, r.blocked_id) for r in rows)
     return found
 
 
@@ -299,23 +346,27 @@ async def _devices_of(
             # A device whose provider is off is left alone (that was said once, at start).
             if r.provider in providers:
                 found.setdefault(r.user_id, []).append(
-                    Device(r.id, r.user_id, r.token, r.platform, r.provider)
+                    Device(r.id, r.user_id, r.token, r.platform, r.provider, r.session_id)
                 )
     return found
 
 
-async def _done(conn: AsyncConnection, message_ids: Collection[str]) -> set[tuple[str, str]]:
-    """(message, device) of every outcome recorded for these messages."""
-    ids = list(message_ids)
-    done: set[tuple[str, str]] = set()
-    for i in range(0, len(ids), CHUNK):
+async def _pushed_up_to(
+    conn: AsyncConnection, pairs: Collection[tuple[int, str]]
+) -> dict[tuple[str, str], int]:
+    """(device, conversation) -> the newest seq of the conversation with an outcome on
+    that device, for these (user, conversation) pairs."""
+    pairs = list(pairs)
+    found: dict[tuple[str, str], int] = {}
+    a = _attempts.c
+    for i in range(0, len(pairs), CHUNK):
         rows = await conn.execute(
-            select(_attempts.c.message_id, _attempts.c.device_id).where(
-                _attempts.c.message_id.in_(ids[i : i + CHUNK])
-            )
+            select(a.device_id, a.conversation_id, func.max(a.seq))
+            .where(tuple_(a.user_id, a.conversation_id).in_(pairs[i : i + CHUNK]))
+            .group_by(a.device_id, a.conversation_id)
         )
-        done.update((r.message_id, r.device_id) for r in rows)
-    return done
+        found.update(((device_id, c), seq) for device_id, c, seq in rows if seq is not None)
+    return found
 
 
 async def _display_names(conn: AsyncConnection, user_ids: Collection[int]) -> dict[int, str]:
@@ -341,22 +392,12 @@ async def unread(
 ) -> set[tuple[str, int, int]]:
     """Those of the (conversation, user, seq) whose user is still a participant and has not
     read that far."""
-    marks: dict[tuple[str, int], int] = {}
-    pairs = list({(c, u) for c, u, _ in wanted})
-    for i in range(0, len(pairs), CHUNK):
-        rows = await conn.execute(
-            select(
-                _participants.c.conversation_id,
-                _participants.c.user_id,
-                _participants.c.last_read_seq,
-            ).where(
-                tuple_(_participants.c.conversation_id, _participants.c.user_id).in_(
-                    pairs[i : i + CHUNK]
-                )
-            )
-        )
-        marks.update({(r.conversation_id, r.user_id): r.last_read_seq for r in rows})
-    return {(c, u, seq) for c, u, seq in wanted if (c, u) in marks and marks[(c, u)] < seq}
+    states = await participant_states(conn, {(c, u) for c, u, _ in wanted})
+    return {
+        (c, u, seq)
+        for c, u, seq in wanted
+        if (c, u) in states and states[(c, u)].last_read_seq < seq
+    }
 
 
 async def pushed(
@@ -375,21 +416,29 @@ async def pushed(
     return done & set(wanted)
 
 
-async def unread_totals(conn: AsyncConnection, user_ids: Collection[int]) -> dict[int, int]:
-    """Each user's unread messages over all conversations (the app icon's badge)."""
+async def unread_totals(
+    conn: AsyncConnection, user_ids: Collection[int], now: datetime | None = None
+) -> dict[int, int]:
+    """Each user's unread messages over their conversations (the app icon's badge),
+    leaving out the conversations they muted (or snoozed until after `now`) and those
+    whose notify level is `none`: what never pushes them does not nag them either."""
     if not user_ids:
         return {}
+    now = now or utcnow()
+    p = _participants.c
     ids = list(user_ids)
     totals: dict[int, int] = {}
     for i in range(0, len(ids), CHUNK):
         rows = await conn.execute(
-            select(
-                _participants.c.user_id,
-                func.sum(_conversations.c.last_seq - _participants.c.last_read_seq),
+            select(p.user_id, func.sum(_conversations.c.last_seq - p.last_read_seq))
+            .join(_conversations, and_(_conversations.c.id == p.conversation_id))
+            .where(
+                p.user_id.in_(ids[i : i + CHUNK]),
+                p.muted.is_(False),
+                or_(p.mute_until.is_(None), p.mute_until <= now),
+                p.notify != "none",
             )
-            .join(_conversations, and_(_conversations.c.id == _participants.c.conversation_id))
-            .where(_participants.c.user_id.in_(ids[i : i + CHUNK]))
-            .group_by(_participants.c.user_id)
+            .group_by(p.user_id)
         )
         totals.update({user_id: int(total or 0) for user_id, total in rows})
     return totals

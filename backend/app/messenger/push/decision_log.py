@@ -7,6 +7,12 @@ recipient, not one per message. The user's own messages, which are never decided
 them, do not break a run: it spans them (its `message_id` names the one message
 decided when there is one). "online" runs (the bulk under load) stay open up to
 `hold` seconds so they can grow; the other reasons are written at the next flush.
+
+`sent` means the recipient's devices were pushed for the message, or for a newer one
+of the conversation decided in the same batch whose notification stands for it (one
+notification per conversation, saying how many are unread): push_attempts holds only
+the push made. `blocked` (the recipient blocked the sender) is this server's addition
+to the contract's reasons.
 """
 
 from __future__ import annotations
@@ -17,12 +23,22 @@ from typing import Any
 
 SENT = "sent"
 ONLINE = "online"
+BLOCKED = "blocked"
 MUTED = "muted"
 NOTIFY_LEVEL = "notify_level"
 QUIET_HOURS = "quiet_hours"
 READ_BEFORE_DELAY = "read_before_delay"
 NO_DEVICE = "no_device"
-REASONS = (SENT, ONLINE, MUTED, NOTIFY_LEVEL, QUIET_HOURS, READ_BEFORE_DELAY, NO_DEVICE)
+REASONS = (
+    SENT,
+    ONLINE,
+    BLOCKED,
+    MUTED,
+    NOTIFY_LEVEL,
+    QUIET_HOURS,
+    READ_BEFORE_DELAY,
+    NO_DEVICE,
+)
 
 HOLD = 1.0  # seconds an online run may grow before it is written
 LIMIT = 100_000  # rows kept while the database cannot take them; past it the oldest go

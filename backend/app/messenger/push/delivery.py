@@ -1,4 +1,5 @@
-"""Delivering one notification to one device: attempts, backoff, the final outcome.
+"""Delivering one notification to one device: attempts, backoff, the final outcome
+(and a device whose token turned out dead switched off).
 
 Each provider has its own in-flight limit (as Sygnal's ConcurrencyLimitedPushkin
 has), and an attempt holds a slot of it only while it talks to the provider: a
@@ -13,13 +14,21 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Collection
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.config import Settings
+from app.db import one_of
+from app.messenger.models import DeviceToken
 from app.messenger.push.base import Device, Notification, Outcome, Provider, Result
 from app.messenger.push.host_limit import PerHostLimited
 
 log = logging.getLogger(__name__)
+_devices = DeviceToken.__table__
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +46,16 @@ class RetryPolicy:
     base_seconds: float
     max_seconds: float
     timeout_seconds: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        """The push retry settings: message pushes and clears retry alike."""
+        return cls(
+            max_attempts=settings.push_max_attempts,
+            base_seconds=settings.push_backoff_base_seconds,
+            max_seconds=settings.push_backoff_max_seconds,
+            timeout_seconds=settings.push_timeout_seconds,
+        )
 
     def delay(self, attempt: int, retry_after: float | None) -> float | None:
         """Seconds to wait before the next attempt, or None to give up."""
@@ -99,6 +118,19 @@ async def _attempt(
     except Exception as exc:
         log.exception("push provider raised provider=%s device=%s", provider.name, device.id)
         return Result(Outcome.FAILED, error=f"{exc.__class__.__name__}: {exc}"[:500])
+
+
+async def deactivate_dead(conn: AsyncConnection, device_ids: Collection[str]) -> None:
+    """Switch off the devices whose token a provider declared dead (the daily cleanup
+    removes them later); whatever push found it out, a message's or a clear."""
+    if not device_ids:
+        return
+    await conn.execute(
+        update(DeviceToken)
+        .where(one_of(_devices.c.id, device_ids, conn.dialect.name))
+        .values(is_active=False)
+    )
+    log.info("devices deactivated (dead token) count=%d", len(device_ids))
 
 
 def _host_slot(provider: Provider, device: Device) -> AbstractAsyncContextManager[None]:

@@ -230,8 +230,8 @@ class FCMProvider:
 
     def _clear_message(self, device: Device, notification: Notification) -> dict[str, Any]:
         """A data message, no notification block: the app takes the conversation's
-        notification down and sets its badge; nothing is shown."""
-        tag = str(notification.conversation_id)
+        notification down (a deletion's: only if it shows that message) and sets its
+        badge; nothing is shown."""
         data = dict(notification.data)
         aps: dict[str, Any] = {"content-available": 1}
         if notification.badge is not None:
@@ -245,8 +245,9 @@ class FCMProvider:
                 # dozing phone gets it at its next wake-up, before anyone looks at it.
                 "priority": "normal",
                 "ttl": f"{self._config.ttl_seconds}s",
-                # Replaces the conversation's message push still waiting for the device.
-                "collapse_key": tag,
+                # A key of its own: the newest clear waiting for the device replaces an
+                # older one, never a message push still waiting (which may be newer).
+                "collapse_key": collapse_id(notification.topic),
             },
             # iOS through FCM: a background push, as the APNs provider sends it.
             "apns_config": {
@@ -254,7 +255,7 @@ class FCMProvider:
                 "payload": {"aps": aps},
             },
             "webpush_config": {
-                "headers": {"Topic": collapse_id(notification.conversation_id), "Urgency": "normal"}
+                "headers": {"Topic": collapse_id(notification.topic), "Urgency": "normal"}
             },
         }
 

@@ -17,10 +17,9 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.db import upsert
 from app.messenger.message_store import Committed, message_dict
 from app.messenger.models import Message, Participant, PushJob
 
@@ -88,11 +87,9 @@ async def write_delayed(conn: AsyncConnection, rows: list[dict[str, Any]]) -> No
     """Insert these delayed jobs; one already written (same id) stays as it is."""
     if not rows:
         return
-    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    statement = upsert(_jobs, conn.dialect.name).on_conflict_do_nothing(index_elements=["id"])
     for i in range(0, len(rows), CHUNK):
-        await conn.execute(
-            insert(_jobs).on_conflict_do_nothing(index_elements=["id"]), rows[i : i + CHUNK]
-        )
+        await conn.execute(statement, rows[i : i + CHUNK])
 
 
 async def next_delayed(conn: AsyncConnection) -> datetime | None:

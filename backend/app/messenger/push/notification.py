@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from app.locales import DEFAULT_LOCALE
 from app.messenger.push import texts
 from app.messenger.push.base import Device, Notification
 
@@ -36,7 +37,7 @@ class Recipient:
     # Unread messages of this conversation: one notification stands for all of them.
     unread_here: int = 1
     preview: str = "full"  # "full" | "sender" | "none"
-    locale: str = "en"
+    locale: str = DEFAULT_LOCALE
 
 
 def preview(content: str, length: int = PREVIEW_LENGTH) -> str:
@@ -111,20 +112,31 @@ def message_notification(
 
 
 def clear_notification(
-    conversation_id: str, seq: int, badge: int | None, locale: str = "en"
+    conversation_id: str,
+    seq: int,
+    badge: int | None,
+    locale: str = DEFAULT_LOCALE,
+    deleted_message_id: str | None = None,
 ) -> Notification:
     """The push that takes down a conversation's notifications, read up to `seq`
     elsewhere, and sets the badge to `badge`. It shows nothing: providers send it as a
     data message (FCM) or a background push (APNs); the title is for a browser that
-    insists on showing something for every push."""
+    insists on showing something for every push.
+
+    With `deleted_message_id` it takes down only the notification showing that message
+    (deleted; `seq` is its seq, not a read mark): it carries `message_id` and
+    `reason: "deleted"`, so a client closes that one and records no read."""
     locale = texts.locale_of(locale)
     conversation_id = str(conversation_id)
+    data: dict[str, Any] = {"type": "clear", "conversation_id": conversation_id, "seq": seq}
+    if deleted_message_id is not None:
+        data |= {"message_id": str(deleted_message_id), "reason": "deleted"}
     return Notification(
         title=texts.text(locale, "cleared_title"),
         body="",
-        data={"type": "clear", "conversation_id": conversation_id, "seq": seq},
+        data=data,
         conversation_id=conversation_id,
-        message_id="",
+        message_id=str(deleted_message_id or ""),
         url="",
         badge=badge,
         kind="clear",
@@ -135,7 +147,7 @@ def clear_notification(
     )
 
 
-def operator_test_notification(base_url: str, locale: str = "en") -> Notification:
+def operator_test_notification(base_url: str, locale: str = DEFAULT_LOCALE) -> Notification:
     """The operator's test push (`make test-push`), in the user's language."""
     locale = texts.locale_of(locale)
     return Notification(

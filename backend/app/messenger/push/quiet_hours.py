@@ -30,10 +30,17 @@ def zone(name: str | None) -> tzinfo:
         return UTC
 
 
-@lru_cache(maxsize=4096)
 def clock_time(text: str | None) -> time | None:
-    """ "HH:MM" (00:00 to 23:59) as a time of day; None for anything else."""
-    if not text or len(text) != 5 or text[2] != ":":
+    """ "HH:MM" (00:00 to 23:59) as a time of day; None for anything else. The one
+    reading of it: the settings endpoint refuses what this cannot read."""
+    if not isinstance(text, str) or len(text) != 5:
+        return None  # (before the cache: a long string never becomes one of its keys)
+    return _clock_time(text)
+
+
+@lru_cache(maxsize=4096)
+def _clock_time(text: str) -> time | None:
+    if text[2] != ":":
         return None
     hours, minutes = text[:2], text[3:]
     if not (hours.isdigit() and minutes.isdigit() and hours.isascii() and minutes.isascii()):

@@ -1,12 +1,14 @@
-"""Recipients who were not pushed because they looked online, remembered until they go.
+"""Recipients who were not pushed because they looked active, remembered until they
+are active nowhere.
 
-Presence can be wrong for a while: a socket whose peer vanished (a phone that lost
-its network) counts as online until the server's ping times out, and the users of a
-node that died until their presence TTL runs out. A message committed in that window
+Someone active may leave without reading: they go idle, or close the page. And
+attention can be wrong for a while: a socket whose peer vanished (a phone that lost
+its network) counts as active until the server's ping times out, and the users of a
+node that died until their attention TTL runs out. A message committed in that window
 was skipped for them. The push service remembers each such (message, recipient) pair
-for about that long, and once presence sees the recipient gone it writes a push job
-for the pairs still unread (the way Zulip's missed-message hook notifies a user whose
-last event queue was dropped). The memory is bounded in time and in count: past the
+for about that long, and once attention sees the recipient active nowhere it writes a
+push job for the pairs still unread (the way Zulip's missed-message hook notifies a
+user whose last event queue was dropped). The memory is bounded in time and in count: past the
 count, the oldest pairs are forgotten first.
 """
 
@@ -41,7 +43,7 @@ Hold = Callable[[str, list[Committed], int], None]
 
 
 class Skipped(NamedTuple):
-    """Messages of a conversation a recipient was not pushed because they looked online:
+    """Messages of a conversation a recipient was not pushed because they looked active:
     seqs `first` to `last` (their own messages among them are never pushed)."""
 
     user_id: int
@@ -54,7 +56,7 @@ class SkippedRecipients:
     """Per recipient and conversation, the range of seqs skipped, kept `window` seconds
     after the latest; at most `limit` ranges (past it, the earliest begun go first).
 
-    A range, not each message: planning adds to it for every online recipient of every
+    A range, not each message: planning adds to it for every active recipient of every
     message, so this must cost a dictionary look-up, not a record per message."""
 
     def __init__(
@@ -129,20 +131,21 @@ class SkippedRecipients:
 
 
 class Recheck:
-    """Looks again, every interval, at the users with skipped messages; one gone at two
-    looks in a row (or said gone by presence at least half an interval before a look)
+    """Looks again, every interval, at the users with skipped messages; one active nowhere
+    at two looks in a row (or said so by attention at least half an interval before a look)
     gets a push job for the skipped messages still unread and unpushed. A reconnect in
     between (a network switch, a node restarting) costs no push."""
 
     def __init__(
-        self, settings: Settings, engine: AsyncEngine, presence: Presence, hold: Hold
+        self, settings: Settings, engine: AsyncEngine, attention: Presence, hold: Hold
     ) -> None:
         self._settings = settings
         self._engine = engine
-        self._presence = presence
+        # Who is looking: active sockets only (app.messenger.attention).
+        self._attention = attention
         self._hold = hold
         self._interval = settings.push_recheck_interval_seconds
-        # Long enough for presence to notice a vanished socket (ping timeout) or a dead
+        # Long enough for attention to notice a vanished socket (ping timeout) or a dead
         # node (TTL), and for the looks after that.
         window = (
             settings.presence_ttl_seconds
@@ -165,13 +168,13 @@ class Recheck:
                 await self._task
 
     def skipped(self, conversation_id: str, seq: int, user_ids: Iterable[int]) -> None:
-        """Planning skipped these recipients of a message: they looked online."""
+        """Planning skipped these recipients of a message: they looked active."""
         if forgotten := self._skipped.add(conversation_id, seq, user_ids):
             metrics.push_rechecks_forgotten.inc(forgotten)
 
     def users_gone(self, user_ids: Collection[int]) -> None:
-        """Presence here saw these users go offline everywhere (their last socket here
-        closed, or a dead node's users were taken over)."""
+        """Attention here saw these users become active nowhere (their last active socket
+        here went idle or closed, or a dead node's users were taken over)."""
         now = asyncio.get_running_loop().time()
         for user_id in user_ids:
             if user_id in self._skipped:
@@ -187,15 +190,15 @@ class Recheck:
 
     async def _look(self) -> None:
         users = self._skipped.users()
-        if not users or not self._presence.complete:
-            # Nobody to look at; or presence sees only this node (Redis away), and would
+        if not users or not self._attention.complete:
+            # Nobody to look at; or attention sees only this node (Redis away), and would
             # call everyone elsewhere gone.
             self._suspects.clear()
             return
         gone: set[int] = set()
         for i in range(0, len(users), CHUNK):
             chunk = users[i : i + CHUNK]
-            gone |= set(chunk) - await self._presence.online(chunk)
+            gone |= set(chunk) - await self._attention.online(chunk)
         now = asyncio.get_running_loop().time()
         settled = now - self._interval / 2
         due = {u for u in gone if u in self._suspects and self._suspects[u] <= settled}

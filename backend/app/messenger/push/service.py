@@ -12,9 +12,13 @@ waits, and the jobs waiting keep their leases. So are the messages waiting to be
 planned: beyond as many again, a new job stays in the database until its lease runs
 out and a node with room claims it.
 
-A recipient skipped because they looked online is remembered for a while (recheck);
-once presence says they are gone, the messages they have not read get a job of their
-own, written and held like any other, so a crash in between loses nothing.
+A recipient skipped because they looked active is remembered for a while (recheck);
+once attention says they are active nowhere, the messages they have not read get a job
+of their own, written and held like any other, so a crash in between loses nothing.
+
+A push the provider took for a message its recipient read meanwhile (the read came
+while the push was in flight, before its outcome was recorded, so the read's clearing
+found nothing) is cleared as soon as its outcome is recorded (`read_already`).
 
 A recipient with a push delay gets a delayed job (push.jobs), claimed when it is due:
 the node that wrote it wakes then, and every node looks ahead for the next one due
@@ -29,7 +33,7 @@ import contextlib
 import heapq
 import logging
 import time
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
@@ -47,11 +51,12 @@ from app.messenger.push.decision import (
     Candidate,
     PlannedPush,
     decide,
-    offline_recipients,
+    inattentive_recipients,
+    participant_states,
     recipients,
 )
 from app.messenger.push.decision_log import ONLINE, DecisionLog
-from app.messenger.push.delivery import Delivery, RetryPolicy, deliver
+from app.messenger.push.delivery import Delivery, RetryPolicy, deactivate_dead, deliver
 from app.messenger.push.jobs import (
     CHUNK,
     delayed_jobs,
@@ -76,6 +81,8 @@ DUE_LIMIT = 10_000  # due times a node keeps waking for; the recovery round find
 
 # One message of one job.
 Item = tuple[str, str]
+# Told (user, conversation, read mark) of a push delivered for a message read already.
+ReadAlready = Callable[[int, str, int], None]
 
 
 class Queued(NamedTuple):
@@ -100,21 +107,17 @@ class PushService:
         self,
         settings: Settings,
         engine: AsyncEngine,
-        presence: Presence,
+        attention: Presence,
         providers: Mapping[str, Provider] | None = None,
     ) -> None:
         self._settings = settings
         self._engine = engine
-        self._presence = presence
+        # Who is looking: active sockets only (app.messenger.attention).
+        self._attention = attention
         self._providers: dict[str, Provider] = dict(providers or {})
         self._own_providers = providers is None
         self._node = settings.node_id
-        self._policy = RetryPolicy(
-            max_attempts=settings.push_max_attempts,
-            base_seconds=settings.push_backoff_base_seconds,
-            max_seconds=settings.push_backoff_max_seconds,
-            timeout_seconds=settings.push_timeout_seconds,
-        )
+        self._policy = RetryPolicy.from_settings(settings)
         # Each provider's in-flight limit (made at start, once the providers are known).
         self._limits: dict[str, asyncio.Semaphore] = {}
         # Deliveries planned and not finished, whatever the provider.
@@ -131,8 +134,8 @@ class PushService:
         self._flush = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._deliveries: set[asyncio.Task[None]] = set()
-        # Recipients skipped because they looked online, looked at again until they go.
-        self.recheck = Recheck(settings, engine, presence, hold=self._hold_recheck)
+        # Recipients skipped because they looked active, looked at again until they go.
+        self.recheck = Recheck(settings, engine, attention, hold=self._hold_recheck)
         # Jobs being deleted as done right now: not lost when a renewal misses them.
         self._closing: set[str] = set()
         # Every decision with its reason, waiting to be written by the record loop.
@@ -141,6 +144,9 @@ class PushService:
         self._due: list[float] = []
         self._due_set: set[float] = set()
         self._due_changed = asyncio.Event()
+        # Clearing's entry (set once clearing is made): a delivered push whose message
+        # its recipient has read by the time its outcome is recorded is cleared.
+        self.read_already: ReadAlready | None = None
 
     @property
     def providers(self) -> Mapping[str, Provider]:
@@ -368,7 +374,7 @@ class PushService:
         failures = 0
         while True:
             await self._wake.wait()
-            # Let the messages of a few commits gather: one presence round trip (and at
+            # Let the messages of a few commits gather: one attention round trip (and at
             # most one set of queries) for all of them, not one per commit.
             await asyncio.sleep(PLAN_DELAY)
             self._wake.clear()
@@ -400,9 +406,11 @@ class PushService:
 
     async def _plan(self, batch: list[Queued]) -> None:
         wanted = [self._wanted(q) for q in batch]
-        # Presence first, once for the whole batch: when every recipient is looking (the
+        # Attention first, once for the whole batch: when every recipient is looking (the
         # common case under load) the database is not asked at all.
-        offline = await offline_recipients(self._presence, set[tuple[str, int]]().union(*wanted))
+        away_all = await inattentive_recipients(
+            self._attention, set[tuple[str, int]]().union(*wanted)
+        )
         decisions = self.decisions
         candidates: list[Candidate] = []
         owners: list[int] = []  # the item each candidate is of
@@ -416,7 +424,7 @@ class PushService:
             )
             # Everyone looking (the common case under load) costs a dictionary look-up per
             # recipient: the re-check's and the decision log's.
-            away = w & offline if offline else ()
+            away = w & away_all if away_all else ()
             looking = [u for c, u in w if (c, u) not in away] if away else [u for _, u in w]
             if looking:
                 self.recheck.skipped(conversation_id, seq, looking)
@@ -608,13 +616,7 @@ class PushService:
                         .where(one_of(_devices.c.id, delivered, dialect))
                         .values(last_used_at=now)
                     )
-                if dead:
-                    await conn.execute(
-                        update(DeviceToken)
-                        .where(one_of(_devices.c.id, dead, dialect))
-                        .values(is_active=False)
-                    )
-                    log.info("devices deactivated (dead token) count=%d", len(dead))
+                await deactivate_dead(conn, dead)
                 if done:
                     # Only while still ours: a node that took the job over finishes it.
                     await conn.execute(
@@ -638,6 +640,34 @@ class PushService:
         finally:
             self._closing = set()
         self._forget(finished)
+        await self._clear_read_already(outcomes)
+
+    async def _clear_read_already(self, outcomes: list[tuple[PlannedPush, Delivery]]) -> None:
+        """Queue clearing for delivered pushes whose recipient has read that far by now:
+        a read that came while the push was in flight found nothing to clear. Asked after
+        the outcomes are committed, so a read committed later finds them itself; one
+        query per flush."""
+        hook = self.read_already
+        if hook is None:
+            return
+        pushed: dict[tuple[str, int], int] = {}  # (conversation, user) -> lowest seq pushed
+        for plan, d in outcomes:
+            if d.outcome == Outcome.DELIVERED and plan.conversation_id and plan.seq:
+                key = (plan.conversation_id, plan.device.user_id)
+                pushed[key] = min(plan.seq, pushed.get(key, plan.seq))
+        if not pushed:
+            return
+        try:
+            async with self._engine.connect() as conn:
+                states = await participant_states(conn, pushed)
+        except Exception as exc:
+            # The next read of the conversation clears them.
+            log.warning("push read marks not looked up node=%s %s", self._node, type(exc).__name__)
+            return
+        for (conversation_id, user_id), seq in pushed.items():
+            state = states.get((conversation_id, user_id))
+            if state is not None and state.last_read_seq >= seq:
+                hook(user_id, conversation_id, state.last_read_seq)
 
     def _jobs_done(self, finished: list[Item]) -> list[str]:
         """The held jobs whose messages still open are all among these."""

@@ -47,16 +47,12 @@ _CATALOGUE: Final[dict[str, dict[str, str | dict[str, str]]]] = {
     },
 }
 
-LOCALES: Final = tuple(_CATALOGUE)
-
 
 def locale_of(value: str | None) -> str:
-    """The catalogue's locale for a user's setting: "de", "de-AT" and "de_at" are "de";
-    anything unknown is the default."""
+    """The supported locale for a user's setting (the catalogue has each one): "de",
+    "de-AT" and "de_at" are "de"; anything unknown is the default."""
     language = (value or "").replace("_", "-").split("-", 1)[0].strip().lower()
-    if language in _CATALOGUE and language in SUPPORTED_LOCALES:
-        return language
-    return DEFAULT_LOCALE
+    return language if language in SUPPORTED_LOCALES else DEFAULT_LOCALE
 
 
 def text(locale: str, key: str, n: int | None = None, **values: object) -> str:

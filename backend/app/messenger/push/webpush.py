@@ -178,9 +178,9 @@ class WebPushProvider:
             "TTL": str(self._config.ttl_seconds),
             # A clear may wait for the device to wake; a message should not.
             "Urgency": "normal" if notification.kind == "clear" else "high",
-            # A conversation's pushes replace each other while the browser is away, a
-            # clear included: nothing is shown for what was read in the meantime.
-            "Topic": collapse_id(notification.conversation_id),
+            # A conversation's message pushes replace each other while the browser is
+            # away; a clear has a Topic of its own, so it never replaces a newer one.
+            "Topic": collapse_id(notification.topic),
             "Content-Encoding": "aes128gcm",
             "Content-Type": "application/octet-stream",
         }
@@ -195,7 +195,11 @@ class WebPushProvider:
         token = None
         if notification.kind == "message" and self._config.action_key:
             token = issue_action_token(
-                self._config.action_key, device.user_id, device.id, notification.conversation_id
+                self._config.action_key,
+                device.user_id,
+                device.id,
+                notification.conversation_id,
+                device.session_id,
             )
         notification = fitted(
             notification, lambda n: len(_payload(n, token).encode()), MAX_PAYLOAD_BYTES
@@ -270,7 +274,8 @@ def load_vapid_key(value: str) -> Vapid:
 def _payload(notification: Notification, action_token: str | None) -> str:
     """{type: "message", title, body, data, tag, url, badge, count, lang, preview,
     actions, action_token}; a clear: {type: "clear", tag, conversation_id, seq, badge,
-    title, lang}; a test: {type: "test", title, body, data, tag, url, lang}."""
+    title, lang}, a deleted message's adding {message_id, reason: "deleted"}; a test:
+    {type: "test", title, body, data, tag, url, lang}."""
     tag = str(notification.conversation_id)
     payload: dict[str, Any]
     if notification.kind == "clear":
@@ -281,6 +286,9 @@ def _payload(notification: Notification, action_token: str | None) -> str:
             "seq": notification.seq,
             "title": notification.title,
         }
+        if notification.data.get("reason") == "deleted":
+            payload["message_id"] = notification.data["message_id"]
+            payload["reason"] = "deleted"
     else:
         payload = {
             "type": notification.kind,
