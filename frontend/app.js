@@ -31,6 +31,7 @@
  *   Search    see search.js; a result opens its conversation at the message, li.message.search-hit for a while
  *   Changes   see messageactions.js: reply, react, edit and delete on a message
  *   Blocking  see blocking.js: #block-toggle in a direct conversation's header
+ *   Groups    see groupinfo.js: #group-info-open in a group's header opens its name and members
  *   URL       /?conversation=<id> opens that conversation; the open one is kept in the URL (replaceState).
  */
 
@@ -41,6 +42,7 @@ import {
   catchUpChanges, initMessageActions, showContext, submitEdit, takeReplyTo,
 } from './messageactions.js';
 import { initBlocking, showBlockState } from './blocking.js';
+import { applyConversationUpdate, initGroupInfo, showGroupInfoButton } from './groupinfo.js';
 import { initNewChatDialog } from './newchat.js';
 import { initSearch, reveal } from './search.js';
 import { initNotificationSettingsDialog } from './notifysettings.js';
@@ -306,6 +308,8 @@ const frameHandlers = {
   'message.updated': (frame) => {
     if (updateMessage(frame.message)) scheduleRender();
   },
+  'conversation.updated': onConversationUpdated,
+  'conversation.new': () => resync(), // added to a group: the list brings it
   typing: onTyping,
   read: onRead,
   presence: (frame) => {
@@ -339,6 +343,20 @@ function onNewMessage(message) {
     }
   }
   if (gap) catchUp(conversation.id).then(scheduleRender, () => {});
+  scheduleRender();
+}
+
+/** Renamed, members added or removed: a group we were added to appears, one we left goes. */
+function onConversationUpdated({ conversation }) {
+  if (!conversation?.id) return;
+  const outcome = applyConversationUpdate(conversation);
+  if (outcome === 'new') resync();
+  else if (outcome === 'left') leftConversation(conversation.id);
+  scheduleRender();
+}
+
+function leftConversation(conversationId) {
+  if (state.activeId === conversationId) closeConversation();
   scheduleRender();
 }
 
@@ -533,6 +551,7 @@ function openConversation(conversationId) {
   showContext();
   showMuteState(conversationId);
   showBlockState();
+  showGroupInfoButton();
   loadReadMarks(conversationId).then(scheduleRender, () => {});
   renderAll();
   ui.scrollToBottom();
@@ -776,6 +795,7 @@ const searchBox = initSearch({ onOpen: showMessage });
 openNotificationSettings = initNotificationSettingsDialog();
 initMessageActions({ render: scheduleRender, onError: (message) => ui.showComposerError(message) });
 initBlocking({ onError: (message) => ui.showComposerError(message) });
+initGroupInfo({ changed: scheduleRender, left: leftConversation });
 onUnauthorized(() => endSession({ expired: true }));
 onTokenRefreshed((token) => {
   connection?.authenticate(token);

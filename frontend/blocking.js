@@ -13,7 +13,8 @@ let blocked = null; // {me, ids: Promise of Set of user ids we blocked}, once pe
 let busy = false;
 let showError = () => {};
 
-function blockedIds() {
+/** Promise of the Set of user ids we blocked (asked once per session, kept current here). */
+export function blockedIds() {
   if (blocked?.me !== state.me) {
     const entry = {
       me: state.me,
@@ -54,6 +55,18 @@ export function showBlockState() {
   }, () => {});
 }
 
+/** Blocks or unblocks a user; rejects with the server's ApiError. */
+export async function setBlocked(userId, block) {
+  const ids = await blockedIds();
+  if (block) {
+    await api.block(userId);
+    ids.add(userId);
+  } else {
+    await api.unblock(userId);
+    ids.delete(userId);
+  }
+}
+
 async function toggle() {
   const userId = target();
   if (userId === null || busy) return;
@@ -61,13 +74,7 @@ async function toggle() {
   $('block-toggle').disabled = true;
   try {
     const ids = await blockedIds();
-    if (ids.has(userId)) {
-      await api.unblock(userId);
-      ids.delete(userId);
-    } else {
-      await api.block(userId);
-      ids.add(userId);
-    }
+    await setBlocked(userId, !ids.has(userId));
   } catch (error) {
     showError(error.message);
   } finally {

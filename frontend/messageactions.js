@@ -1,5 +1,5 @@
 // What can be done to a message once sent: edit (own), delete (own, or any in a group we
-// created), reply (quoted above the composer, and in the message), react (a few emoji;
+// own or administer), reply (quoted above the composer, and in the message), react (a few emoji;
 // counts, toggled by a click, who on hover). Changes arrive as `message.updated` frames;
 // after a reconnect each loaded conversation asks for what changed since its cursor.
 //
@@ -61,7 +61,7 @@ function reactionsNode(message) {
 }
 
 function actionsNode(message, conversation, own) {
-  const admin = conversation.type === 'group' && conversation.created_by === state.me.id;
+  const admin = conversation.type === 'group' && ['owner', 'admin'].includes(conversation.my_role);
   const action = (name, label) => el('button', { type: 'button', class: 'link-btn', dataset: { msgAction: name }, text: label });
   return el('div', { class: 'message-actions' },
     action('reply', 'Reply'),

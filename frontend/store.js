@@ -108,6 +108,19 @@ export function updateMessage(message) {
   return true;
 }
 
+/**
+ * A conversation we are no longer in (removed, or we left): everything held for it goes,
+ * unsent messages too (the server would refuse them).
+ */
+export function forgetConversation(conversationId) {
+  for (const timer of state.typing.get(conversationId)?.values() ?? []) clearTimeout(timer);
+  for (const map of [state.conversations, state.windows, state.reads, state.readSent, state.typing,
+    state.settings, state.drafts]) map.delete(conversationId);
+  const before = state.outbox.length;
+  state.outbox = state.outbox.filter((item) => item.conversation_id !== conversationId);
+  if (state.outbox.length !== before) saveOutbox();
+}
+
 /** Per-user key: a pending message must never be sent under another account. */
 const outboxKey = () => `messenger.outbox.${state.me.id}`;
 
@@ -137,6 +150,13 @@ export function removeFromOutbox(clientMsgId) {
   const before = state.outbox.length;
   state.outbox = state.outbox.filter((item) => item.client_msg_id !== clientMsgId);
   if (state.outbox.length !== before) saveOutbox();
+}
+
+/** Our role in a conversation (owner, admin, member), from an answer listing its participants. */
+export function recordRole(conversationId, participants) {
+  const conversation = state.conversations.get(conversationId);
+  const mine = participants?.find((p) => p.user_id === state.me?.id);
+  if (conversation && mine) conversation.my_role = mine.role;
 }
 
 /** Highest seq each other participant has read, from `read` frames seen this session. */

@@ -381,7 +381,8 @@ export function renderMessages({ prepended = false } = {}) {
     }
     const node = item.seq === undefined
       ? keep(`pending:${item.client_msg_id}:${item.status}:${item.error ?? ''}`, () => pendingNode(item))
-      : keep(`message:${item.id}:${item.version ?? 0}`, () => messageNode(item, conversation));
+      // (our role is in the key: it decides which actions a message offers)
+      : keep(`message:${item.id}:${item.version ?? 0}:${conversation.my_role ?? ''}`, () => messageNode(item, conversation));
     node.classList.toggle('continued', continues(previous, item));
     nodes.push(node);
     if (seen && item.id === seen.messageId) {

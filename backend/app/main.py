@@ -19,6 +19,7 @@ from app.messenger.blocks import BlockRoutes
 from app.messenger.conversations import ConversationRoutes
 from app.messenger.devices import DeviceRoutes
 from app.messenger.framewriter import ServerSend
+from app.messenger.members import MemberRoutes, Members
 from app.messenger.message_changes import MessageChangeRoutes
 from app.messenger.notification_actions import NotificationActionRoutes
 from app.messenger.push.endpoints import EndpointPolicy
@@ -60,6 +61,9 @@ def build_routes(services: Services) -> list[BaseRoute]:
             s.changes,
         ).routes,
         *MessageChangeRoutes(reader, s.changes).routes,
+        *MemberRoutes(
+            s.engine, reader, Members(s.engine, s.participants, s.fanout, s.blocks)
+        ).routes,
         *BlockRoutes(reader, s.blocks, s.contacts, s.presence, s.fanout).routes,
         *SearchRoutes(s.engine, reader, s.participants, s.limiter, s.settings).routes,
         *NotificationActionRoutes(

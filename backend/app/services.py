@@ -162,6 +162,9 @@ def build_services(settings: Settings) -> Services:
         # while away) are announced the way the WebSocket handler announces its own.
         redis_presence.announce = contacts.announce
         redis_fanout.on_subscribed = redis_presence.check_claims
+        # A membership change drops the conversation from every node's participant cache.
+        participants.broadcast = redis_fanout.participants_changed
+        redis_fanout.on_participants_changed = participants.invalidate
     session_store = SessionStore(engine, settings)
     mentions = Mentions(engine)
     # Edits, deletions and reactions; a deleted message's notifications are cleared.

@@ -436,3 +436,67 @@ async def test_devices_from_before_0008_keep_working_without_a_session(empty_url
             assert rows == [device]
     finally:
         await engine.dispose()
+
+
+async def test_member_roles_go_up_and_down_with_participants_in_place(empty_url: str) -> None:
+    """0010 gives participants a role (a group's creator owns it; everyone else, and both
+    sides of a direct conversation, are members) and the seq they joined at (0 for those
+    already there: they keep seeing everything); a downgrade keeps every participant."""
+    engine = create_async_engine(empty_url)
+    now = datetime(2030, 1, 2, tzinfo=UTC)
+    users = table("users", *columns("id", "username", "display_name", "password_hash"),
+                  column("created_at", UTCDateTime()))  # fmt: skip
+    conversations = table("conversations", *columns("id", "type", "created_by"),
+                          column("created_at", UTCDateTime()))  # fmt: skip
+    participants = table("participants", *columns("conversation_id", "user_id", "last_read_seq"),
+                         column("joined_at", UTCDateTime()))  # fmt: skip
+    roles = table("participants", *columns("conversation_id", "user_id", "role", "joined_seq"))
+    before = [("c-direct", 1, 3), ("c-direct", 2, 0), ("c-group", 1, 0), ("c-group", 2, 7),
+              ("c-group", 3, 0)]  # fmt: skip
+
+    def participant_columns(conn) -> set[str]:  # type: ignore[no-untyped-def]
+        return {c["name"] for c in inspect(conn).get_columns("participants")}
+
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(upgrade, "0009")
+            await conn.execute(
+                insert(users),
+                [{"id": i, "username": f"u{i}", "display_name": f"U{i}", "password_hash": "x",
+                  "created_at": now} for i in (1, 2, 3)],
+            )  # fmt: skip
+            await conn.execute(
+                insert(conversations),
+                [{"id": "c-direct", "type": "direct", "created_by": 1, "created_at": now},
+                 {"id": "c-group", "type": "group", "created_by": 2, "created_at": now}],
+            )  # fmt: skip
+            await conn.execute(
+                insert(participants),
+                [{"conversation_id": c, "user_id": u, "last_read_seq": s, "joined_at": now}
+                 for c, u, s in before],
+            )  # fmt: skip
+        for _ in range(2):  # up, down, and up again
+            async with engine.begin() as conn:
+                await conn.run_sync(upgrade, "0010")
+            async with engine.begin() as conn:
+                rows = await conn.execute(select(roles).order_by("conversation_id", "user_id"))
+                assert [tuple(r) for r in rows] == [
+                    ("c-direct", 1, "member", 0),
+                    ("c-direct", 2, "member", 0),
+                    ("c-group", 1, "member", 0),
+                    ("c-group", 2, "owner", 0),
+                    ("c-group", 3, "member", 0),
+                ]
+                await conn.execute(roles.update().values(role="admin", joined_seq=4))
+            async with engine.begin() as conn:
+                await conn.run_sync(downgrade, "0009")
+            async with engine.connect() as conn:
+                assert {"role", "joined_seq"}.isdisjoint(await conn.run_sync(participant_columns))
+                rows = await conn.execute(
+                    select(*columns("conversation_id", "user_id", "last_read_seq"))
+                    .select_from(participants)
+                    .order_by("conversation_id", "user_id")
+                )
+                assert [tuple(r) for r in rows] == before
+    finally:
+        await engine.dispose()

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, StrictBool, StrictInt, StringConstraints
 from sqlalchemy import ColumnElement, String, and_, func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -23,10 +23,10 @@ from app.messenger.fanout import Fanout
 from app.messenger.message_changes import MessageChanges, changes_page
 from app.messenger.message_store import FIELDS, message_dict, page_of_messages
 from app.messenger.models import Conversation, Message, Participant
-from app.messenger.participants import ParticipantCache
+from app.messenger.participants import ParticipantCache, joined_seq
 from app.messenger.presence import Presence
 from app.messenger.reads import ReadMarks
-from app.messenger.roles import is_group_admin
+from app.messenger.roles import MEMBER, OWNER
 from app.messenger.send import Sender
 from app.models import MAX_ID, User
 from app.ratelimit import RateLimiter, too_many_requests
@@ -91,6 +91,8 @@ def _list_query(user_id: int, conversation_id: str | None = None) -> Any:
             and_(
                 last.c.conversation_id == _conversations.c.id,
                 last.c.seq == _conversations.c.last_seq,
+                # A member who joined after it has no last message yet.
+                last.c.seq > me.c.joined_seq,
             ),
         )
         .order_by(func.coalesce(last.c.created_at, _conversations.c.created_at).desc())
@@ -173,22 +175,7 @@ class ConversationRoutes:
     async def get_conversation(self, request: Request) -> Response:
         user_id, conversation_id, _ = await self._member(request)
         async with self._engine.connect() as conn:
-            row = (await conn.execute(_list_query(user_id, conversation_id))).one()
-            members = await conn.execute(
-                select(_participants.c.user_id, _participants.c.last_read_seq)
-                .where(_participants.c.conversation_id == conversation_id)
-                .order_by(_participants.c.user_id)
-            )
-            participants = [
-                {
-                    "user_id": m.user_id,
-                    "role": _role(row.type, row.created_by, m.user_id),
-                    # Read receipts ("Seen by") survive a reload from here.
-                    "last_read_seq": m.last_read_seq,
-                }
-                for m in members
-            ]
-        return JSONResponse({**_conversation_dict(row), "participants": participants})
+            return JSONResponse(await conversation_view(conn, user_id, conversation_id))
 
     async def create_conversation(self, request: Request) -> Response:
         user_id = await self._reader.user_id(request)
@@ -242,7 +229,12 @@ class ConversationRoutes:
                 await conn.execute(
                     _participants.insert(),
                     [
-                        {"conversation_id": conversation_id, "user_id": u, "joined_at": now}
+                        {
+                            "conversation_id": conversation_id,
+                            "user_id": u,
+                            "joined_at": now,
+                            "role": OWNER if body.type == "group" and u == user_id else MEMBER,
+                        }
                         for u in members
                     ],
                 )
@@ -281,14 +273,17 @@ class ConversationRoutes:
         return JSONResponse(_conversation_dict(row), status)
 
     async def list_messages(self, request: Request) -> Response:
-        _, conversation_id, _ = await self._member(request)
+        user_id, conversation_id, _ = await self._member(request)
+        # A member sees the history from when they joined: what came before is left out.
+        async with self._engine.connect() as conn:
+            joined = await joined_seq(conn, conversation_id, user_id)
         if "changed_after" in request.query_params:
-            return await changes_page(request, self._changes, conversation_id)
+            return await changes_page(request, self._changes, conversation_id, joined)
         after_seq = query_int(request, "after_seq", minimum=0)
         before_seq = query_int(request, "before_seq", minimum=0)
         limit = query_int(request, "limit", minimum=1, maximum=200) or 50
         messages, cursor = await page_of_messages(
-            self._engine, conversation_id, after_seq, before_seq, limit
+            self._engine, conversation_id, after_seq, before_seq, limit, joined
         )
         # cursor: where this client's changed_after starts (message_changes).
         return JSONResponse({"messages": messages, "cursor": cursor})
@@ -334,9 +329,25 @@ class ConversationRoutes:
         return JSONResponse({"conversation_id": conversation_id, "seq": body.seq})
 
 
-def _role(kind: str, created_by: int, user_id: int) -> str:
-    """Participants have no stored roles yet: a group's admin (its creator) owns it."""
-    return "owner" if is_group_admin(kind, created_by, user_id) else "member"
+async def participants_of(conn: AsyncConnection, conversation_id: str) -> list[dict[str, Any]]:
+    """[{user_id, role, last_read_seq}] of a conversation, by user id."""
+    members = await conn.execute(
+        select(_participants.c.user_id, _participants.c.role, _participants.c.last_read_seq)
+        .where(_participants.c.conversation_id == conversation_id)
+        .order_by(_participants.c.user_id)
+    )
+    # Read receipts ("Seen by") survive a reload from here.
+    return [
+        {"user_id": m.user_id, "role": m.role, "last_read_seq": m.last_read_seq} for m in members
+    ]
+
+
+async def conversation_view(
+    conn: AsyncConnection, user_id: int, conversation_id: str
+) -> dict[str, Any]:
+    """The conversation as its participant user_id sees it, with its participants."""
+    row = (await conn.execute(_list_query(user_id, conversation_id))).one()
+    return {**_conversation_dict(row), "participants": await participants_of(conn, row.id)}
 
 
 def _me(conversation_id: str, user_id: int) -> ColumnElement[bool]:

@@ -49,6 +49,12 @@ class RedisFanout:
     One task publishes in order, so frames from this node reach the others in the order
     they were sent, and the send path never waits on Redis. While Redis is away (the
     breaker is open) frames reach this node's sockets only.
+
+    Beside its own channel every node listens on one shared channel, P
+    <prefix>participants-changed, which carries the id of a conversation whose members
+    changed: each node drops it from its participant cache (`on_participants_changed`).
+    It is published straight away, not through the outbox, so it reaches every node
+    before any frame this node sends after the change.
     """
 
     def __init__(self, redis: Redis, hub: Hub, settings: Settings, breaker: RedisBreaker) -> None:
@@ -58,6 +64,7 @@ class RedisFanout:
         self._node = settings.node_id
         keys = RedisKeys(settings.redis_prefix)
         self._channel = keys.channel(settings.node_id)
+        self._control = f"{settings.redis_prefix}participants-changed"
         self._route = redis.register_script(_ROUTE)
         self._route_args = [keys.claims_prefix, keys.channel_prefix, settings.node_id]
         # Its own client: the subscription blocks on reads, so no socket timeout, and no
@@ -79,6 +86,9 @@ class RedisFanout:
         # Set by the app: called on every new subscription (the first, and after any drop,
         # which may have been a Redis restart that lost this node's claims).
         self.on_subscribed: Callable[[], None] | None = None
+        # Set by the app: a conversation's members changed (on any node); None: any may
+        # have (a new subscription: changes made while there was none were missed).
+        self.on_participants_changed: Callable[[str | None], None] | None = None
 
     async def start(self) -> None:
         self._tasks = [
@@ -113,6 +123,22 @@ class RedisFanout:
         self._drained.clear()
         self._outbox_ready.set()
 
+    async def participants_changed(self, conversation_id: str) -> None:
+        """Tell every node a conversation's members changed. While Redis is away the other
+        nodes are not told (said in the log); each forgets every conversation once it
+        subscribes again."""
+        if not self._up or self._breaker.is_open:
+            log.warning(
+                "fanout: participants change not shared node=%s conversation=%s",
+                self._node,
+                conversation_id,
+            )
+            return
+        try:
+            await self._redis.publish(self._control, conversation_id)
+        except REDIS_UNREACHABLE as exc:
+            self._breaker.trip(exc)
+
     async def _listen(self) -> None:
         delay = RECONNECT_MIN
         while True:
@@ -134,23 +160,27 @@ class RedisFanout:
 
     async def _connect(self) -> PubSub:
         pubsub = self._pubsub = self._subscriber.pubsub()
-        await pubsub.subscribe(self._channel)
+        await pubsub.subscribe(self._channel, self._control)
         self._up = True  # connected: publishing goes on while we wait for the confirmation
-        # Once Redis confirms, whatever is published to the channel reaches us.
+        # Once Redis confirms both, whatever is published to them reaches us.
+        confirmed = 0
         async with asyncio.timeout(CONNECT_WAIT):
-            while True:
+            while confirmed < 2:
                 message = await pubsub.get_message(timeout=1.0)
                 if message is not None and message["type"] == "subscribe":
-                    break
+                    confirmed += 1
         self._connected.set()
         if self.on_subscribed is not None:
             self.on_subscribed()
+        if self.on_participants_changed is not None:
+            self.on_participants_changed(None)
         log.debug("fanout: subscribed node=%s", self._node)
         return pubsub
 
     async def _read(self, pubsub: PubSub) -> None:
         loop = asyncio.get_running_loop()
         deliver = self._hub.deliver
+        control = self._control.encode()
         last_heard = last_ping = loop.time()
         while True:
             message = await pubsub.get_message(timeout=1.0)
@@ -164,6 +194,10 @@ class RedisFanout:
                 continue
             last_heard = now
             if message["type"] != "message":
+                continue
+            if message["channel"] == control:
+                if self.on_participants_changed is not None:
+                    self.on_participants_changed(message["data"].decode())
                 continue
             parts = message["data"].decode().split("\n")
             for k in range(0, len(parts) - 1, 2):

@@ -2,12 +2,11 @@
 
 `@username` names that participant (usernames are stored lower-cased, so the match
 ignores case); a name that is no participant's is plain text. `@all` in a group names
-every participant, but only from a group admin. Participants have no roles yet, so a
-group's only admin is its creator (conversations.created_by) until roles come.
+every participant, but only from a group admin (roles.py).
 
 Sends are many and mentions few: content without an "@" is never looked at, and the
-names and conversations looked up are cached (usernames, a conversation's type and
-creator never change), so a send pays a query only for a name this node has not seen.
+names looked up are cached (usernames never change), so a send pays a query only for
+a name this node has not seen (and `@all` one for the sender's role).
 A name nobody holds is remembered too, but only for a few seconds (someone may take it),
 and a message's first MAX_NAMES names count: one frame costs at most one small query.
 """
@@ -24,7 +23,6 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import one_of
-from app.messenger.models import Conversation
 from app.messenger.roles import is_group_admin
 from app.models import User
 
@@ -32,7 +30,6 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 _users = User.__table__
-_conversations = Conversation.__table__
 
 EVERYONE = "all"
 # The @names of a message that count (the first ones); the rest are plain text. Each is
@@ -84,8 +81,6 @@ class Mentions:
         self._user_ids: OrderedDict[str, int] = OrderedDict()
         # name nobody held when looked up -> until when it is taken as nobody's
         self._unknown: OrderedDict[str, float] = OrderedDict()
-        # conversation id -> (type, created_by)
-        self._conversations: OrderedDict[str, tuple[str, int]] = OrderedDict()
 
     async def resolve(
         self, sender_id: int, conversation_id: str, content: str, participants: frozenset[int]
@@ -114,24 +109,10 @@ class Mentions:
         return sorted(mentioned) or None
 
     async def _may_mention_everyone(self, sender_id: int, conversation_id: str) -> bool:
-        """Whether the sender is an admin of this group (for now: its creator). A direct
-        conversation has no `@all`."""
-        found = self._conversations.get(conversation_id)
-        if found is None:
-            async with self._engine.connect() as conn:
-                row = (
-                    await conn.execute(
-                        select(_conversations.c.type, _conversations.c.created_by).where(
-                            _conversations.c.id == conversation_id
-                        )
-                    )
-                ).first()
-            if row is None:
-                return False
-            found = (row.type, row.created_by)
-            _remember(self._conversations, conversation_id, found, self._max_cached)
-        kind, created_by = found
-        return is_group_admin(kind, created_by, sender_id)
+        """Whether the sender is an admin of this group (roles change, so this is asked
+        each time; only a send naming `@all` asks). A direct conversation has no `@all`."""
+        async with self._engine.connect() as conn:
+            return await is_group_admin(conn, conversation_id, sender_id)
 
     async def _user_ids_of(self, names: Collection[str]) -> dict[str, int]:
         """The ids of the users with these names (unknown names are left out)."""

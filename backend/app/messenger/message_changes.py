@@ -35,7 +35,7 @@ from app.messenger.fanout import Fanout
 from app.messenger.mentions import Mentions
 from app.messenger.message_store import change_cursor, reactions_of, with_reactions
 from app.messenger.models import Conversation, Message, MessageReaction
-from app.messenger.participants import ParticipantCache
+from app.messenger.participants import ParticipantCache, joined_seq
 from app.messenger.roles import is_group_admin
 from app.ratelimit import RateLimiter, too_many_requests
 from app.web import RequestReader, query_int
@@ -156,7 +156,9 @@ class MessageChanges:
         async def apply(
             conn: AsyncConnection, row: Any, conv: Any, seq: int
         ) -> dict[str, Any] | None:
-            if row.sender_id != user_id and not is_group_admin(conv.type, conv.created_by, user_id):
+            if row.sender_id != user_id and not await is_group_admin(
+                conn, conversation_id, user_id
+            ):
                 raise ApiError(
                     403, "not_allowed", "only its sender or a group admin may delete a message"
                 )
@@ -221,10 +223,11 @@ class MessageChanges:
         return await self._change(user_id, conversation_id, message_id, participants, apply)
 
     async def changed_after(
-        self, conversation_id: str, cursor: int, limit: int
+        self, conversation_id: str, cursor: int, limit: int, after_seq: int = 0
     ) -> tuple[list[dict[str, Any]], int, bool]:
         """The messages changed since the cursor, in the order of their latest change, at
-        most `limit`: (messages, the cursor to go on from, whether more follow)."""
+        most `limit`: (messages, the cursor to go on from, whether more follow). Only
+        messages after after_seq (the caller's joined_seq) count."""
         async with self._engine.connect() as conn:
             # Read first: every change up to it is committed (see the module's note).
             top = await change_cursor(conn, conversation_id)
@@ -235,6 +238,7 @@ class MessageChanges:
                         _messages.c.conversation_id == conversation_id,
                         _messages.c.change_seq > cursor,
                         _messages.c.change_seq <= top,
+                        _messages.c.seq > after_seq,
                     )
                     .order_by(_messages.c.change_seq)
                     .limit(limit + 1)
@@ -289,7 +293,8 @@ class MessageChanges:
                         )
                     )
                 ).first()
-                if row is None:
+                # A message from before the caller joined is none of theirs.
+                if row is None or row.seq <= await joined_seq(conn, conversation_id, user_id):
                     raise _not_found()
                 values = await apply(conn, row, conv, conv.change_seq)
                 if values is None:
@@ -364,14 +369,17 @@ class MessageChangeRoutes:
         return JSONResponse(message)
 
 
-async def changes_page(request: Request, changes: MessageChanges, conversation_id: str) -> Response:
+async def changes_page(
+    request: Request, changes: MessageChanges, conversation_id: str, after_seq: int = 0
+) -> Response:
     """GET …/messages?changed_after=<cursor>&limit=: {messages, cursor, has_more} (the
-    history route has checked that the caller is a participant)."""
+    history route has checked that the caller is a participant, and found the seq they
+    joined at: after_seq)."""
     cursor = query_int(request, "changed_after", minimum=0)
     if cursor is None:
         raise ApiError(422, "invalid_field", "changed_after must be an integer")
     limit = query_int(request, "limit", minimum=1, maximum=MAX_CHANGES_LIMIT)
     messages, next_cursor, more = await changes.changed_after(
-        conversation_id, cursor, limit or DEFAULT_CHANGES_LIMIT
+        conversation_id, cursor, limit or DEFAULT_CHANGES_LIMIT, after_seq
     )
     return JSONResponse({"messages": messages, "cursor": next_cursor, "has_more": more})

@@ -330,11 +330,15 @@ async def page_of_messages(
     after_seq: int | None,
     before_seq: int | None,
     limit: int,
+    joined_seq: int = 0,
 ) -> tuple[list[dict[str, Any]], int]:
     """A page of a conversation's history in ascending seq: with only before_seq (or
     nothing) the newest `limit` before it; with after_seq the oldest after it. And the
-    change cursor, read first: whatever changes after it is found by changed_after."""
-    stmt = select(_messages).where(_messages.c.conversation_id == conversation_id)
+    change cursor, read first: whatever changes after it is found by changed_after.
+    Messages up to joined_seq (from before the reader joined) are left out."""
+    stmt = select(_messages).where(
+        _messages.c.conversation_id == conversation_id, _messages.c.seq > joined_seq
+    )
     if after_seq is not None:
         stmt = stmt.where(_messages.c.seq > after_seq)
     if before_seq is not None:

@@ -52,6 +52,10 @@ class Participant(Base):
     push_enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     # Which messages may push: "all", "mentions" (only those naming the user) or "none".
     notify: Mapped[str] = mapped_column(String(16), default="all", server_default="all")
+    # "owner", "admin" or "member" (roles.py says what each may do); direct: "member".
+    role: Mapped[str] = mapped_column(String(16), default="member", server_default="member")
+    # The conversation's last_seq when the user joined: they see only the messages after.
+    joined_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Message(Base):

@@ -1,11 +1,16 @@
-"""Who is in a conversation, cached: every send asks, and membership does not change."""
+"""Who is in a conversation, cached: every send asks.
+
+Membership changes (members.py) drop the conversation from the cache of every node at
+once: `changed` drops it here and calls `broadcast`, which the many-node fan-out sets to
+tell the other nodes (fanout_redis), each of which calls `invalidate`."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.errors import ApiError
 from app.messenger.models import Participant
@@ -18,6 +23,24 @@ class ParticipantCache:
         self._engine = engine
         self._cache: OrderedDict[str, frozenset[int]] = OrderedDict()
         self._max_size = max_size
+        # Bumped by every invalidation: a lookup that raced one does not keep what it read.
+        self._generation = 0
+        # Set by the many-node fan-out: tells the other nodes a conversation changed.
+        self.broadcast: Callable[[str], Awaitable[None]] | None = None
+
+    def invalidate(self, conversation_id: str | None) -> None:
+        """Forget the conversation's participants (they changed); None: forget all."""
+        self._generation += 1
+        if conversation_id is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(conversation_id, None)
+
+    async def changed(self, conversation_id: str) -> None:
+        """The conversation's membership changed (committed): forget it on every node."""
+        self.invalidate(conversation_id)
+        if self.broadcast is not None:
+            await self.broadcast(conversation_id)
 
     async def get(self, conversation_id: str) -> frozenset[int] | None:
         """The participants' ids, or None when there is no such conversation."""
@@ -25,6 +48,7 @@ class ParticipantCache:
         if members is not None:
             self._cache.move_to_end(conversation_id)
             return members
+        generation = self._generation
         async with self._engine.connect() as conn:
             rows = await conn.execute(
                 select(_participants.c.user_id).where(
@@ -34,6 +58,8 @@ class ParticipantCache:
             members = frozenset(rows.scalars())
         if not members:
             return None
+        if generation != self._generation:
+            return members  # may be from before a change: used once, not kept
         self._cache[conversation_id] = members
         if len(self._cache) > self._max_size:
             self._cache.popitem(last=False)
@@ -47,3 +73,15 @@ class ParticipantCache:
         if user_id not in participants:
             raise ApiError(403, "not_a_participant", "you are not in this conversation")
         return participants
+
+
+async def joined_seq(conn: AsyncConnection, conversation_id: str, user_id: int) -> int:
+    """The seq the user joined the conversation at (0 when not in it): they see only the
+    messages after it."""
+    seq: int | None = await conn.scalar(
+        select(_participants.c.joined_seq).where(
+            _participants.c.conversation_id == conversation_id,
+            _participants.c.user_id == user_id,
+        )
+    )
+    return seq or 0

@@ -1,10 +1,59 @@
-"""Who may do what in a conversation. Participants have no roles yet: a group's only
-admin is its creator (conversations.created_by); a direct conversation has none. Every
-rule that asks for a group admin (`@all`, deleting others' messages) asks here."""
+"""Who may do what in a conversation. Every rule that asks for a role asks here.
+
+A group has one owner (its creator, until they hand it on), admins and members; both
+sides of a direct conversation are members, and a direct conversation has no members
+to manage. Roles live in participants.role.
+
+- rename, add members: admins and the owner;
+- remove a member: admins and the owner; remove an admin: the owner; the owner: nobody
+  (the owner leaves, and ownership passes on);
+- change roles: the owner;
+- `@all`, deleting others' messages: admins and the owner.
+"""
 
 from __future__ import annotations
 
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-def is_group_admin(kind: str, created_by: int, user_id: int) -> bool:
-    """Whether the user is an admin of this conversation (of type `kind`)."""
-    return kind == "group" and created_by == user_id
+from app.messenger.models import Participant
+
+OWNER, ADMIN, MEMBER = "owner", "admin", "member"
+ROLES = (OWNER, ADMIN, MEMBER)
+
+_participants = Participant.__table__
+
+
+def is_admin(role: str | None) -> bool:
+    """Whether this role runs a group (admins and the owner)."""
+    return role in (OWNER, ADMIN)
+
+
+def may_remove(actor_role: str, target_role: str) -> bool:
+    """Whether someone with actor_role may remove someone else with target_role."""
+    if target_role == OWNER:
+        return False
+    if target_role == ADMIN:
+        return actor_role == OWNER
+    return is_admin(actor_role)
+
+
+def may_set_roles(actor_role: str) -> bool:
+    return actor_role == OWNER
+
+
+async def role_of(conn: AsyncConnection, conversation_id: str, user_id: int) -> str | None:
+    """The user's role in the conversation; None when they are not in it."""
+    role: str | None = await conn.scalar(
+        select(_participants.c.role).where(
+            _participants.c.conversation_id == conversation_id,
+            _participants.c.user_id == user_id,
+        )
+    )
+    return role
+
+
+async def is_group_admin(conn: AsyncConnection, conversation_id: str, user_id: int) -> bool:
+    """Whether the user is an admin (or the owner) of this conversation; never in a
+    direct one (its participants are members)."""
+    return is_admin(await role_of(conn, conversation_id, user_id))

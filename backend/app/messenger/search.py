@@ -223,6 +223,8 @@ def _mine(user_id: int, conversation_id: str | None) -> Any:
     match (the search indexes follow its content), or be left out here."""
     p = _participants
     where = and_(p.c.conversation_id == _messages.c.conversation_id, p.c.user_id == user_id)
+    # Only what the caller can read: the messages from after they joined.
+    where = and_(where, _messages.c.seq > p.c.joined_seq)
     # A deleted message is emptied as well (message_changes), so this costs no match.
     where = and_(where, _messages.c.deleted_at.is_(None))
     if conversation_id is not None:
