@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     max_message_length: int = 4000
     # How long after sending a message its sender may edit it (0: never); past it 403.
     message_edit_window_seconds: int = Field(default=172_800, ge=0)
+    # Who may do what in a group beyond its admins and owner (roles.GroupPolicy).
+    group_members_may_rename: bool = False
+    group_members_may_add: bool = False
+    # Whether group admins (and the owner) may delete other people's messages.
+    group_admins_may_delete_messages: bool = True
     # Distinct emoji on one message; one more is refused (409 `too_many_reactions`).
     max_reactions_per_message: int = Field(default=20, ge=1, le=200)
     # Message search on PostgreSQL: the text search configuration (stemming, stop words)

@@ -23,6 +23,7 @@ from app.messenger.members import MemberRoutes, Members
 from app.messenger.message_changes import MessageChangeRoutes
 from app.messenger.notification_actions import NotificationActionRoutes
 from app.messenger.push.endpoints import EndpointPolicy
+from app.messenger.roles import GroupPolicy
 from app.messenger.search import SearchRoutes, check_search_language
 from app.messenger.websocket import SocketEndpoint
 from app.metrics import MetricsEndpoint
@@ -62,7 +63,15 @@ def build_routes(services: Services) -> list[BaseRoute]:
         ).routes,
         *MessageChangeRoutes(reader, s.changes).routes,
         *MemberRoutes(
-            s.engine, reader, Members(s.engine, s.participants, s.fanout, s.blocks)
+            s.engine,
+            reader,
+            Members(
+                s.engine,
+                s.participants,
+                s.fanout,
+                s.blocks,
+                GroupPolicy.from_settings(s.settings),
+            ),
         ).routes,
         *BlockRoutes(reader, s.blocks, s.contacts, s.presence, s.fanout).routes,
         *SearchRoutes(s.engine, reader, s.participants, s.limiter, s.settings).routes,

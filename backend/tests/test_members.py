@@ -13,7 +13,7 @@ from sqlalchemy import func, insert, select
 from app.messenger.models import PushDecision
 from app.models import User as UserRow
 from tests.cluster import Cluster, connect
-from tests.helpers import Client, Node, Socket, User, eventually
+from tests.helpers import Client, Node, Socket, User, eventually, make_settings, start_node
 
 pytest_plugins = ["tests.cluster_fixtures"]
 
@@ -392,3 +392,54 @@ async def test_a_removed_member_gets_nothing_more_on_any_node(cluster: Cluster) 
         await b2.close()
         await api1.close()
         await api2.close()
+
+
+async def test_a_deployment_decides_who_beyond_admins_may_rename_add_and_delete(
+    db_url: str,
+) -> None:
+    """GROUP_MEMBERS_MAY_RENAME / _ADD let members do it; with
+    GROUP_ADMINS_MAY_DELETE_MESSAGES off, admins delete only their own messages."""
+    node = await start_node(
+        make_settings(
+            db_url,
+            group_members_may_rename=True,
+            group_members_may_add=True,
+            group_admins_may_delete_messages=False,
+        )
+    )
+    client = Client(node)
+    try:
+        ann, bob, cal = await client.user(), await client.user(), await client.user()
+        conv = (await client.conversation(ann, bob, title="Open"))["id"]
+        assert (await rename(client, bob, conv, {"title": "Renamed by Bob"})).status_code == 200
+        assert (await add(client, bob, conv, [cal])).status_code == 200
+        title, roles = await state(client, ann, conv)
+        assert (title, roles) == (
+            "Renamed by Bob",
+            {ann.id: "owner", bob.id: "member", cal.id: "member"},
+        )
+        # The owner may not delete Bob's message here; Bob may delete his own.
+        message = await sent(client, bob, conv, "mine")
+        url = f"{C}/{conv}/messages/{message['id']}"
+        error(await client.http.delete(url, headers=ann.headers), 403, "not_allowed")
+        assert (await client.http.delete(url, headers=bob.headers)).status_code == 200
+    finally:
+        await client.close()
+        await node.stop()
+
+
+async def test_by_default_members_may_not_rename_or_add_and_admins_delete(db_url: str) -> None:
+    node = await start_node(make_settings(db_url))
+    client = Client(node)
+    try:
+        ann, bob, cal = await client.user(), await client.user(), await client.user()
+        conv = (await client.conversation(ann, bob, title="Closed"))["id"]
+        error(await rename(client, bob, conv, {"title": "No"}), 403, "not_allowed")
+        error(await add(client, bob, conv, [cal]), 403, "not_allowed")
+        message = await sent(client, bob, conv, "his")
+        url = f"{C}/{conv}/messages/{message['id']}"
+        assert (await client.http.delete(url, headers=ann.headers)).status_code == 200
+        assert (await state(client, ann, conv)) == ("Closed", {ann.id: "owner", bob.id: "member"})
+    finally:
+        await client.close()
+        await node.stop()

@@ -42,7 +42,14 @@ from app.messenger.conversations import (
 from app.messenger.fanout import Fanout
 from app.messenger.models import Conversation, Participant
 from app.messenger.participants import ParticipantCache
-from app.messenger.roles import ADMIN, MEMBER, OWNER, is_admin, may_remove, may_set_roles
+from app.messenger.roles import (
+    ADMIN,
+    MEMBER,
+    OWNER,
+    GroupPolicy,
+    may_remove,
+    may_set_roles,
+)
 from app.models import MAX_ID, User
 from app.web import RequestReader
 
@@ -188,7 +195,9 @@ class Members:
         participants: ParticipantCache,
         fanout: Fanout,
         blocks: Blocks,
+        policy: GroupPolicy,
     ) -> None:
+        self._policy = policy
         self._engine = engine
         self._participants = participants
         self._fanout = fanout
@@ -199,7 +208,7 @@ class Members:
         async with self._engine.begin() as conn:
             conv = await _lock(conn, conversation_id)
             members = await _members(conn, conversation_id)
-            if not is_admin(_caller(members, conv.type, user_id).role):
+            if not self._policy.may_rename(_caller(members, conv.type, user_id).role):
                 raise _not_allowed("only a group admin may rename it")
             await conn.execute(
                 update(_conversations)
@@ -221,7 +230,7 @@ class Members:
             members = await _members(conn, conversation_id)
             if kind != "group":
                 raise _not_a_group()
-            if user_id not in members or not is_admin(members[user_id].role):
+            if user_id not in members or not self._policy.may_add(members[user_id].role):
                 raise _not_allowed("only a group admin may add members")
             known = set(
                 (await conn.execute(select(_users.c.id).where(_users.c.id.in_(wanted)))).scalars()
@@ -236,7 +245,7 @@ class Members:
         async with self._engine.begin() as conn:
             conv = await _lock(conn, conversation_id)
             members = await _members(conn, conversation_id)
-            if not is_admin(_caller(members, conv.type, user_id).role):
+            if not self._policy.may_add(_caller(members, conv.type, user_id).role):
                 raise _not_allowed("only a group admin may add members")
             new = sorted(wanted - set(members))
             if len(members) + len(new) > MAX_GROUP_SIZE:

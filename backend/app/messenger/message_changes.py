@@ -36,7 +36,7 @@ from app.messenger.mentions import Mentions
 from app.messenger.message_store import change_cursor, reactions_of, with_reactions
 from app.messenger.models import Conversation, Message, MessageReaction
 from app.messenger.participants import ParticipantCache, joined_seq
-from app.messenger.roles import is_group_admin
+from app.messenger.roles import GroupPolicy, role_of
 from app.ratelimit import RateLimiter, too_many_requests
 from app.web import RequestReader, query_int
 
@@ -87,6 +87,7 @@ class MessageChanges:
     ) -> None:
         self._engine = engine
         self._settings = settings
+        self._policy = GroupPolicy.from_settings(settings)
         self._participants = participants
         self._mentions = mentions
         self._fanout = fanout
@@ -156,8 +157,8 @@ class MessageChanges:
         async def apply(
             conn: AsyncConnection, row: Any, conv: Any, seq: int
         ) -> dict[str, Any] | None:
-            if row.sender_id != user_id and not await is_group_admin(
-                conn, conversation_id, user_id
+            if row.sender_id != user_id and not self._policy.may_delete_others(
+                await role_of(conn, conversation_id, user_id)
             ):
                 raise ApiError(
                     403, "not_allowed", "only its sender or a group admin may delete a message"

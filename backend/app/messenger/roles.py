@@ -9,9 +9,14 @@ to manage. Roles live in participants.role.
   (the owner leaves, and ownership passes on);
 - change roles: the owner;
 - `@all`, deleting others' messages: admins and the owner.
+A deployment may let members rename and add too, and keep admins from deleting others'
+messages (GroupPolicy, from the GROUP_* settings).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -27,6 +32,32 @@ _participants = Participant.__table__
 def is_admin(role: str | None) -> bool:
     """Whether this role runs a group (admins and the owner)."""
     return role in (OWNER, ADMIN)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupPolicy:
+    """What a deployment lets each role do beyond the fixed rules above."""
+
+    members_may_rename: bool = False
+    members_may_add: bool = False
+    admins_may_delete_messages: bool = True
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> GroupPolicy:
+        return cls(
+            members_may_rename=settings.group_members_may_rename,
+            members_may_add=settings.group_members_may_add,
+            admins_may_delete_messages=settings.group_admins_may_delete_messages,
+        )
+
+    def may_rename(self, role: str | None) -> bool:
+        return is_admin(role) or (role == MEMBER and self.members_may_rename)
+
+    def may_add(self, role: str | None) -> bool:
+        return is_admin(role) or (role == MEMBER and self.members_may_add)
+
+    def may_delete_others(self, role: str | None) -> bool:
+        return is_admin(role) and self.admins_may_delete_messages
 
 
 def may_remove(actor_role: str, target_role: str) -> bool:
