@@ -169,7 +169,14 @@ def build_services(settings: Settings) -> Services:
     mentions = Mentions(engine)
     # Edits, deletions and reactions; a deleted message's notifications are cleared.
     changes = MessageChanges(
-        engine, settings, participants, mentions, fanout, limiter, clearing.message_deleted
+        engine,
+        settings,
+        participants,
+        mentions,
+        fanout,
+        limiter,
+        clearing.message_deleted,
+        blocks=blocks,
     )
     return Services(
         settings=settings,

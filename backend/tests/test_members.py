@@ -10,7 +10,9 @@ from typing import Any
 
 from sqlalchemy import func, insert, select
 
-from app.messenger.models import PushDecision
+from app.db import utcnow
+from app.messenger.models import Participant, PushDecision
+from app.messenger.participants import ParticipantCache
 from app.models import User as UserRow
 from tests.cluster import Cluster, connect
 from tests.helpers import Client, Node, Socket, User, eventually, make_settings, start_node
@@ -443,3 +445,65 @@ async def test_by_default_members_may_not_rename_or_add_and_admins_delete(db_url
     finally:
         await client.close()
         await node.stop()
+
+
+async def test_a_removed_member_is_refused_by_the_database_whatever_the_cache_says(
+    client: Client, node: Node, monkeypatch: Any
+) -> None:
+    """A node that missed the invalidation (Redis down) still has bob as a member: the
+    database refuses him his history, the conversation and any change anyway, and the
+    cache's entries do not outlive their time."""
+    ann, bob, cat = await client.user(), await client.user(), await client.user()
+    conv = (await client.conversation(ann, bob, cat, title="Stale"))["id"]
+    his = await sent(client, bob, conv, "bob's, before he goes")
+    assert len(await client.messages(bob, conv)) == 1  # the node caches the participants
+    cache = node.services.participants
+    monkeypatch.setattr(cache, "invalidate", lambda conversation_id: None)
+    assert (await remove(client, ann, conv, bob.id)).status_code == 200
+    assert bob.id in await cache.get(conv)  # stale, as on a node that was not told
+
+    messages = f"{C}/{conv}/messages"
+    error(await client.http.get(messages, headers=bob.headers), 403, "not_a_participant")
+    r = await client.http.get(messages, params={"changed_after": 0}, headers=bob.headers)
+    error(r, 403, "not_a_participant")
+    error(await get(client, bob, conv), 403, "not_a_participant")
+    url = f"{messages}/{his['id']}"
+    r = await client.http.patch(url, json={"content": "sneaky"}, headers=bob.headers)
+    error(r, 403, "not_a_participant")
+    r = await client.http.put(url + "/reactions/👍", headers=bob.headers)
+    error(r, 403, "not_a_participant")
+    error(await client.http.delete(url, headers=bob.headers), 403, "not_a_participant")
+    [kept] = await client.messages(ann, conv)
+    assert (kept["content"], kept["reactions"], kept["deleted_at"]) == (his["content"], {}, None)
+
+    # A missed invalidation lasts no longer than an entry's time.
+    monkeypatch.undo()
+    short = ParticipantCache(node.services.engine, ttl=0.2)
+    assert await short.get(conv) == {ann.id, cat.id}
+    async with node.services.engine.begin() as conn:
+        await conn.execute(
+            insert(Participant).values(
+                conversation_id=conv, user_id=bob.id, joined_at=utcnow(), joined_seq=1
+            )
+        )
+    assert await short.get(conv) == {ann.id, cat.id}  # not told: still what it read
+    await eventually(lambda: _has(short, conv, bob.id), what="the stale entry to end", within=5)
+
+
+async def _has(cache: ParticipantCache, conv: str, user_id: int) -> bool:
+    return user_id in (await cache.get(conv) or ())
+
+
+async def test_adding_checks_the_users_who_would_join(client: Client) -> None:
+    """The block and existence checks look at who would join, read under the lock: a
+    member already in whom the adder blocked refuses nothing."""
+    ann, bob, gus, hal = [await client.user() for _ in range(4)]
+    conv = (await client.conversation(ann, bob, title="Checked"))["id"]
+    assert (await client.http.put(f"/api/v1/me/blocks/{bob.id}", headers=ann.headers)).is_success
+    r = await add(client, ann, conv, [bob, gus])
+    assert r.status_code == 200, r.text
+    assert set(roles_of(r.json())) == {ann.id, bob.id, gus.id}
+    assert (await client.http.put(f"/api/v1/me/blocks/{ann.id}", headers=hal.headers)).is_success
+    error(await add(client, ann, conv, [gus, hal]), 403, "blocked")
+    error(await add(client, ann, conv, [bob, 10**9]), 422, "unknown_user")
+    assert set((await state(client, ann, conv))[1]) == {ann.id, bob.id, gus.id}

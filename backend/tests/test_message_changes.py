@@ -445,3 +445,96 @@ async def test_message_updated_reaches_every_node(cluster: Cluster) -> None:
         await b2.close()
         await api1.close()
         await api2.close()
+
+
+async def test_changes_reach_only_those_who_have_the_message(client: Client, node: Node) -> None:
+    """A member who joined later is told of changes to the messages after their join
+    only, and may reply only to those."""
+    ann, bob, dan = await client.user(), await client.user(), await client.user()
+    conv = (await client.conversation(ann, bob, title="Later"))["id"]
+    early = await sent(client, ann, conv, "before dan")
+    r = await client.http.post(
+        f"{C}/{conv}/participants", json={"user_ids": [dan.id]}, headers=ann.headers
+    )
+    assert r.status_code == 200, r.text
+    later = await sent(client, ann, conv, "after dan")
+    d, b = await Socket.connect(node, dan), await Socket.connect(node, bob)
+    try:
+        assert (await edit(client, ann, conv, early["id"], "before dan, edited")).status_code == 200
+        assert (await react(client, ann, conv, early["id"], "👍")).status_code == 200
+        assert (await b.expect("message.updated"))["message"]["id"] == early["id"]
+        assert (await edit(client, ann, conv, later["id"], "after dan, edited")).status_code == 200
+        # The first change dan hears of is the later message's.
+        frame = await d.expect("message.updated")
+        assert frame["message"]["id"] == later["id"]
+        await d.nothing("message.updated")
+    finally:
+        await d.close()
+        await b.close()
+    r = await client.send(dan, conv, "re: before", reply_to=early["id"])
+    error(r, 404, "reply_to_not_found")
+    assert (await sent(client, dan, conv, "re: after", reply_to=later["id"]))["reply_to"] == later[
+        "id"
+    ]
+
+
+async def test_a_blocked_user_cannot_edit_or_react_in_a_direct_conversation(
+    client: Client,
+) -> None:
+    ann, bob = await client.user(), await client.user()
+    conv = (await client.conversation(ann, bob))["id"]
+    hers = await sent(client, ann, conv, "hers")
+    his = await sent(client, bob, conv, "his")
+    assert (await react(client, bob, conv, hers["id"], "👍")).status_code == 200
+    assert (await client.http.put(f"/api/v1/me/blocks/{bob.id}", headers=ann.headers)).is_success
+    error(await edit(client, bob, conv, his["id"], "still here"), 403, "blocked")
+    error(await react(client, bob, conv, hers["id"], "😀"), 403, "blocked")
+    # Taking back, deleting, and the blocker's own changes stay allowed.
+    r = await react(client, bob, conv, hers["id"], "👍", on=False)
+    assert r.status_code == 200 and r.json()["reactions"] == {}
+    assert (await react(client, ann, conv, his["id"], "👍")).status_code == 200
+    assert (await delete(client, bob, conv, his["id"])).status_code == 200
+    [first, second] = (await history(client, ann, conv))["messages"]
+    assert (first["content"], first["reactions"], second["deleted_at"] is not None) == (
+        "hers",
+        {},
+        True,
+    )
+
+
+async def test_one_emoji_is_one_reaction_however_written(client: Client) -> None:
+    ann, bob = await client.user(), await client.user()
+    conv = (await client.conversation(ann, bob))["id"]
+    mid = (await sent(client, ann, conv, "react"))["id"]
+    assert (await react(client, ann, conv, mid, "😀")).status_code == 200
+    r = await react(client, bob, conv, mid, "😀\ufe0f")
+    assert r.json()["reactions"] == {"😀": [ann.id, bob.id]}
+    # Text-default characters keep one selector, however many (or none) were sent.
+    assert (await react(client, ann, conv, mid, "❤")).status_code == 200
+    r = await react(client, bob, conv, mid, "❤️")
+    assert r.json()["reactions"]["❤️"] == [ann.id, bob.id] and "❤" not in r.json()["reactions"]
+    r = await react(client, ann, conv, mid, "1\u20e3")
+    assert r.json()["reactions"]["1️⃣"] == [ann.id]
+    # Taking back matches the same way.
+    r = await react(client, bob, conv, mid, "😀", on=False)
+    assert r.json()["reactions"]["😀"] == [ann.id]
+    r = await react(client, ann, conv, mid, "❤", on=False)
+    assert r.json()["reactions"]["❤️"] == [bob.id]
+    r = await react(client, ann, conv, mid, "👨‍👩‍👧‍👦")  # four joined: a family
+    assert r.status_code == 200
+    thumbs = "\u200d".join(["👍"] * 10)
+    for bad in (
+        "😀\ufe0f\ufe0f",  # two selectors
+        thumbs,  # ten joined
+        "\u200d".join(["👍"] * 5),  # five joined
+        "✓",  # a check mark, no emoji
+        "\U0001faff",  # unassigned
+        "\u200d".join(["👍", "✓"]),
+    ):
+        error(await react(client, bob, conv, mid, bad), 422, "invalid_emoji")
+    assert set((await history(client, ann, conv))["messages"][0]["reactions"]) == {
+        "😀",
+        "❤️",
+        "1️⃣",
+        "👨‍👩‍👧‍👦",
+    }

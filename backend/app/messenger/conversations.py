@@ -23,7 +23,7 @@ from app.messenger.fanout import Fanout
 from app.messenger.message_changes import MessageChanges, changes_page
 from app.messenger.message_store import FIELDS, message_dict, page_of_messages
 from app.messenger.models import Conversation, Message, Participant
-from app.messenger.participants import ParticipantCache, joined_seq
+from app.messenger.participants import ParticipantCache, joined_seq, not_a_participant
 from app.messenger.presence import Presence
 from app.messenger.reads import ReadMarks
 from app.messenger.roles import MEMBER, OWNER
@@ -277,6 +277,8 @@ class ConversationRoutes:
         # A member sees the history from when they joined: what came before is left out.
         async with self._engine.connect() as conn:
             joined = await joined_seq(conn, conversation_id, user_id)
+        if joined is None:  # the cache still says member; the database does not
+            raise not_a_participant()
         if "changed_after" in request.query_params:
             return await changes_page(request, self._changes, conversation_id, joined)
         after_seq = query_int(request, "after_seq", minimum=0)
@@ -346,7 +348,9 @@ async def conversation_view(
     conn: AsyncConnection, user_id: int, conversation_id: str
 ) -> dict[str, Any]:
     """The conversation as its participant user_id sees it, with its participants."""
-    row = (await conn.execute(_list_query(user_id, conversation_id))).one()
+    row = (await conn.execute(_list_query(user_id, conversation_id))).first()
+    if row is None:  # just removed, though a cache still says member
+        raise not_a_participant()
     return {**_conversation_dict(row), "participants": await participants_of(conn, row.id)}
 
 

@@ -223,31 +223,29 @@ class Members:
         refusal refuses the whole call."""
         await self._participants.of_member(user_id, conversation_id)
         wanted = set(user_ids)
-        async with self._engine.connect() as conn:
-            kind = await conn.scalar(
-                select(_conversations.c.type).where(_conversations.c.id == conversation_id)
-            )
-            members = await _members(conn, conversation_id)
-            if kind != "group":
-                raise _not_a_group()
-            if user_id not in members or not self._policy.may_add(members[user_id].role):
-                raise _not_allowed("only a group admin may add members")
-            known = set(
-                (await conn.execute(select(_users.c.id).where(_users.c.id.in_(wanted)))).scalars()
-            )
-        unknown = sorted(wanted - known)
-        if unknown:
-            raise ApiError(422, "unknown_user", f"no such user: {', '.join(map(str, unknown))}")
-        # Only those who would join: members already in are left as they are.
-        if await self._blocks.severed(user_id, wanted - set(members)):
-            raise ApiError(403, BLOCKED, "you and someone you are adding have blocked each other")
-
         async with self._engine.begin() as conn:
             conv = await _lock(conn, conversation_id)
             members = await _members(conn, conversation_id)
             if not self._policy.may_add(_caller(members, conv.type, user_id).role):
                 raise _not_allowed("only a group admin may add members")
+            # Only those who would join, read under the lock: members already in are left
+            # as they are, and no one checked can be deleted before they are written.
             new = sorted(wanted - set(members))
+            known = set(
+                (
+                    await conn.execute(
+                        # FOR SHARE (PostgreSQL): no one found is deleted before the insert.
+                        select(_users.c.id).where(_users.c.id.in_(new)).with_for_update(read=True)
+                    )
+                ).scalars()
+            )
+            unknown = sorted(set(new) - known)
+            if unknown:
+                raise ApiError(422, "unknown_user", f"no such user: {', '.join(map(str, unknown))}")
+            if await self._blocks.severed(user_id, new):
+                raise ApiError(
+                    403, BLOCKED, "you and someone you are adding have blocked each other"
+                )
             if len(members) + len(new) > MAX_GROUP_SIZE:
                 raise ApiError(
                     422, "too_many_members", f"a group has at most {MAX_GROUP_SIZE} members"

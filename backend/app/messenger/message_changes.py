@@ -30,12 +30,13 @@ from app.config import Settings
 from app.db import utcnow
 from app.errors import ApiError
 from app.jsonutil import JSONResponse, dumps
-from app.messenger.emoji import is_one_emoji
+from app.messenger.blocks import Blocks
+from app.messenger.emoji import canonical_emoji
 from app.messenger.fanout import Fanout
 from app.messenger.mentions import Mentions
 from app.messenger.message_store import change_cursor, reactions_of, with_reactions
-from app.messenger.models import Conversation, Message, MessageReaction
-from app.messenger.participants import ParticipantCache, joined_seq
+from app.messenger.models import Conversation, Message, MessageReaction, Participant
+from app.messenger.participants import ParticipantCache, not_a_participant
 from app.messenger.roles import GroupPolicy, role_of
 from app.ratelimit import RateLimiter, too_many_requests
 from app.web import RequestReader, query_int
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 _conversations = Conversation.__table__
 _messages = Message.__table__
 _reactions = MessageReaction.__table__
+_participants = Participant.__table__
 
 DEFAULT_CHANGES_LIMIT = 100
 MAX_CHANGES_LIMIT = 200
@@ -84,6 +86,7 @@ class MessageChanges:
         fanout: Fanout,
         limiter: RateLimiter,
         on_deleted: OnDeleted | None = None,
+        blocks: Blocks | None = None,
     ) -> None:
         self._engine = engine
         self._settings = settings
@@ -93,19 +96,29 @@ class MessageChanges:
         self._fanout = fanout
         self._limiter = limiter
         self._on_deleted = on_deleted
+        # Edits and reactions reach the other side as sends do: a block refuses them.
+        self._blocks = blocks
         self._edit_window = timedelta(seconds=settings.message_edit_window_seconds)
 
-    async def reply_exists(self, conversation_id: str, message_id: str) -> bool:
-        """Whether a reply may quote this message: one of the conversation's, not deleted.
-        (Messages are never removed but with their conversation, so it stays so.)"""
+    async def reply_exists(self, conversation_id: str, message_id: str, sender_id: int) -> bool:
+        """Whether the sender's reply may quote this message: one of the conversation's
+        from after the sender joined, not deleted. (Messages are never removed but with
+        their conversation, so it stays so.)"""
         if len(message_id) > MAX_MESSAGE_ID:
             return False
         async with self._engine.connect() as conn:
             found = await conn.scalar(
-                select(_messages.c.id).where(
+                select(_messages.c.id)
+                .join(
+                    _participants,
+                    (_participants.c.conversation_id == _messages.c.conversation_id)
+                    & (_participants.c.user_id == sender_id),
+                )
+                .where(
                     _messages.c.id == message_id,
                     _messages.c.conversation_id == conversation_id,
                     _messages.c.deleted_at.is_(None),
+                    _messages.c.seq > _participants.c.joined_seq,
                 )
             )
         return found is not None
@@ -125,6 +138,7 @@ class MessageChanges:
                 f"the message is over {settings.max_message_length} characters",
             )
         participants = await self._participants.of_member(user_id, conversation_id)
+        await self._check_blocked(user_id, conversation_id, participants)
         await self._check_rate(user_id)
         mentions = None
         if "@" in content:
@@ -144,14 +158,14 @@ class MessageChanges:
                 "edited_at": now,
             }
 
-        message = await self._change(user_id, conversation_id, message_id, participants, apply)
+        message = await self._change(user_id, conversation_id, message_id, apply)
         log.info("message edited user=%s conversation=%s message=%s", *_ids(message, user_id))
         return message
 
     async def delete(self, user_id: int, conversation_id: str, message_id: str) -> dict[str, Any]:
         """Empty the message, keeping its seq (and reply_to); its reactions and mentions
         go, and so do its notifications. The sender or a group admin; again: the same."""
-        participants = await self._participants.of_member(user_id, conversation_id)
+        await self._participants.of_member(user_id, conversation_id)
         await self._check_rate(user_id)
 
         async def apply(
@@ -168,7 +182,7 @@ class MessageChanges:
             await conn.execute(_reactions.delete().where(_reactions.c.message_id == row.id))
             return {"content": "", "mentions": null(), "deleted_at": utcnow()}
 
-        message = await self._change(user_id, conversation_id, message_id, participants, apply)
+        message = await self._change(user_id, conversation_id, message_id, apply)
         if self._on_deleted is not None:
             self._on_deleted(conversation_id, message_id)
         log.info("message deleted user=%s conversation=%s message=%s", *_ids(message, user_id))
@@ -180,9 +194,13 @@ class MessageChanges:
         """Add (on) or take back the caller's reaction with this emoji; either twice is
         once. 422 for anything but one emoji, 409 on a deleted message or past the
         distinct emoji a message may have."""
-        if not is_one_emoji(emoji):
+        canonical = canonical_emoji(emoji)
+        if canonical is None:
             raise ApiError(422, "invalid_emoji", "a reaction is one emoji")
+        emoji = canonical  # one reaction however its presentation selectors were written
         participants = await self._participants.of_member(user_id, conversation_id)
+        if on:  # taking one back reaches no one new
+            await self._check_blocked(user_id, conversation_id, participants)
         await self._check_rate(user_id)
         limit = self._settings.max_reactions_per_message
 
@@ -221,7 +239,7 @@ class MessageChanges:
             )
             return {}
 
-        return await self._change(user_id, conversation_id, message_id, participants, apply)
+        return await self._change(user_id, conversation_id, message_id, apply)
 
     async def changed_after(
         self, conversation_id: str, cursor: int, limit: int, after_seq: int = 0
@@ -251,6 +269,14 @@ class MessageChanges:
         next_cursor = rows[-1].change_seq if more else max(top, cursor)
         return messages, next_cursor, more
 
+    async def _check_blocked(
+        self, user_id: int, conversation_id: str, participants: frozenset[int]
+    ) -> None:
+        """403 where a send would be refused: the other side of a direct conversation
+        blocked the caller (deleting stays allowed)."""
+        if self._blocks is not None:
+            await self._blocks.check_send(user_id, conversation_id, participants)
+
     async def _check_rate(self, user_id: int) -> None:
         """Changes count as sends: one bucket, so toggling a reaction cannot flood."""
         settings = self._settings
@@ -265,11 +291,13 @@ class MessageChanges:
         user_id: int,
         conversation_id: str,
         message_id: str,
-        participants: frozenset[int],
         apply: Apply,
     ) -> dict[str, Any]:
-        """Run one change in its transaction (see the module's note) and tell every
-        participant's sockets; the message as it is after."""
+        """Run one change in its transaction (see the module's note) and tell the sockets
+        of the participants who have the message (joined before it); the message as it is
+        after. Who is in is read under the conversation's row lock, which membership
+        changes take too: a just-removed caller is refused, a just-added member is told
+        only of what they have."""
         if len(message_id) > MAX_MESSAGE_ID:
             raise _not_found()
         try:
@@ -294,9 +322,21 @@ class MessageChanges:
                         )
                     )
                 ).first()
+                joined = dict(
+                    (
+                        await conn.execute(
+                            select(_participants.c.user_id, _participants.c.joined_seq).where(
+                                _participants.c.conversation_id == conversation_id
+                            )
+                        )
+                    ).all()
+                )
+                if user_id not in joined:  # whatever a node's cache says
+                    raise not_a_participant()
                 # A message from before the caller joined is none of theirs.
-                if row is None or row.seq <= await joined_seq(conn, conversation_id, user_id):
+                if row is None or row.seq <= joined[user_id]:
                     raise _not_found()
+                recipients = [u for u, seq in joined.items() if seq < row.seq]
                 values = await apply(conn, row, conv, conv.change_seq)
                 if values is None:
                     raise _Unchanged
@@ -310,7 +350,7 @@ class MessageChanges:
             async with self._engine.connect() as conn:
                 return await _message(conn, message_id)
         frame = dumps({"type": "message.updated", "message": message})
-        await self._fanout.publish(participants, frame)
+        await self._fanout.publish(recipients, frame)
         return message
 
 

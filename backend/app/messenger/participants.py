@@ -2,10 +2,13 @@
 
 Membership changes (members.py) drop the conversation from the cache of every node at
 once: `changed` drops it here and calls `broadcast`, which the many-node fan-out sets to
-tell the other nodes (fanout_redis), each of which calls `invalidate`."""
+tell the other nodes (fanout_redis), each of which calls `invalidate`. An entry lives
+at most ENTRY_SECONDS, so a missed invalidation (Redis down) does not last; the
+database refuses a non-participant's history and changes whatever the cache says."""
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
@@ -17,12 +20,18 @@ from app.messenger.models import Participant
 
 _participants = Participant.__table__
 
+ENTRY_SECONDS = 30.0  # how long a node trusts what it read without being told
+
 
 class ParticipantCache:
-    def __init__(self, engine: AsyncEngine, max_size: int = 100_000) -> None:
+    def __init__(
+        self, engine: AsyncEngine, max_size: int = 100_000, ttl: float = ENTRY_SECONDS
+    ) -> None:
         self._engine = engine
-        self._cache: OrderedDict[str, frozenset[int]] = OrderedDict()
+        # conversation id -> (participants, until: time.monotonic())
+        self._cache: OrderedDict[str, tuple[frozenset[int], float]] = OrderedDict()
         self._max_size = max_size
+        self._ttl = ttl
         # Bumped by every invalidation: a lookup that raced one does not keep what it read.
         self._generation = 0
         # Set by the many-node fan-out: tells the other nodes a conversation changed.
@@ -44,10 +53,10 @@ class ParticipantCache:
 
     async def get(self, conversation_id: str) -> frozenset[int] | None:
         """The participants' ids, or None when there is no such conversation."""
-        members = self._cache.get(conversation_id)
-        if members is not None:
+        entry = self._cache.get(conversation_id)
+        if entry is not None and entry[1] > time.monotonic():
             self._cache.move_to_end(conversation_id)
-            return members
+            return entry[0]
         generation = self._generation
         async with self._engine.connect() as conn:
             rows = await conn.execute(
@@ -60,7 +69,8 @@ class ParticipantCache:
             return None
         if generation != self._generation:
             return members  # may be from before a change: used once, not kept
-        self._cache[conversation_id] = members
+        self._cache[conversation_id] = (members, time.monotonic() + self._ttl)
+        self._cache.move_to_end(conversation_id)
         if len(self._cache) > self._max_size:
             self._cache.popitem(last=False)
         return members
@@ -71,17 +81,21 @@ class ParticipantCache:
         if participants is None:
             raise ApiError(404, "conversation_not_found", "no such conversation")
         if user_id not in participants:
-            raise ApiError(403, "not_a_participant", "you are not in this conversation")
+            raise not_a_participant()
         return participants
 
 
-async def joined_seq(conn: AsyncConnection, conversation_id: str, user_id: int) -> int:
-    """The seq the user joined the conversation at (0 when not in it): they see only the
-    messages after it."""
+async def joined_seq(conn: AsyncConnection, conversation_id: str, user_id: int) -> int | None:
+    """The seq the user joined the conversation at (they see only the messages after it),
+    or None when they are not in it."""
     seq: int | None = await conn.scalar(
         select(_participants.c.joined_seq).where(
             _participants.c.conversation_id == conversation_id,
             _participants.c.user_id == user_id,
         )
     )
-    return seq or 0
+    return seq
+
+
+def not_a_participant() -> ApiError:
+    return ApiError(403, "not_a_participant", "you are not in this conversation")

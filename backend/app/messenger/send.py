@@ -55,7 +55,7 @@ class Sender:
         fanout: Fanout,
         blocks: Blocks,
         mentions: Mentions,
-        reply_exists: Callable[[str, str], Awaitable[bool]] | None = None,
+        reply_exists: Callable[[str, str, int], Awaitable[bool]] | None = None,
     ) -> None:
         self._max_length = settings.max_message_length
         self._rate = settings.send_rate_per_second
@@ -105,7 +105,7 @@ class Sender:
         # A reply costs one query, after the flood check as mentions do; other sends none.
         if reply_to is not None and await _let_through(flood_check):
             if self._reply_exists is None or not await self._reply_exists(
-                conversation_id, reply_to
+                conversation_id, reply_to, sender_id
             ):
                 raise ApiError(
                     404, "reply_to_not_found", "reply_to is no message of this conversation"
