@@ -201,6 +201,21 @@ class Settings(BaseSettings):
     apns_endpoint: str = ""
     apns_ca_file: str = ""
 
+    # Uploads: stored in a local folder (relative to the repository root), or in an
+    # S3-compatible bucket when S3_BUCKET is set. Past MAX_UPLOAD_BYTES a file is 413.
+    upload_dir: str = "data/uploads"
+    max_upload_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
+    upload_rate_per_minute: float = Field(default=30.0, gt=0)  # per user
+    upload_burst: int = Field(default=10, ge=1)
+    s3_endpoint: str = ""
+    s3_bucket: str = ""
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    s3_region: str = "us-east-1"
+    # Downloads from S3 answer a redirect to a presigned URL valid this long (the bytes
+    # then never pass through the node); 0: the node streams them itself.
+    s3_presigned_url_seconds: int = Field(default=0, ge=0, le=7 * 24 * 3600)
+
     # Who may read GET /metrics: comma-separated addresses or CIDR networks (behind a
     # load balancer, as FORWARDED_ALLOW_IPS reports them); empty: everyone.
     metrics_allow_from: str = ""

@@ -25,6 +25,7 @@ from app.messenger.notification_actions import NotificationActionRoutes
 from app.messenger.push.endpoints import EndpointPolicy
 from app.messenger.roles import GroupPolicy
 from app.messenger.search import SearchRoutes, check_search_language
+from app.messenger.uploads import UploadRoutes
 from app.messenger.websocket import SocketEndpoint
 from app.metrics import MetricsEndpoint
 from app.migrations import check_schema_current
@@ -75,6 +76,7 @@ def build_routes(services: Services) -> list[BaseRoute]:
         ).routes,
         *BlockRoutes(reader, s.blocks, s.contacts, s.presence, s.fanout).routes,
         *SearchRoutes(s.engine, reader, s.participants, s.limiter, s.settings).routes,
+        *UploadRoutes(s.engine, reader, s.storage, s.limiter, s.settings).routes,
         *NotificationActionRoutes(
             s.engine,
             reader,

@@ -35,6 +35,7 @@ from app.messenger.redis_breaker import RedisBreaker
 from app.messenger.redis_keys import RedisKeys
 from app.messenger.send import Sender
 from app.messenger.socket_auth import SocketAuth
+from app.messenger.storage import Storage, build_storage
 from app.messenger.writer import MessageWriter
 from app.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from app.sessions import SessionStore
@@ -67,6 +68,7 @@ class Services:
     passwords: PasswordPool
     session_store: SessionStore
     socket_auth: SocketAuth
+    storage: Storage
 
     async def start(self) -> None:
         await self.presence.start()
@@ -76,8 +78,10 @@ class Services:
         await self.push.start()
         await self.cleanup.start()
         await self.socket_auth.start()
+        await self.storage.start()
 
     async def stop(self) -> None:
+        await self.storage.stop()
         await self.socket_auth.stop()
         await self.cleanup.stop()
         # Clearings under way end before the providers close; reads after drop theirs.
@@ -216,4 +220,5 @@ def build_services(settings: Settings) -> Services:
         ),
         session_store=session_store,
         socket_auth=SocketAuth(session_store, settings),
+        storage=build_storage(settings),
     )

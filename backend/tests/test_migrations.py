@@ -30,6 +30,7 @@ TABLES = {
     "push_decisions",
     "notification_settings",
     "message_reactions",
+    "uploads",
 }
 
 
