@@ -1,0 +1,1 @@
+"""Email for missed messages: verified addresses, digests over SMTP, unsubscribe links."""
