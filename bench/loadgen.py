@@ -619,6 +619,74 @@ class TwoNodes(Throughput):
     pass
 
 
+# -- announcement: many listeners, and the latency probe while an announcement goes out ---
+
+
+class AnnouncementLoad(Scenario):
+    """Opens the listeners' sockets, measures the probe pair's latency idle, says `ready`,
+    then probes one message at a time until the driver says `stop` (the announcement is
+    done), counting the announcement frames the listeners get meanwhile."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        super().__init__(spec)
+        self.announcement_frames = 0
+
+    def delivered(self, cmid: str | None, t: float, client: WSClient) -> None:
+        if cmid and cmid.startswith("announcement:"):
+            self.announcement_frames += 1
+
+    async def run(self) -> dict[str, Any]:
+        spec = self.spec
+        raise_fd_limit(len(spec["listeners"]) + 1024)
+        limit = asyncio.Semaphore(spec["concurrency"])
+
+        async def open_one(user: dict[str, Any]) -> None:
+            async with limit:
+                await self.connect(user)
+
+        await asyncio.wait_for(
+            asyncio.gather(*(open_one(u) for u in spec["listeners"])), spec["max_connect_seconds"]
+        )
+        sender = await self.connect(spec["sender"])
+        await self.connect(spec["recipient"])
+        idle = await self.sequential(
+            sender, spec["conversation_id"], {**spec["probe"], "max_seconds": 60}
+        )
+        emit("ready", listeners=len(self.clients) - 2)
+        loop = asyncio.get_running_loop()
+        stop = loop.run_in_executor(None, sys.stdin.readline)
+        during: list[float] = []
+        failures = 0
+        deadline = now() + spec["max_probe_seconds"]
+        for i in itertools.count():
+            if stop.done() or now() > deadline:
+                break
+            cmid = f"during-{i}"
+            waiters = (loop.create_future(), loop.create_future())
+            self.waiters[cmid] = waiters
+            t0 = now()
+            sender.send(send_frame(spec["conversation_id"], f"probe {i}", cmid))
+            try:
+                _, t_new = await asyncio.wait_for(asyncio.gather(*waiters), 5)
+                during.append(t_new - t0)
+            except (TimeoutError, RuntimeError):
+                failures += 1
+            finally:
+                del self.waiters[cmid]
+            await asyncio.sleep(spec["probe_gap_seconds"])
+        await asyncio.wait_for(stop, 30)
+        await asyncio.sleep(1.0)  # the last chunk's frames still on their way
+        frames = self.announcement_frames
+        await self.close_all()
+        return {
+            "idle_delivery": idle["delivery"],
+            "during_delivery": summary_ms(during),
+            "during_failures": failures,
+            "announcement_frames": frames,
+            "errors": self.errors,
+        }
+
+
 def _offsets(first: float, interval: float, until: float) -> list[float]:
     """first, first + interval, ... below `until`."""
     return [first + k * interval for k in range(int((until - first) // interval) + 1)]
@@ -633,6 +701,7 @@ SCENARIOS: dict[str, Callable[[dict[str, Any]], Scenario]] = {
     "connections": Connections,
     "two_nodes": TwoNodes,
     "redis_outage": RedisOutage,
+    "announcement": AnnouncementLoad,
 }
 
 

@@ -259,6 +259,109 @@ def summarise(report: dict[str, Any]) -> list[Row]:
         for kind, s in r["latency"].items():
             p50 = s["p50_ms"]
             rows.append(_lat("search", kind, s, "p50 < 20 ms", p50 < 20))
+    if "uploads" in sc and "error" not in sc["uploads"]:
+        r = sc["uploads"]
+        for store in ("local", "s3"):
+            s = r[store]
+            for way in ("upload", "download"):
+                rate = s[f"{way}_mb_per_s"]
+                rows.append(
+                    _row(
+                        "uploads",
+                        f"{store}: {way} of {_num(r['file_mb'])} MB, MB/s median (min-max)",
+                        rate,
+                        f"{_num(rate['median'])} ({_num(rate['min'])}-{_num(rate['max'])})",
+                    )
+                )
+            m = s["upload_memory"]
+            growth = m["rss_growth_mib"]
+            rows.append(
+                _row(
+                    "uploads",
+                    f"{store}: node RSS growth during a {_num(m['file_mb'])} MB upload",
+                    m,
+                    f"{_num(growth)} MiB (peak {_num(m['rss_peak_mib'])} MiB)",
+                    "< 32 MiB (flat)",
+                    growth < 32,
+                )
+            )
+    if "admin_stats" in sc and "error" not in sc["admin_stats"]:
+        r = sc["admin_stats"]
+        rows.append(
+            _row(
+                "admin_stats",
+                "push records, rollup of a year",
+                r,
+                f"{_num(r['push_attempts'])} deliveries; rolled up in "
+                f"{_num(r['rollup_seconds'])} s to {_num(r['rollup_rows'])} rows",
+            )
+        )
+        month = r["days_30"]
+        rows.append(
+            _lat("admin_stats", "stats?days=30", month, "p95 < 200 ms", month["p95_ms"] < 200)
+        )
+        rows.append(_lat("admin_stats", "stats?days=365", r["days_365"]))
+    if "email_digests" in sc and "error" not in sc["email_digests"]:
+        r = sc["email_digests"]
+        alone = r["run_alone"]
+        rows.append(
+            _row(
+                "email_digests",
+                f"daily run, {r['users']:,} users ({r['users_with_mail']:,} mailed): seconds",
+                alone,
+                f"{_num(alone['seconds'], 2)} s, {_num(r['emails_per_s'])} emails/s",
+                "< 60 s",
+                r["under_60s"],
+            )
+        )
+        rows.append(_lat("email_digests", "message latency idle", r["latency_idle"]))
+        during = r["latency_during_digests"]
+        rows.append(
+            _lat(
+                "email_digests",
+                "message latency during a run",
+                during,
+                "p99 < 50 ms",
+                r["p99_under_50ms_during"],
+            )
+        )
+    if "scheduled" in sc and "error" not in sc["scheduled"]:
+        r = sc["scheduled"]
+        rows.append(
+            _row(
+                "scheduled",
+                f"{_num(r['messages'])} due in one second: all delivered after",
+                r,
+                f"{_num(r['all_delivered_after_due_s'], 2)} s (committed "
+                f"{_num(r['all_committed_after_due_s'], 2)} s, first "
+                f"{_num(r['first_after_due_s'], 2)} s)",
+                "< 5 s",
+                r["under_5s"],
+            )
+        )
+    if "announcement" in sc and "error" not in sc["announcement"]:
+        r = sc["announcement"]
+        rows.append(
+            _row(
+                "announcement",
+                f"to {r['users']:,} users ({r['online']} online): seconds to done",
+                r["done_seconds"],
+                _num(r["done_seconds"], 2),
+                "< 60 s",
+                r["report"].get("status") == "done" and r["done_seconds"] < 60,
+            )
+        )
+        during = r["during_delivery"]
+        rows.append(
+            _lat(
+                "announcement",
+                "message latency during",
+                during,
+                "p99 < 50 ms",
+                during["p99_ms"] < 50,
+            )
+        )
+        rows.append(_lat("announcement", "message latency idle", r["idle_delivery"]))
     return rows
 
 

@@ -42,7 +42,12 @@ from app.auth import create_access_token
 from app.messenger.devices import device_key, normalise_token
 from app.messenger.push.endpoints import EndpointPolicy
 from bench import BACKEND, ROOT, profile
+from bench import admin_stats as admin_stats_scenario
+from bench import announcement as announcement_scenario
+from bench import email_digests as email_digests_scenario
+from bench import scheduled as scheduled_scenario
 from bench import search as search_scenario
+from bench import uploads as uploads_scenario
 from bench.procstat import CpuWatch, raise_fd_limit
 from bench.pushfakes import Fakes, start_fakes
 from bench.report import print_table, summarise
@@ -63,6 +68,11 @@ SCENARIOS = [
     "two_nodes",
     "redis_outage",
     "search",
+    "uploads",
+    "admin_stats",
+    "email_digests",
+    "announcement",
+    "scheduled",
 ]
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -918,6 +928,26 @@ class Bench:
     async def search(self) -> dict[str, Any]:
         """Message search over a large history (bench/search.py)."""
         return await search_scenario.run(self, quick=self.plan is QUICK)
+
+    async def uploads(self) -> dict[str, Any]:
+        """Upload and download throughput, and an upload's memory (bench/uploads.py)."""
+        return await uploads_scenario.run(self, quick=self.plan is QUICK)
+
+    async def admin_stats(self) -> dict[str, Any]:
+        """The admin statistics over a year of push records (bench/admin_stats.py)."""
+        return await admin_stats_scenario.run(self, quick=self.plan is QUICK)
+
+    async def email_digests(self) -> dict[str, Any]:
+        """A daily digest run for many users over local SMTP (bench/email_digests.py)."""
+        return await email_digests_scenario.run(self, quick=self.plan is QUICK)
+
+    async def scheduled(self) -> dict[str, Any]:
+        """Scheduled messages all due in the same second (bench/scheduled.py)."""
+        return await scheduled_scenario.run(self, quick=self.plan is QUICK)
+
+    async def announcement(self) -> dict[str, Any]:
+        """An announcement to every user while messages flow (bench/announcement.py)."""
+        return await announcement_scenario.run(self, quick=self.plan is QUICK)
 
     async def run(self, names: list[str]) -> dict[str, Any]:
         results: dict[str, Any] = {}

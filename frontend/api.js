@@ -254,6 +254,89 @@ async function request(method, path, options = {}) {
   }
 }
 
+// ---- Files: uploads and authenticated downloads (attachments.js)
+
+const errorFrom = (status, data) => new ApiError(status, data?.error?.code ?? `http_${status}`,
+  data?.error?.message ?? `The server answered ${status}.`);
+
+/** An attachment path as a URL of this origin: the token never goes anywhere else. */
+function ownUrl(path) {
+  const url = new URL(path, location.origin);
+  if (url.origin !== location.origin) throw new ApiError(0, 'foreign_url', 'This file is not on this server.');
+  return url;
+}
+
+/**
+ * The bytes at an authenticated path (an attachment's url or thumbnail_url) as a Blob, with
+ * the token in the Authorization header; on a 401 the token is renewed once. Rejects with ApiError.
+ */
+export async function fetchBlob(path) {
+  const url = ownUrl(path);
+  const get = async (token) => {
+    try {
+      return await fetch(url, { headers: token ? { Authorization: `Bearer ${token}` } : {} });
+    } catch {
+      throw new ApiError(0, 'network_error', 'Cannot reach the server. Check your connection.');
+    }
+  };
+  const token = await accessToken();
+  let response = await get(token);
+  if (response.status === 401 && token) response = await get(await refresh(token));
+  if (!response.ok) throw errorFrom(response.status, await response.json().catch(() => null));
+  return response.blob();
+}
+
+/**
+ * Uploads one file as multipart (field `file`) with XMLHttpRequest, the one browser API that
+ * reports upload progress: onProgress(sentBytes, totalBytes). Returns {done, abort}: `done`
+ * resolves to the server's answer or rejects with ApiError (code `aborted` after abort()).
+ */
+export function uploadFile(path, file, onProgress) {
+  let xhr = null;
+  let aborted = false;
+  const cancelled = () => new ApiError(0, 'aborted', 'Upload cancelled.');
+  const send = (token) => new Promise((resolve, reject) => {
+    xhr = new XMLHttpRequest();
+    xhr.open('POST', ownUrl(path));
+    xhr.setRequestHeader('Accept', 'application/json');
+    if (token) xhr.setRequestHeader('Authorization', `Bearer ${token}`);
+    xhr.upload.onprogress = (event) => onProgress?.(event.loaded, event.lengthComputable ? event.total : file.size);
+    xhr.onload = () => {
+      let data = null;
+      try {
+        data = JSON.parse(xhr.responseText);
+      } catch {
+        // not JSON: the status alone says what happened
+      }
+      resolve({ status: xhr.status, data });
+    };
+    xhr.onerror = () => reject(new ApiError(0, 'network_error', 'The upload was cut off. Check your connection.'));
+    xhr.onabort = () => reject(cancelled());
+    const form = new FormData();
+    form.append('file', file, file.name || 'file');
+    xhr.send(form);
+  });
+  const done = (async () => {
+    const token = await accessToken();
+    if (aborted) throw cancelled();
+    let answer = await send(token);
+    if (answer.status === 401 && token) {
+      const renewed = await refresh(token);
+      if (aborted) throw cancelled();
+      answer = await send(renewed);
+    }
+    if (answer.status >= 200 && answer.status < 300) return answer.data;
+    throw errorFrom(answer.status, answer.data);
+  })();
+  return {
+    done,
+    abort() {
+      aborted = true;
+      xhr?.abort();
+    },
+  };
+}
+
 const conversationPath = (id) => `/api/v1/messenger/conversations/${encodeURIComponent(id)}`;
 const messagePath = (id, messageId) => `${conversationPath(id)}/messages/${encodeURIComponent(messageId)}`;
 
@@ -292,7 +375,30 @@ export const api = {
   react: (id, messageId, emoji, on) => request(on ? 'PUT' : 'DELETE',
     `${messagePath(id, messageId)}/reactions/${encodeURIComponent(emoji)}`),
 
+  notifications: (query) => request('GET', '/api/v1/me/notifications', { query }),
+  notification: (id) => request('GET', `/api/v1/me/notifications/${encodeURIComponent(id)}`),
+  notificationOpened: (id, how) => request('POST', `/api/v1/me/notifications/${encodeURIComponent(id)}/opened`, { body: { how } }),
+  dismissNotification: (id) => request('DELETE', `/api/v1/me/notifications/${encodeURIComponent(id)}`),
+  clearNotifications: () => request('DELETE', '/api/v1/me/notifications'),
+  testPush: () => request('POST', '/api/v1/me/devices/test-push'),
+
+  // Send later (body: {content, client_msg_id?, reply_to?, send_at}) and reminders.
+  scheduleMessage: (id, body) => request('POST', `${conversationPath(id)}/messages`, { body }),
+  scheduled: () => request('GET', '/api/v1/messenger/scheduled'),
+  cancelScheduled: (id) => request('DELETE', `/api/v1/messenger/scheduled/${encodeURIComponent(id)}`),
+  reminders: () => request('GET', '/api/v1/me/reminders'),
+  createReminder: (messageId, remindAt) => request('POST', '/api/v1/me/reminders', { body: { message_id: messageId, remind_at: remindAt } }),
+  cancelReminder: (id) => request('DELETE', `/api/v1/me/reminders/${encodeURIComponent(id)}`),
+  announce: (body) => request('POST', '/api/v1/admin/announcements', { body }),
+  announcement: (id) => request('GET', `/api/v1/admin/announcements/${encodeURIComponent(id)}`),
+
+  adminStats: (days) => request('GET', '/api/v1/admin/stats', { query: { days } }),
+  adminUsers: (q) => request('GET', '/api/v1/admin/users', { query: { q } }),
+  adminUser: (id) => request('GET', `/api/v1/admin/users/${encodeURIComponent(id)}`),
+  adminPushLog: (query) => request('GET', '/api/v1/admin/push-log', { query }),
+
   vapidPublicKey: () => request('GET', '/api/v1/messenger/push/vapid-public-key'),
+  devices: () => request('GET', '/api/v1/messenger/devices'),
   registerDevice: (body) => request('POST', '/api/v1/messenger/devices/register', { body }),
   deleteDevice: (token) => request('DELETE', `/api/v1/messenger/devices/${encodeURIComponent(token)}`),
 };

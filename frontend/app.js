@@ -2,7 +2,8 @@
  * Messenger web client: the entry point that ties the modules together.
  *   api.js REST and tokens · ws.js socket · store.js state · users.js names · ui.js drawing
  *   newchat.js new-conversation dialog · sessions.js sessions dialog · agent.js browser names
- *   notifysettings.js the notification settings dialog
+ *   notifysettings.js the notification settings dialog (and its test push)
+ *   notifications.js the notification centre (bell, unread count, history) · admin.html/admin.js /admin
  *   push.js Web Push, page side · sw.js service worker
  *
  * Hooks for browser tests (stable ids and attributes):
@@ -18,6 +19,12 @@
  *   Sessions  #sessions (opens it), #sessions-dialog, #sessions-list > li.session[data-session-id] (.current:
  *             this browser, with .badge) holding .session-name, .session-detail and (others only)
  *             button.session-logout; #logout-others, #sessions-error, #sessions-close
+ *   Centre    #notification-centre-toggle (the bell, data-unread), #notification-unread (count; hidden when 0),
+ *             #notification-centre (dialog), #notification-list > li.notification[data-notification-id] (.not-opened)
+ *             holding button.notification-open (.notification-title, .notification-body, .notification-time,
+ *             .notification-state, .notification-deliveries) and button.notification-dismiss;
+ *             #notification-more, #notification-clear, #notification-error; #admin-link (admins only)
+ *   Test push #ns-test-push, #ns-test-push-status, #ns-test-push-result > li[data-device-id][data-outcome]
  *   Notify    #notification-settings (opens it), #notification-settings-dialog, #ns-time-zone, #ns-quiet,
  *             #ns-quiet-start, #ns-quiet-end, #ns-quiet-mentions, #ns-push-delay, #ns-preview, #ns-locale,
  *             #ns-save, #ns-error, #ns-status ("Saved."), #ns-close
@@ -32,6 +39,9 @@
  *   Changes   see messageactions.js: reply, react, edit and delete on a message
  *   Blocking  see blocking.js: #block-toggle in a direct conversation's header
  *   Groups    see groupinfo.js: #group-info-open in a group's header opens its name and members
+ *   Files     see attachments.js: #attach, chips in #composer-files, image grids, file cards, the viewer
+ *   Later     see scheduling.js (Send later, the Scheduled list) and reminders.js (Remind me, toasts, list);
+ *             the Announcements conversation (type "announcement") has #read-only-note instead of a composer
  *   URL       /?conversation=<id> opens that conversation; the open one is kept in the URL (replaceState).
  */
 
@@ -41,13 +51,21 @@ import {
 import {
   catchUpChanges, initMessageActions, showContext, submitEdit, takeReplyTo,
 } from './messageactions.js';
+import {
+  attachmentSummary, hasReadyFiles, initAttachments, showComposerFiles, takeAttachments,
+} from './attachments.js';
 import { initBlocking, showBlockState } from './blocking.js';
 import { applyConversationUpdate, initGroupInfo, showGroupInfoButton } from './groupinfo.js';
 import { initNewChatDialog } from './newchat.js';
 import { initSearch, reveal } from './search.js';
 import { initNotificationSettingsDialog } from './notifysettings.js';
+import { initNotificationCentre } from './notifications.js';
 import * as push from './push.js';
 import { loadReadMarks } from './readmarks.js';
+import { initReminders, reminderArrived, resetReminders } from './reminders.js';
+import {
+  initScheduling, refreshScheduled, resetScheduling, scheduledMessageArrived, showScheduled,
+} from './scheduling.js';
 import { initSessionsDialog } from './sessions.js';
 import {
   addMessage, clearOutbox, findOutboxItem, isMuted, loadOutbox, recordRead, removeFromOutbox,
@@ -56,6 +74,7 @@ import {
 import * as ui from './ui.js';
 import { conversationTitle, loadUser, onUsersChanged } from './users.js';
 import { Connection } from './ws.js';
+import { forgetZone } from './zonetime.js';
 
 const { $ } = ui;
 
@@ -81,6 +100,7 @@ let muteBusy = false;
 let openNewChat;
 let openSessions;
 let openNotificationSettings;
+let notificationCentre;
 
 // ---- Session
 
@@ -119,6 +139,15 @@ function startSession(user) {
   connection.start();
   resync();
   setUpNotifications();
+  notificationCentre.start();
+  showAdminLink(user);
+}
+
+/** The admin dashboard's link, for admins (a login's profile may not say: ask /me then). */
+async function showAdminLink(user) {
+  $('admin-link').hidden = true;
+  const me = typeof user.is_admin === 'boolean' ? user : await api.me().catch(() => null);
+  if (me && state.me?.id === me.id) $('admin-link').hidden = me.is_admin !== true;
 }
 
 async function endSession({ expired = false } = {}) {
@@ -129,6 +158,8 @@ async function endSession({ expired = false } = {}) {
     return;
   }
   endingSession = true;
+  notificationCentre.stop();
+  $('admin-link').hidden = true;
   connection.stop();
   connection = null;
   // Push cleanup needs the session, so it goes first, then the server forgets the session;
@@ -141,6 +172,9 @@ async function endSession({ expired = false } = {}) {
   clearOutbox();
   session.clear();
   resetState();
+  resetScheduling();
+  resetReminders();
+  forgetZone();
   ui.resetMain();
   searchBox.clear();
   history.replaceState(null, '', location.pathname);
@@ -212,6 +246,7 @@ async function syncOnce() {
   if (state.activeId) await loadReadMarks(state.activeId).catch(() => {});
   if (state.me !== me) return;
   if (listed) openPending();
+  refreshScheduled(); // some may have gone out while we were away
   markActiveRead();
   flushOutbox();
   scheduleRender();
@@ -303,7 +338,11 @@ function fillScreen() {
 // ---- Frames from the server
 
 const frameHandlers = {
-  'message.new': (frame) => onNewMessage(frame.message),
+  'message.new': (frame) => {
+    onNewMessage(frame.message);
+    scheduledMessageArrived(frame.message);
+  },
+  reminder: reminderArrived,
   'message.ack': onAck,
   'message.updated': (frame) => {
     if (updateMessage(frame.message)) scheduleRender();
@@ -328,6 +367,7 @@ function onNewMessage(message) {
   if (!conversation) {
     stopTyping(message.conversation_id, message.sender_id); // its typing frame may have come first
     resync(); // a conversation new to us: the list brings it, with its unread count
+    notificationCentre.messageArrived();
     return;
   }
   const held = state.windows.get(conversation.id);
@@ -341,6 +381,7 @@ function onNewMessage(message) {
       conversation.unread_count = (conversation.unread_count ?? 0) + 1;
       announce(conversation, message);
     }
+    notificationCentre.messageArrived();
   }
   if (gap) catchUp(conversation.id).then(scheduleRender, () => {});
   scheduleRender();
@@ -449,7 +490,8 @@ async function announce(conversation, message) {
   const sender = await loadUser(message.sender_id);
   const senderName = sender?.display_name || sender?.username || 'New message';
   const title = conversation.type === 'group' ? `${senderName} • ${conversationTitle(conversation)}` : senderName;
-  push.notify(title, { body: message.content.slice(0, 200), conversationId: conversation.id }).catch(() => {});
+  const body = (message.content || attachmentSummary(message)).slice(0, 200);
+  push.notify(title, { body, conversationId: conversation.id }).catch(() => {});
 }
 
 // ---- Sending
@@ -467,8 +509,8 @@ function newClientMsgId() {
 function sendComposer() {
   const composer = $('composer');
   const content = composer.value.trim();
-  if (!content || !state.activeId) return;
-  if (submitEdit(state.activeId, content)) {
+  if (!state.activeId || (!content && !hasReadyFiles(state.activeId))) return;
+  if (content && submitEdit(state.activeId, content)) {
     state.drafts.delete(state.activeId);
     ui.fitComposer();
     return;
@@ -480,6 +522,9 @@ function sendComposer() {
     created_at: new Date().toISOString(),
     status: 'pending',
   };
+  // Finished uploads go with it; those still uploading stay in the composer for the next.
+  const { ids, files } = takeAttachments(state.activeId);
+  if (ids.length) Object.assign(item, { attachments: ids, files });
   const replyTo = takeReplyTo(state.activeId);
   if (replyTo) item.reply_to = replyTo;
   state.outbox.push(item);
@@ -501,6 +546,7 @@ function transmit(item) {
     content: item.content,
     client_msg_id: item.client_msg_id,
     ...(item.reply_to ? { reply_to: item.reply_to } : {}),
+    ...(item.attachments?.length ? { attachments: item.attachments } : {}),
   });
 }
 
@@ -546,12 +592,14 @@ function openConversation(conversationId) {
   history.replaceState(null, '', `?conversation=${encodeURIComponent(conversationId)}`);
   ui.showChat(true);
   $('composer').value = state.drafts.get(conversationId) ?? '';
+  showComposerFiles();
   ui.fitComposer();
   ui.showComposerError('');
   showContext();
   showMuteState(conversationId);
   showBlockState();
   showGroupInfoButton();
+  showScheduled();
   loadReadMarks(conversationId).then(scheduleRender, () => {});
   renderAll();
   ui.scrollToBottom();
@@ -793,9 +841,13 @@ openNewChat = initNewChatDialog({ onCreated: conversationCreated });
 openSessions = initSessionsDialog();
 const searchBox = initSearch({ onOpen: showMessage });
 openNotificationSettings = initNotificationSettingsDialog();
+notificationCentre = initNotificationCentre({ openConversation: requestOpen });
 initMessageActions({ render: scheduleRender, onError: (message) => ui.showComposerError(message) });
 initBlocking({ onError: (message) => ui.showComposerError(message) });
 initGroupInfo({ changed: scheduleRender, left: leftConversation });
+initAttachments({ onError: (message) => ui.showComposerError(message) });
+initScheduling({ onError: (message) => ui.showComposerError(message) });
+initReminders({ showMessage });
 onUnauthorized(() => endSession({ expired: true }));
 onTokenRefreshed((token) => {
   connection?.authenticate(token);

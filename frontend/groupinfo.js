@@ -14,7 +14,7 @@
 import { api } from './api.js';
 import { blockedIds, setBlocked } from './blocking.js';
 import { forgetConversation, recordRole, state } from './store.js';
-import { $, avatar, el, setBusy } from './ui.js';
+import { $, avatar, botBadge, el, setBusy } from './ui.js';
 import { createUserPicker } from './userpicker.js';
 import { conversationTitle, displayName, loadUser, username } from './users.js';
 
@@ -109,6 +109,7 @@ function memberNode(member, admin) {
     avatar(name, member.user_id),
     el('span', { class: 'person-names' },
       el('span', { class: 'member-name person-name', text: me ? `${name} (you)` : name }),
+      botBadge(member.user_id),
       username(member.user_id) && el('span', { class: 'person-handle', text: `@${username(member.user_id)}` })),
     el('span', { class: `member-role role-${member.role}`, text: ROLE_LABEL[member.role] ?? member.role }),
     !me && el('button', {

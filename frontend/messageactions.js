@@ -4,13 +4,15 @@
 // after a reconnect each loaded conversation asks for what changed since its cursor.
 //
 // Hooks for browser tests:
-//   on li.message: .message-actions > button[data-msg-action="reply|react|edit|delete"],
+//   on li.message: .message-actions > button[data-msg-action="reply|react|edit|delete|remind"]
+//   (remind: see reminders.js),
 //   .reaction-picker > button[data-emoji], .reactions > button.reaction[data-emoji][aria-pressed]
 //   (text "👍 2", title: who), blockquote.quote[data-reply-to] (the quoted message), .edited,
 //   li.message.deleted; above the composer #composer-context (.replying / .editing) with
 //   #composer-context-cancel.
 
 import { api } from './api.js';
+import { toggleReminderMenu } from './reminders.js';
 import { state, updateMessage } from './store.js';
 import { displayName } from './users.js';
 import { $, el } from './ui.js';
@@ -62,12 +64,14 @@ function reactionsNode(message) {
 
 function actionsNode(message, conversation, own) {
   const admin = conversation.type === 'group' && ['owner', 'admin'].includes(conversation.my_role);
+  const readOnly = conversation.type === 'announcement'; // nobody writes in it: a reminder only
   const action = (name, label) => el('button', { type: 'button', class: 'link-btn', dataset: { msgAction: name }, text: label });
   return el('div', { class: 'message-actions' },
-    action('reply', 'Reply'),
-    action('react', 'React'),
-    own && action('edit', 'Edit'),
-    (own || admin) && action('delete', 'Delete'));
+    !readOnly && action('reply', 'Reply'),
+    !readOnly && action('react', 'React'),
+    !readOnly && own && action('edit', 'Edit'),
+    !readOnly && (own || admin) && action('delete', 'Delete'),
+    action('remind', 'Remind me'));
 }
 
 // ---- Acting
@@ -113,6 +117,7 @@ function onClick(event) {
   const action = event.target.closest('button[data-msg-action]')?.dataset.msgAction;
   if (action === 'react') openPicker(node, message);
   else if (action === 'reply' || action === 'edit') start(action, message);
+  else if (action === 'remind') toggleReminderMenu(node, message);
   else if (action === 'delete' && confirm('Delete this message for everyone?')) {
     change(api.deleteMessage(message.conversation_id, message.id));
   }

@@ -1,8 +1,10 @@
 // The "Notifications" dialog: this account's time zone, quiet hours, push delay, preview and
-// language (PUT /api/v1/me/notification-settings). Every value from the server is set as a
-// form value or option text, never as HTML.
+// language (PUT /api/v1/me/notification-settings), and a test notification to every device.
+// Every value from the server is set as a form value or option text, never as HTML.
 
 import { api } from './api.js';
+import { initEmailSettings } from './emailsettings.js';
+import { initTestPush } from './testpush.js';
 import { $, el, setBusy } from './ui.js';
 
 const browserZone = () => {
@@ -46,6 +48,7 @@ export function initNotificationSettingsDialog() {
   const save = $('ns-save');
   const error = $('ns-error');
   const status = $('ns-status');
+  const email = initEmailSettings();
   let loads = 0; // answers to older loads are dropped
 
   const showError = (message) => {
@@ -73,6 +76,7 @@ export function initNotificationSettingsDialog() {
     offer(delay, Number(settings.push_delay_seconds) || 0, `If still unread after ${Number(settings.push_delay_seconds) || 0} seconds`);
     offer(preview, settings.preview ?? 'full');
     offer(locale, settings.locale ?? 'en');
+    email.fill(settings);
   }
 
   async function load() {
@@ -103,6 +107,7 @@ export function initNotificationSettingsDialog() {
       push_delay_seconds: Number(delay.value),
       preview: preview.value,
       locale: locale.value,
+      ...email.body(),
     };
     setBusy(save, true);
     try {
@@ -116,9 +121,11 @@ export function initNotificationSettingsDialog() {
   quiet.addEventListener('change', showQuiet);
   $('ns-close').addEventListener('click', () => dialog.close());
   $('ns-cancel').addEventListener('click', () => dialog.close());
+  const testPush = initTestPush();
 
   return function open() {
     showError('');
+    testPush.reset();
     status.textContent = '';
     dialog.showModal();
     load();

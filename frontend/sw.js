@@ -99,8 +99,13 @@ function notificationFromPayload(payload) {
   // (e.g. localhost vs 127.0.0.1), use this origin so the click lands in a signed-in page.
   let url = payload.url ? new URL(payload.url, self.location.origin) : null;
   if (!url || url.origin !== self.location.origin) url = new URL(conversationId ? conversationUrl(conversationId) : '/', self.location.origin);
-  const tag = conversationId ?? payload.tag ?? undefined;
+  // A reminder has a tag of its own: it neither replaces the conversation's message
+  // notification nor goes when the conversation is read.
+  const reminderId = payload.type === 'reminder' ? asId(data.reminder_id) : null;
+  const tag = reminderId ? `reminder:${reminderId}` : conversationId ?? payload.tag ?? undefined;
   const token = typeof payload.action_token === 'string' && payload.action_token ? payload.action_token : null;
+  // A test push or a reminder acts on no conversation: its token records its open only.
+  const openToken = typeof payload.open_token === 'string' && payload.open_token ? payload.open_token : null;
   const labels = actionLabels(payload);
   // Without a token the buttons could do nothing: a plain click still opens the chat.
   const actions = token && conversationId
@@ -122,11 +127,15 @@ function notificationFromPayload(payload) {
         url: url.href,
         conversation_id: conversationId,
         message_id: asId(data.message_id),
+        notification_id: asId(data.notification_id),
         seq: asCount(data.seq),
         count: asCount(payload.count) ?? 1,
         action_token: token,
+        open_token: openToken,
       },
       actions,
+      // A message's thumbnail: a signed URL the browser fetches without a session.
+      ...(typeof payload.image === 'string' && /^https?:\/\//.test(payload.image) ? { image: payload.image } : {}),
     },
   };
 }
@@ -286,8 +295,36 @@ async function handleNotificationClick(event) {
     }
     console.warn('Mark as read from the notification failed:', response ? response.status : 'no answer');
   }
-  await handleClick(data);
+  // Whether a page of ours was in front is read before the click brings one there.
+  const windows = await listWindows();
+  const foreground = windows.some((client) => client.focused && client.visibilityState === 'visible');
+  await Promise.all([reportOpened(data, foreground ? 'foreground' : 'click'), handleClick(data)]);
   return 'opened';
+}
+
+/**
+ * Records the open in the user's notification history (POST /me/notifications/{id}/opened). The
+ * worker holds no access token: the push's action token is the credential (good for its user and
+ * conversation only), or for a test push or a reminder its open token (good for that one
+ * notification only). The server writes the history a moment after the push service took the
+ * push, so a click faster than that meets a 404: tried again twice. Only the first open counts,
+ * so a repeated report does no harm.
+ */
+async function reportOpened(data, how) {
+  const token = data.action_token || data.open_token;
+  if (!data.notification_id || !token) return;
+  const url = new URL(`me/notifications/${encodeURIComponent(data.notification_id)}/opened`, API_BASE).href;
+  for (let attempt = 0; attempt < 3; attempt += 1) {
+    if (attempt > 0) await new Promise((resolve) => setTimeout(resolve, 1000 * attempt));
+    const response = await fetch(url, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ how, action_token: token }),
+      credentials: 'omit',
+      cache: 'no-store',
+    }).catch(() => null);
+    if (response && ![404, 429, 503].includes(response.status)) return;
+  }
 }
 
 self.addEventListener('install', () => self.skipWaiting());

@@ -1,9 +1,12 @@
 // Drawing. User data only ever goes in through textContent or attributes, never as HTML.
 // Lists are keyed and reconciled, so a redraw keeps focus, scroll position and unchanged nodes.
 
+import {
+  attachmentsNode, attachmentSummary, clearComposerFiles, pendingFilesNode, updateSendButton,
+} from './attachments.js';
 import { messageExtras } from './messageactions.js';
 import { state } from './store.js';
-import { conversationTitle, displayName, loadUser, otherParticipant, username } from './users.js';
+import { conversationTitle, displayName, isBot, loadUser, otherParticipant, username } from './users.js';
 
 export const $ = (id) => document.getElementById(id);
 
@@ -30,6 +33,11 @@ function reconcile(parent, nodes) {
 }
 
 /** Initials on a colour derived from `seed`; with `online` given, a presence dot too. */
+/** A small "bot" mark beside a bot's name, so nobody takes a script for a person. */
+export function botBadge(userId) {
+  return isBot(userId) && el('span', { class: 'bot-badge', title: 'A bot: an account run by a script or a webhook', text: 'bot' });
+}
+
 export function avatar(name, seed, { online } = {}) {
   const initials = name.split(/\s+/).filter(Boolean).slice(0, 2)
     .map((word) => [...word][0]).join('').toUpperCase() || '?';
@@ -118,6 +126,7 @@ export function resetMain() {
   $('conversation-list').replaceChildren();
   $('messages').replaceChildren();
   $('composer').value = '';
+  clearComposerFiles();
   renderTyping();
   showComposerError('');
   setNotificationPrompt(false);
@@ -147,7 +156,21 @@ function typingNames(conversationId) {
   return [...(state.typing.get(conversationId)?.keys() ?? [])].map(displayName);
 }
 
+// The Announcements conversation (type "announcement"): the server's title, a megaphone, and
+// no composer, since only admins post there (through /admin).
+const isAnnouncements = (conversation) => conversation?.type === 'announcement';
+const titleOf = (conversation) =>
+  (isAnnouncements(conversation) ? conversation.title || 'Announcements' : conversationTitle(conversation));
+const MEGAPHONE = '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M3 11v2a1 1 0 0 0 1 1h3l6 4V6L7 10H4a1 1 0 0 0-1 1Z"/><path d="M16.5 8.5a5 5 0 0 1 0 7"/><path d="M19.5 5.5a9 9 0 0 1 0 13"/></svg>';
+
+function megaphone() {
+  const face = el('span', { class: 'avatar announcement-avatar', 'aria-hidden': 'true' });
+  face.innerHTML = MEGAPHONE; // a constant: no server text
+  return face;
+}
+
 function conversationAvatar(conversation, title) {
+  if (isAnnouncements(conversation)) return megaphone();
   if (conversation.type === 'group') return avatar(title, conversation.id);
   const other = otherParticipant(conversation);
   if (other === state.me.id) return avatar(title, other);
@@ -160,14 +183,14 @@ function preview(conversation) {
   let who = '';
   if (last.sender_id === state.me.id) who = 'You: ';
   else if (conversation.type === 'group') who = `${displayName(last.sender_id)}: `;
-  return who + last.content.replace(/\s+/g, ' ');
+  return who + (last.content || attachmentSummary(last)).replace(/\s+/g, ' ');
 }
 
 function fillConversation(item, conversation) {
   const active = conversation.id === state.activeId;
   const unread = conversation.unread_count || 0;
   const typing = typingNames(conversation.id).length > 0;
-  const title = conversationTitle(conversation);
+  const title = titleOf(conversation);
   const last = conversation.last_message && new Date(conversation.last_message.created_at);
   item.classList.toggle('active', active);
   item.classList.toggle('has-unread', unread > 0);
@@ -216,6 +239,7 @@ export function showChat(open) {
 }
 
 function subtitle(conversation) {
+  if (isAnnouncements(conversation)) return 'News from the admins';
   if (conversation.type === 'group') return `${conversation.participant_ids.length} members`;
   const other = otherParticipant(conversation);
   if (other === state.me.id) return 'Notes to yourself';
@@ -226,7 +250,10 @@ function subtitle(conversation) {
 export function renderChatHeader() {
   const conversation = state.conversations.get(state.activeId);
   if (!conversation) return;
-  const title = conversationTitle(conversation);
+  const title = titleOf(conversation);
+  const readOnly = isAnnouncements(conversation);
+  $('composer-form').hidden = readOnly;
+  $('read-only-note').hidden = !readOnly;
   $('chat-title').textContent = title;
   $('chat-subtitle').textContent = subtitle(conversation);
   $('chat-avatar').replaceChildren(conversationAvatar(conversation, title));
@@ -319,11 +346,15 @@ function messageNode(message, conversation) {
   const mentionsMe = !own && Array.isArray(message.mentions) && message.mentions.includes(state.me.id);
   const deleted = Boolean(message.deleted_at);
   const extras = messageExtras(message, conversation); // reply quote, reactions, actions
+  const files = attachmentsNode(message); // none once deleted
   return el('li', { class: `message ${own ? 'own' : 'other'}${mentionsMe ? ' mentions-me' : ''}${deleted ? ' deleted' : ''}`, dataset: { messageId: message.id, seq: message.seq, senderId: message.sender_id } },
-    !own && conversation.type === 'group' && el('span', { class: 'sender', text: displayName(message.sender_id) }),
+    !own && conversation.type === 'group' && el('span', { class: 'sender' }, displayName(message.sender_id), botBadge(message.sender_id)),
     extras.quote,
-    el('div', { class: 'bubble' },
-      el('p', { class: 'text' }, ...(deleted ? ['This message was deleted.'] : contentWithMentions(message, conversation))),
+    el('div', { class: `bubble${files ? ' has-files' : ''}` },
+      files,
+      // Files alone: no empty line of text under them.
+      (deleted || message.content || !files)
+        && el('p', { class: 'text' }, ...(deleted ? ['This message was deleted.'] : contentWithMentions(message, conversation))),
       el('span', { class: 'meta' }, extras.edited,
         el('time', { datetime: message.created_at, title: fullFormat.format(date), text: timeFormat.format(date) }))),
     ...extras.after);
@@ -334,7 +365,8 @@ function pendingNode(item) {
   const action = (name, label) => el('button', { type: 'button', class: `link-btn ${name}`, dataset: { action: name, clientMsgId: item.client_msg_id }, text: label });
   return el('li', { class: `message own ${item.status}`, dataset: { clientMsgId: item.client_msg_id } },
     el('div', { class: 'bubble' },
-      el('p', { class: 'text', text: item.content }),
+      (item.content || !item.files?.length) && el('p', { class: 'text', text: item.content }),
+      pendingFilesNode(item),
       el('span', { class: 'meta', text: failed ? 'Not sent' : 'Sending…' })),
     failed && el('div', { class: 'failed-actions' },
       el('span', { class: 'failed-reason', text: item.error || 'Not sent' }),
@@ -433,4 +465,5 @@ export function fitComposer() {
   const composer = $('composer');
   composer.style.height = 'auto';
   composer.style.height = `${Math.min(composer.scrollHeight, 160)}px`;
+  updateSendButton();
 }

@@ -40,6 +40,11 @@ export function displayName(id) {
   return '…';
 }
 
+/** Whether the user is a bot (a script's account or a webhook's); false until loaded. */
+export function isBot(id) {
+  return Boolean(state.users.get(id)?.is_bot);
+}
+
 export function username(id) {
   return state.users.get(id)?.username ?? '';
 }

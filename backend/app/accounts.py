@@ -19,6 +19,8 @@ from app.config import Settings
 from app.errors import ApiError
 from app.jsonutil import JSONResponse
 from app.models import MAX_ID, User
+from app.openapi import schemas
+from app.openapi.api import documented
 from app.ratelimit import RateLimiter, address_key, too_many_requests
 from app.sessions import SessionStore
 from app.web import RequestReader
@@ -75,6 +77,18 @@ class AccountRoutes:
             Route("/api/v1/users/{user_id:int}", self.get_user, methods=["GET"]),
         ]
 
+    @documented(
+        "Register an account",
+        body=RegisterBody,
+        responses={
+            201: schemas.User,
+            409: "the username is taken",
+            429: "too many registrations from this address",
+            503: "password hashing is saturated; retry after Retry-After",
+        },
+        tags=["accounts"],
+        auth=False,
+    )
     async def register(self, request: Request) -> Response:
         settings = self._settings
         client = address_key(request.client.host if request.client else None)
@@ -101,6 +115,18 @@ class AccountRoutes:
         log.info("user registered user=%s", user.id)
         return JSONResponse(user.public(), 201)
 
+    @documented(
+        "Log in: a new session",
+        body=LoginBody,
+        responses={
+            200: schemas.Login,
+            401: "wrong username or password",
+            429: "too many login attempts",
+            503: "password hashing is saturated; retry after Retry-After",
+        },
+        tags=["accounts"],
+        auth=False,
+    )
     async def login(self, request: Request) -> Response:
         body = await self._reader.json(request, LoginBody)
         settings = self._settings
@@ -136,14 +162,21 @@ class AccountRoutes:
         log.info("login user=%s session=%s client=%s", user.id, issued.session_id, client)
         return JSONResponse({**issued.body(), "user": user.public()})
 
+    @documented("The caller's account", responses={200: schemas.Me}, tags=["accounts"])
     async def me(self, request: Request) -> Response:
         user_id = await self._reader.user_id(request)
         async with self._sessions() as session:
             user = await session.get(User, user_id)
         if user is None:
             raise ApiError(401, "invalid_token", "the account no longer exists")
-        return JSONResponse(user.public())
+        return JSONResponse({**user.public(), "is_admin": user.is_admin})
 
+    @documented(
+        "Find users by name",
+        query=schemas.UserSearch,
+        responses={200: schemas.UserList},
+        tags=["accounts"],
+    )
     async def search_users(self, request: Request) -> Response:
         """Users whose username or display name starts with the query (at most 20)."""
         await self._reader.user_id(request)
@@ -166,6 +199,7 @@ class AccountRoutes:
             users = (await session.scalars(stmt)).all()
         return JSONResponse({"users": [u.public() for u in users]})
 
+    @documented("One user", responses={200: schemas.User, 404: "no such user"}, tags=["accounts"])
     async def get_user(self, request: Request) -> Response:
         await self._reader.user_id(request)
         user_id = request.path_params["user_id"]

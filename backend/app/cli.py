@@ -1,4 +1,5 @@
-"""Operator commands: `python -m app.cli cleanup | vapid-keys | test-push USERNAME`."""
+"""Operator commands: `python -m app.cli cleanup | vapid-keys | test-push USERNAME |
+admin USERNAME [--revoke]`."""
 
 from __future__ import annotations
 
@@ -10,16 +11,18 @@ import sys
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from app.config import Settings
 from app.db import make_engine
+from app.email.commands import email_digests_now, send_test_email_to_user
 from app.messenger.cleanup import run_cleanup
 from app.messenger.models import DeviceToken
 from app.messenger.push.base import Device
 from app.messenger.push.delivery import RetryPolicy, deliver
 from app.messenger.push.notification import operator_test_notification
 from app.messenger.push.providers import start_providers
+from app.messenger.storage import build_storage
 from app.models import NotificationSettings, User
 
 
@@ -41,16 +44,19 @@ def vapid_keys() -> str:
 
 async def cleanup(settings: Settings) -> int:
     engine = make_engine(settings.effective_database_url)
+    storage = build_storage(settings)
     try:
-        report = await run_cleanup(engine, settings)
+        await storage.start()
+        report = await run_cleanup(engine, settings, storage)
     finally:
+        await storage.stop()
         await engine.dispose()
     if not report.ran:
         print("another node is running the cleanup; nothing done")
     else:
         print(
             f"removed {report.devices_removed} devices, {report.attempts_removed} push records, "
-            f"{report.sessions_removed} sessions"
+            f"{report.sessions_removed} sessions, {report.uploads_removed} uploads"
         )
     return 0
 
@@ -98,6 +104,36 @@ async def send_test_push(settings: Settings, username: str) -> int:
         await engine.dispose()
 
 
+async def set_admin(settings: Settings, username: str, is_admin: bool) -> int:
+    """Grant (or revoke) the admin role; 1 and a message for an unknown user."""
+    engine = make_engine(settings.effective_database_url)
+    try:
+        async with engine.begin() as conn:
+            # Bots are left out: a bot's token is a script's credential, never an admin's.
+            user_id = await conn.scalar(
+                update(User)
+                .where(User.username == username.strip().lower(), User.is_bot.is_(False))
+                .values(is_admin=is_admin)
+                .returning(User.id)
+            )
+            is_bot = user_id is None and await conn.scalar(
+                select(User.id).where(User.username == username.strip().lower())
+            )
+    finally:
+        await engine.dispose()
+    if is_bot:
+        print(f"{username!r} is a bot; a bot cannot be an admin", file=sys.stderr)
+        return 1
+    if user_id is None:
+        print(f"no user {username!r}", file=sys.stderr)
+        return 1
+    logging.getLogger(__name__).warning(
+        "admin role %s user=%s", "granted" if is_admin else "revoked", user_id
+    )
+    print(f"{username} is {'now' if is_admin else 'no longer'} an admin")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.cli")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -105,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("vapid-keys", help="print a fresh VAPID key pair for .env")
     push = commands.add_parser("test-push", help="send a test push to a user's devices")
     push.add_argument("username")
+    commands.add_parser("email-digests", help="run one email digest pass now, all periods due")
+    mail = commands.add_parser("test-email", help="send a test email to a user's address")
+    mail.add_argument("username")
+    admin = commands.add_parser("admin", help="make a user an admin (or --revoke it)")
+    admin.add_argument("username")
+    admin.add_argument("--revoke", action="store_true", help="take the admin role back")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     if args.command == "vapid-keys":
@@ -113,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     if args.command == "cleanup":
         return asyncio.run(cleanup(settings))
+    if args.command == "email-digests":
+        return asyncio.run(email_digests_now(settings))
+    if args.command == "test-email":
+        return asyncio.run(send_test_email_to_user(settings, args.username))
+    if args.command == "admin":
+        return asyncio.run(set_admin(settings, args.username, not args.revoke))
     return asyncio.run(send_test_push(settings, args.username))
 
 

@@ -39,7 +39,13 @@ class Settings(BaseSettings):
     database_statement_timeout_seconds: float = Field(default=10.0, gt=0)
     database_connect_timeout_seconds: float = Field(default=5.0, gt=0)
     database_pool_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Connections a node keeps open to PostgreSQL, and how many more it may open at a
+    # peak: several nodes (and their background loops) share the server's max_connections.
+    database_pool_size: int = Field(default=20, ge=1, le=500)
+    database_max_overflow: int = Field(default=20, ge=0, le=500)
     redis_url: str = ""
+    # A Redis Cluster instead of one Redis: seed nodes, comma-separated (redis_client.py).
+    redis_cluster_url: str = ""
     secret_key: str = ""
     node_id: str = Field(default_factory=lambda: secrets.token_hex(4))
 
@@ -121,6 +127,20 @@ class Settings(BaseSettings):
     device_registration_burst: int = Field(default=10, ge=1)
     # A user's devices; registering one more removes the least recently used.
     max_devices_per_user: int = Field(default=20, ge=1)
+    # Bots and incoming webhooks (app/bots.py, app/messenger/webhooks.py): bots one user
+    # runs, webhooks one conversation holds, posts per webhook per minute and its burst.
+    max_bots_per_user: int = Field(default=20, ge=0)
+    max_webhooks_per_conversation: int = Field(default=10, ge=0)
+    webhook_rate_per_minute: float = Field(default=30, gt=0)
+    webhook_burst: int = Field(default=10, ge=1)
+    # Bots one user may make per day, deleted ones and webhooks' included (their rows
+    # stay); posts to webhooks from one client address, checked before the lookup so
+    # guessed ids and secrets count; posts to all of one conversation's webhooks.
+    bot_creations_per_day: int = Field(default=50, ge=1)
+    webhook_address_rate_per_minute: float = Field(default=120, gt=0)
+    webhook_address_burst: int = Field(default=30, ge=1)
+    webhook_conversation_rate_per_minute: float = Field(default=60, gt=0)
+    webhook_conversation_burst: int = Field(default=20, ge=1)
     # A user's sockets on one node; one more closes the oldest (code 4429).
     max_sockets_per_user: int = Field(default=20, ge=1)
     # A user's typing frames reach a conversation at most about once per interval (per
@@ -155,6 +175,18 @@ class Settings(BaseSettings):
     push_concurrency_fcm: int | None = Field(default=None, ge=1)
     push_concurrency_apns: int | None = Field(default=None, ge=1)
     push_concurrency_web_push: int | None = Field(default=None, ge=1)
+    # Announcement pushes in flight at once per node (push.lane): at most half of each
+    # provider's limit, so ordinary pushes always have the other half.
+    push_announcement_concurrency: int = Field(default=50, ge=1)
+    # Recipients per chunk of an announcement (one transaction each), and the per-admin
+    # rate of new announcements.
+    announcement_chunk: int = Field(default=1000, ge=1, le=5000)
+    announcement_rate_per_hour: float = Field(default=10, gt=0)
+    announcement_burst: int = Field(default=3, ge=1)
+    # A node's hold on the announcement it is sending (renewed while it works), and how
+    # often each node looks for one to send or to take over.
+    announcement_lease_seconds: float = Field(default=30.0, gt=0)
+    announcement_poll_seconds: float = Field(default=1.0, gt=0, le=60)
     push_timeout_seconds: float = 10.0
     push_max_attempts: int = 5
     push_backoff_base_seconds: float = 1.0
@@ -174,7 +206,61 @@ class Settings(BaseSettings):
     push_attempt_retention_days: int = 30
     push_ttl_seconds: int = 24 * 3600
     cleanup_interval_seconds: float = 24 * 3600
+    # How often the admin statistics' rollup runs (app/admin_stats.py).
+    stats_rollup_interval_seconds: float = 300
     web_base_url: str = ""
+
+    # Email for missed messages (app/email). No SMTP_HOST: no email is sent (addresses
+    # are still kept, unverified), said once at start.
+    smtp_host: str = ""
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_username: str = ""
+    smtp_password: str = Field(default="", repr=False)
+    smtp_starttls: bool = True
+    # Implicit TLS from the first byte (port 465) instead of STARTTLS.
+    smtp_tls: bool = False
+    # A password over an unencrypted connection is refused at start unless this is set.
+    smtp_allow_plaintext_auth: bool = False
+    smtp_timeout_seconds: float = Field(default=10.0, gt=0)
+    # For staging and tests: trust this CA for the server's STARTTLS certificate.
+    smtp_ca_file: str = ""
+    email_from: str = ""
+    # SMTP connections a digest pass sends over side by side, each reused for many emails.
+    email_connections: int = Field(default=4, ge=1, le=64)
+    # Retries of a transient failure (4xx, connection lost), exponential with jitter.
+    email_max_attempts: int = Field(default=4, ge=1, le=20)
+    email_backoff_base_seconds: float = Field(default=1.0, ge=0)
+    email_backoff_max_seconds: float = Field(default=60.0, ge=0)
+    # How often a node looks for due digests; the local hour a daily digest goes out.
+    email_digest_interval_seconds: float = Field(default=60.0, gt=0)
+    email_daily_digest_hour: int = Field(default=8, ge=0, le=23)
+    # Verification emails one user may make the node send (setting an address).
+    email_verification_rate_per_hour: float = Field(default=5.0, gt=0)
+    email_verification_burst: int = Field(default=3, ge=1)
+    # Verification emails to one address (whoever asks), and to all addresses together.
+    email_verification_per_address_per_day: int = Field(default=3, ge=1)
+    email_verification_global_per_hour: float = Field(default=600.0, gt=0)
+    # A digest pass stops (giving back what it has not sent) after this many failed
+    # connects in a row, or this many bounces in a row (relay trouble, not addresses).
+    email_abort_after_connect_failures: int = Field(default=3, ge=1)
+    email_abort_after_bounces: int = Field(default=50, ge=1)
+
+    # Scheduled messages and reminders (timers.py): how often a node looks for due ones,
+    # how long a node's claim on due ones holds before another node takes them over, and
+    # how many one claim takes. What one user may keep pending, and how far ahead.
+    timer_poll_seconds: float = Field(default=0.25, gt=0, le=1)
+    timer_lease_seconds: float = Field(default=30.0, gt=0)
+    timer_batch: int = Field(default=500, ge=1, le=5000)
+    max_scheduled_per_user: int = Field(default=100, ge=0)
+    max_reminders_per_user: int = Field(default=500, ge=0)
+    max_schedule_ahead_days: int = Field(default=365, ge=1, le=3650)
+    # New reminders and scheduled messages per user (beside the caps on pending ones).
+    reminder_rate_per_minute: float = Field(default=30.0, gt=0)
+    reminder_burst: int = Field(default=20, ge=1)
+    schedule_rate_per_minute: float = Field(default=30.0, gt=0)
+    schedule_burst: int = Field(default=20, ge=1)
+    # Conversations whose participants (and type) a node keeps in memory.
+    participant_cache_size: int = Field(default=100_000, ge=1)
 
     # Web Push endpoints must be on a known push service (push/endpoints.py); an operator
     # adds hosts here (comma-separated names or `*.suffix`). Allowing any endpoint (any
@@ -207,14 +293,29 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
     upload_rate_per_minute: float = Field(default=30.0, gt=0)  # per user
     upload_burst: int = Field(default=10, ge=1)
+    # Bytes of a user's unsent uploads held at once (413 past it), and bytes a user may
+    # upload a day, refilled evenly (429 past it).
+    upload_quota_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
+    upload_bytes_per_day: int = Field(default=2 * 1024 * 1024 * 1024, ge=1)
+    # Files one message may carry; an upload not sent with a message this many hours
+    # after it was made goes at the next cleanup (and may no longer be sent).
+    max_attachments: int = Field(default=10, ge=1, le=100)
+    upload_unattached_hours: float = Field(default=24.0, gt=0)
     s3_endpoint: str = ""
     s3_bucket: str = ""
     s3_access_key: str = ""
     s3_secret_key: str = ""
     s3_region: str = "us-east-1"
     # Downloads from S3 answer a redirect to a presigned URL valid this long (the bytes
-    # then never pass through the node); 0: the node streams them itself.
-    s3_presigned_url_seconds: int = Field(default=0, ge=0, le=7 * 24 * 3600)
+    # then never pass through the node); 0: the node streams them itself. At most an
+    # hour: a URL handed out still works after its reader lost access.
+    s3_presigned_url_seconds: int = Field(default=0, ge=0, le=3600)
+    # Images: one claiming more pixels is refused (422) before it is decoded; Pillow's
+    # own hard limit (2 x its MAX_IMAGE_PIXELS) caps the setting. Thumbnails fit in a
+    # square of THUMBNAIL_SIZE; IMAGE_WORKERS images are decoded at once per node.
+    max_image_pixels: int = Field(default=50_000_000, ge=1, le=178_956_970)
+    thumbnail_size: int = Field(default=480, ge=16, le=4096)
+    image_workers: int = Field(default=2, ge=1, le=64)
 
     # Who may read GET /metrics: comma-separated addresses or CIDR networks (behind a
     # load balancer, as FORWARDED_ALLOW_IPS reports them); empty: everyone.
@@ -229,6 +330,14 @@ class Settings(BaseSettings):
                 "WEB_PUSH_ALLOW_HTTP was renamed WEB_PUSH_ALLOW_ANY_ENDPOINT (and now allows "
                 "any host, address and port too): set that instead and remove the old name "
                 "from the environment and .env"
+            )
+        if self.smtp_username and not (
+            self.smtp_starttls or self.smtp_tls or self.smtp_allow_plaintext_auth
+        ):
+            raise ConfigError(
+                "SMTP_USERNAME is set but SMTP_STARTTLS and SMTP_TLS are false: the password "
+                "would cross the network in clear. Turn one on, or set "
+                "SMTP_ALLOW_PLAINTEXT_AUTH=true for a server on the same host"
             )
         return self
 

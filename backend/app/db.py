@@ -89,6 +89,8 @@ def make_engine(
     statement_timeout: float | None = None,
     connect_timeout: float | None = None,
     pool_timeout: float = 30.0,
+    pool_size: int = 20,
+    max_overflow: int = 20,
 ) -> AsyncEngine:
     """The engine; on PostgreSQL with these timeouts (seconds; None: the driver's own)."""
     # A database error never quotes its statement's parameters (message text, hashes).
@@ -119,8 +121,8 @@ def make_engine(
         connect_args["command_timeout"] = statement_timeout + CLIENT_TIMEOUT_MARGIN
     engine = create_async_engine(
         url,
-        pool_size=20,
-        max_overflow=20,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
         pool_timeout=pool_timeout,
         connect_args=connect_args,
         hide_parameters=True,

@@ -4,22 +4,30 @@ from __future__ import annotations
 
 import logging
 
-from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 from starlette.responses import Response
 
 from app.jsonutil import JSONResponse
+from app.messenger.redis_client import AnyRedis
+from app.openapi import schemas
+from app.openapi.api import documented
 
 log = logging.getLogger(__name__)
 
 
 class Health:
-    def __init__(self, engine: AsyncEngine, redis: Redis | None) -> None:
+    def __init__(self, engine: AsyncEngine, redis: AnyRedis | None) -> None:
         self._engine = engine
         self._redis = redis
 
+    @documented(
+        "Whether the node and its dependencies are up",
+        responses={200: schemas.Health, 503: schemas.Health},
+        tags=["service"],
+        auth=False,
+    )
     async def check(self, request: Request) -> Response:
         """200 {status, database, redis}, or 503 when the database or Redis is down."""
         status = {"status": "ok", "database": "ok", "redis": "off"}

@@ -43,6 +43,10 @@ _RULES: tuple[tuple[re.Pattern[str], str], ...] = (
         ),
         rf"\1.{REDACTED}",
     ),
+    # A bot token, "mbot_<token id>_<secret>": the id may stay (app/bot_tokens.py).
+    (re.compile(r"\bmbot_([0-9]+)_[A-Za-z0-9_-]+"), rf"mbot_\1_{REDACTED}"),
+    # An incoming webhook's path, /api/v1/hooks/<id>/<secret> (the access log has it).
+    (re.compile(r"(/api/v1/hooks/[^/\s\"'?]+)/[^\s\"'?]+"), rf"\1/{REDACTED}"),
     # A URL's path and query: a Web Push endpoint's path is its subscription's secret.
     (re.compile(r"(?i)\b(https?://[^/\s\"'<>]+)/[^\s\"'<>]+"), rf"\1/{REDACTED}"),
 )
@@ -56,7 +60,18 @@ _DATA_LOGGERS = ("aiosqlite", "hpack.hpack", "hpack.table")
 
 # A line holding none of these holds nothing the rules above redact: most lines are
 # passed on after this cheap look, not six regular expressions.
-_HINTS = ("token", "password", "auth", "p256dh", "bearer", "eyj", "endpoint", "://")
+_HINTS = (
+    "token",
+    "password",
+    "auth",
+    "p256dh",
+    "bearer",
+    "eyj",
+    "endpoint",
+    "://",
+    "mbot_",
+    "/hooks/",
+)
 _REFRESH_HINT = re.compile(r"\.[A-Za-z0-9_-]{16,}\.")
 
 

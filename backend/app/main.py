@@ -12,7 +12,11 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 
 from app.accounts import AccountRoutes
+from app.admin import AdminRoutes
+from app.announcements import AnnouncementRoutes
+from app.bots import BotRoutes
 from app.config import Settings
+from app.email.routes import EmailLinkRoutes
 from app.errors import EXCEPTION_HANDLERS, AnswerUnexpected
 from app.health import Health
 from app.messenger.blocks import BlockRoutes
@@ -23,13 +27,17 @@ from app.messenger.members import MemberRoutes, Members
 from app.messenger.message_changes import MessageChangeRoutes
 from app.messenger.notification_actions import NotificationActionRoutes
 from app.messenger.push.endpoints import EndpointPolicy
+from app.messenger.push_images import PushImageRoutes
 from app.messenger.roles import GroupPolicy
 from app.messenger.search import SearchRoutes, check_search_language
 from app.messenger.uploads import UploadRoutes
+from app.messenger.webhooks import WebhookRoutes, Webhooks
 from app.messenger.websocket import SocketEndpoint
 from app.metrics import MetricsEndpoint
 from app.migrations import check_schema_current
+from app.notification_history import NotificationHistoryRoutes
 from app.notification_settings import NotificationSettingsRoutes
+from app.openapi.routes import OpenApiRoutes
 from app.services import Services, build_services
 from app.sessions import SessionRoutes
 from app.web import RefuseNulInUrl, RequestReader
@@ -43,12 +51,30 @@ def build_routes(services: Services) -> list[BaseRoute]:
     """Every route, each given the parts of the node it uses."""
     s = services
     reader = RequestReader(s.settings, s.session_store)
+    # Notification actions, and the open of a notification, take its action token.
+    actions = NotificationActionRoutes(
+        s.engine,
+        reader,
+        s.participants,
+        s.sender,
+        s.reads,
+        s.limiter,
+        s.settings,
+        s.session_store,
+    )
     routes: list[BaseRoute] = [
         *AccountRoutes(
             s.sessionmaker, reader, s.limiter, s.settings, s.passwords, s.session_store
         ).routes,
         *SessionRoutes(s.session_store, reader).routes,
-        *NotificationSettingsRoutes(s.engine, reader).routes,
+        *BotRoutes(s.engine, reader, s.limiter, s.settings, s.participants, s.fanout).routes,
+        *WebhookRoutes(
+            Webhooks(s.engine, s.participants, s.fanout, s.sender, s.limiter, s.settings),
+            reader,
+            s.settings,
+        ).routes,
+        *NotificationSettingsRoutes(s.engine, reader, s.settings, s.verifications).routes,
+        *EmailLinkRoutes(s.engine, s.settings).routes,
         *ConversationRoutes(
             s.engine,
             reader,
@@ -61,7 +87,10 @@ def build_routes(services: Services) -> list[BaseRoute]:
             s.limiter,
             s.settings,
             s.changes,
+            scheduled=s.scheduled,
         ).routes,
+        *s.scheduled.routes(reader),
+        *s.reminders.routes(reader),
         *MessageChangeRoutes(reader, s.changes).routes,
         *MemberRoutes(
             s.engine,
@@ -77,16 +106,13 @@ def build_routes(services: Services) -> list[BaseRoute]:
         *BlockRoutes(reader, s.blocks, s.contacts, s.presence, s.fanout).routes,
         *SearchRoutes(s.engine, reader, s.participants, s.limiter, s.settings).routes,
         *UploadRoutes(s.engine, reader, s.storage, s.limiter, s.settings).routes,
-        *NotificationActionRoutes(
-            s.engine,
-            reader,
-            s.participants,
-            s.sender,
-            s.reads,
-            s.limiter,
-            s.settings,
-            s.session_store,
+        *PushImageRoutes(s.engine, s.storage, s.settings).routes,
+        *actions.routes,
+        *NotificationHistoryRoutes(
+            s.engine, reader, actions, s.trial_pushes, s.limiter, s.settings, s.session_store
         ).routes,
+        *AdminRoutes(s.engine, reader).routes,
+        *AnnouncementRoutes(s.engine, reader, s.limiter, s.settings, s.broadcasts.wake).routes,
         *DeviceRoutes(
             s.engine,
             reader,
@@ -113,6 +139,7 @@ def build_routes(services: Services) -> list[BaseRoute]:
         ),
         Route("/health", Health(s.engine, s.redis).check, methods=["GET"]),
         Route("/metrics", MetricsEndpoint.from_settings(s.settings).serve, methods=["GET"]),
+        *OpenApiRoutes().routes,
     ]
     # The web client last, at the root: /sw.js must be served from there so its scope
     # can be the whole site.

@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from app.config import ConfigError, Settings
 from app.errors import ApiError
+from app.openapi.api import Raw, documented
 
 messages_sent = Counter("messenger_messages_sent_total", "Messages persisted by this node")
 websocket_connections = Gauge("messenger_websocket_connections", "Open WebSockets on this node")
@@ -60,10 +61,42 @@ push_rechecks_forgotten = Counter(
 push_decisions = Counter(
     "messenger_push_decisions_total",
     "Push decisions (one message, one recipient) by reason: sent, online, muted, "
-    "notify_level, quiet_hours, read_before_delay, no_device",
+    "notify_level, quiet_hours, read_before_delay, no_device, failed, dead_token",
     ["reason"],
 )
+# Bounded labels: the reasons of push.decision_log, the three ways of opening.
+pushes_skipped = Counter(
+    "messenger_pushes_skipped_total",
+    "Push decisions that pushed nothing, or reached no device, by reason",
+    ["reason"],
+)
+notifications_opened = Counter(
+    "messenger_notifications_opened_total",
+    "Notifications opened for the first time, by how: click, foreground, background",
+    ["how"],
+)
 
+device_registrations = Counter(
+    "messenger_device_registrations_total",
+    "Devices registered (new ones) by provider",
+    ["provider"],
+)
+device_registration_failures = Counter(
+    "messenger_device_registration_failures_total",
+    "Device registrations that failed on the server's side (5xx, errors), by error code",
+    ["code"],
+)
+devices_inactive = Gauge(
+    "messenger_devices_inactive",
+    "Active devices unused for at least this many days (30, 60, 90), as of the last rollup",
+    ["days"],
+)
+cleanup_runs = Counter("messenger_cleanup_runs_total", "Daily cleanup runs that finished")
+cleanup_failures = Counter("messenger_cleanup_failures_total", "Daily cleanup runs that failed")
+cleanup_last_success = Gauge(
+    "messenger_cleanup_last_success_timestamp_seconds",
+    "When the cleanup last finished on this node (or the node started, before its first run)",
+)
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -89,6 +122,15 @@ class MetricsEndpoint:
             ip = ip.ipv4_mapped  # a dual-stack listener's view of an IPv4 client
         return any(ip in network for network in self._allow_from)
 
+    @documented(
+        "Prometheus metrics",
+        responses={
+            200: Raw("text/plain", "Prometheus text exposition", binary=False),
+            403: "not served to this address (METRICS_ALLOW_FROM)",
+        },
+        tags=["service"],
+        auth=False,
+    )
     async def serve(self, request: Request) -> Response:
         if not self.allows(request.client.host if request.client else None):
             raise ApiError(403, "forbidden", "metrics are not served to this address")

@@ -10,6 +10,7 @@ import functools
 import zoneinfo
 from collections.abc import Collection
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
@@ -27,12 +28,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.db import one_of, upsert
+from app.config import Settings
+from app.db import one_of, upsert, utcnow
+from app.email.address import normalise_email
+from app.email.preferences import apply_email_changes
+from app.email.verification import Verifications
 from app.errors import ApiError
 from app.jsonutil import JSONResponse
 from app.locales import DEFAULT_LOCALE, SUPPORTED_LOCALES
 from app.messenger.push.quiet_hours import clock_time
 from app.models import NotificationSettings
+from app.openapi import schemas
+from app.openapi.api import documented
 from app.web import RequestReader
 
 _settings = NotificationSettings.__table__
@@ -54,6 +61,14 @@ class UserNotificationSettings:
     push_delay_seconds: int = 0
     preview: str = "full"  # "full" | "sender" | "none"
     locale: str = DEFAULT_LOCALE
+    # Email for missed messages (app/email).
+    email: str | None = None
+    email_verified: bool = False
+    email_digest: str = "off"  # "off" | "hourly" | "daily"
+    email_disabled_reason: str | None = None  # the mail server refused the address
+    email_disabled_at: datetime | None = None
+    # The last verification email did not get through: why (the app offers a resend).
+    email_verification_error: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         quiet_hours = None
@@ -69,6 +84,19 @@ class UserNotificationSettings:
             "push_delay_seconds": self.push_delay_seconds,
             "preview": self.preview,
             "locale": self.locale,
+            "email": self.email,
+            "email_verified": self.email_verified,
+            "email_digest": self.email_digest,
+            # Set when a bounce turned digests off: the web client says so.
+            "email_digest_disabled": None
+            if self.email_disabled_at is None
+            else {
+                "reason": self.email_disabled_reason or "",
+                "at": self.email_disabled_at.isoformat(),
+            },
+            "email_verification_failed": None
+            if self.email_verification_error is None
+            else {"reason": self.email_verification_error},
         }
 
 
@@ -97,7 +125,13 @@ async def load_settings(
         )
         for row in rows:
             found[row.user_id] = UserNotificationSettings(
-                **{name: getattr(row, name) for name in _COLUMNS}
+                **{name: getattr(row, name) for name in _COLUMNS},
+                email=row.email,
+                email_verified=row.email_verified_at is not None,
+                email_digest=row.email_digest,
+                email_disabled_reason=row.email_disabled_reason,
+                email_disabled_at=row.email_disabled_at,
+                email_verification_error=row.email_verification_error,
             )
     return found
 
@@ -147,18 +181,29 @@ class NotificationSettingsBody(BaseModel):
     push_delay_seconds: Annotated[StrictInt, Field(ge=0, le=MAX_PUSH_DELAY_SECONDS)] | None = None
     preview: Literal["full", "sender", "none"] | None = None
     locale: Annotated[str, AfterValidator(_supported_locale)] | None = None
+    # null removes the address; checked by app.email.address (422 invalid_email).
+    email: Annotated[str, StringConstraints(max_length=320)] | None = None
+    email_digest: Literal["off", "hourly", "daily"] | None = None
 
 
 # Fields that take no null (quiet_hours does: no quiet hours).
-_NOT_NULL = ("time_zone", "push_delay_seconds", "preview", "locale")
+_NOT_NULL = ("time_zone", "push_delay_seconds", "preview", "locale", "email_digest")
 
 
 class NotificationSettingsRoutes:
     """/api/v1/me/notification-settings."""
 
-    def __init__(self, engine: AsyncEngine, reader: RequestReader) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        reader: RequestReader,
+        settings: Settings | None = None,
+        verifications: Verifications | None = None,
+    ) -> None:
         self._engine = engine
         self._reader = reader
+        self._app_settings = settings
+        self._verifications = verifications
 
     @property
     def routes(self) -> list[Route]:
@@ -168,12 +213,26 @@ class NotificationSettingsRoutes:
             Route(path, self.put_settings, methods=["PUT"]),
         ]
 
+    @documented(
+        "The caller's notification settings",
+        responses={200: schemas.NotificationSettings},
+        tags=["settings"],
+    )
     async def get_settings(self, request: Request) -> Response:
         user_id = await self._reader.user_id(request)
         async with self._engine.connect() as conn:
             found = await load_settings(conn, [user_id])
         return JSONResponse(found[user_id].as_json())
 
+    @documented(
+        "Change notification settings (any of the fields)",
+        body=NotificationSettingsBody,
+        responses={
+            200: schemas.NotificationSettings,
+            422: "an unknown time zone or locale, a bad time or email address",
+        },
+        tags=["settings"],
+    )
     async def put_settings(self, request: Request) -> Response:
         user_id = await self._reader.user_id(request)
         body = await self._reader.json(request, NotificationSettingsBody)
@@ -185,6 +244,15 @@ class NotificationSettingsRoutes:
                 if value is None:
                     raise ApiError(422, "invalid_field", f"{name} cannot be null")
                 values[name] = value
+        # email_digest is written with the address, below.
+        values.pop("email_digest", None)
+        email = body.email
+        if email is not None:
+            email = normalise_email(email)
+            if email is None:
+                raise ApiError(
+                    422, "invalid_email", "email must be an address like ana@example.com"
+                )
         if "time_zone" in values and not known_time_zone(values["time_zone"]):
             raise ApiError(
                 422, "invalid_time_zone", "time_zone must be an IANA time zone, like Europe/Berlin"
@@ -194,12 +262,24 @@ class NotificationSettingsRoutes:
             values["quiet_start"] = quiet.start if quiet else None
             values["quiet_end"] = quiet.end if quiet else None
             values["quiet_allow_mentions"] = quiet.allow_mentions if quiet else False
+        email_given = {"email", "email_digest"} & given
         async with self._engine.begin() as conn:
-            if values:
+            if values or email_given:
+                insert = upsert(_settings, conn.dialect.name).values(user_id=user_id, **values)
                 await conn.execute(
-                    upsert(_settings, conn.dialect.name)
-                    .values(user_id=user_id, **values)
-                    .on_conflict_do_update(index_elements=[_settings.c.user_id], set_=values)
+                    insert.on_conflict_do_update(index_elements=[_settings.c.user_id], set_=values)
+                    if values
+                    else insert.on_conflict_do_nothing(index_elements=[_settings.c.user_id])
                 )
+            needs_link = False
+            if self._app_settings is not None and (email_given or values):
+                needs_link = await apply_email_changes(
+                    conn, self._app_settings, user_id, given, email, body.email_digest, utcnow()
+                )
+                if needs_link and self._verifications is not None:
+                    await self._verifications.check_rate(user_id, email)  # 429 writes nothing
             found = await load_settings(conn, [user_id])
-        return JSONResponse(found[user_id].as_json())
+        mine = found[user_id]
+        if needs_link and mine.email and self._verifications is not None:
+            self._verifications.send_link(user_id, mine.email, mine.locale)
+        return JSONResponse(mine.as_json())

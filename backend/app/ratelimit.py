@@ -11,12 +11,12 @@ import ipaddress
 import time
 from typing import Protocol
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from app.errors import ApiError
 from app.messenger.redis_breaker import RedisBreaker
-from app.messenger.redis_keys import REDIS_UNREACHABLE, load_lua
+from app.messenger.redis_client import AnyRedis, is_cluster
+from app.messenger.redis_keys import REDIS_UNREACHABLE, RedisKeys, load_lua
 
 
 class RateLimiter(Protocol):
@@ -103,12 +103,15 @@ class RedisRateLimiter:
     together: under load one round trip answers many sends, instead of one each.
     While Redis is away (the breaker is open) the buckets of this process answer, at once:
     each node then limits a user on its own, and nothing waits on Redis.
+    On a Redis Cluster a call holds the keys of one slot only: the hits are grouped by
+    the part of the key space their key falls in (redis_keys), one call per part, side
+    by side. A key's hits stay in one call, in order.
     """
 
-    def __init__(self, redis: Redis, breaker: RedisBreaker, prefix: str = "") -> None:
+    def __init__(self, redis: AnyRedis, breaker: RedisBreaker, prefix: str = "") -> None:
         self._redis = redis
         self._breaker = breaker
-        self._prefix = prefix
+        self._keys = RedisKeys(prefix, is_cluster(redis))
         self._script = redis.register_script(_GCRA_LUA)
         self._fallback = LocalRateLimiter()
         self._waiting: list[tuple[str, float, int, asyncio.Future[float]]] = []
@@ -148,18 +151,33 @@ class RedisRateLimiter:
     ) -> list[float]:
         if self._breaker.is_open:  # went away while these waited
             return [await self._fallback.hit(key, rate, burst) for key, rate, burst, _ in batch]
-        index: dict[str, int] = {}
-        hits = []
+        now = time.time()
+        groups: dict[str, list[tuple[str, float, int]]] = {}
         for key, rate, burst, _ in batch:
-            i = index.setdefault(key, len(index) + 1)
-            hits.append(f"{i} {rate!r} {burst};")
+            name = self._keys.rate_limit(key)
+            # One Redis: one group. A cluster: one per hash tag (the name's {...} part).
+            tag = name[name.find("{") : name.find("}") + 1] if self._keys.cluster else ""
+            groups.setdefault(tag, []).append((name, rate, burst))
         try:
-            answers = await self._script(
-                keys=[f"{self._prefix}rl:{key}" for key in index], args=[time.time(), "".join(hits)]
-            )
+            per_group = await asyncio.gather(*(self._call_script(now, g) for g in groups.values()))
         except REDIS_UNREACHABLE as exc:
             self._breaker.trip(exc)
             return [await self._fallback.hit(key, rate, burst) for key, rate, burst, _ in batch]
         except RedisError:  # answering, but not this: let these through the local buckets
             return [await self._fallback.hit(key, rate, burst) for key, rate, burst, _ in batch]
-        return [float(a) for a in answers]
+        answers = {tag: iter(group) for tag, group in zip(groups, per_group, strict=True)}
+        out = []
+        for key, *_ in batch:
+            name = self._keys.rate_limit(key)
+            tag = name[name.find("{") : name.find("}") + 1] if self._keys.cluster else ""
+            out.append(float(next(answers[tag])))
+        return out
+
+    async def _call_script(self, now: float, hits: list[tuple[str, float, int]]) -> list[bytes]:
+        """One script call for hits whose keys share a slot; the answers in their order."""
+        index: dict[str, int] = {}
+        spec = []
+        for name, rate, burst in hits:
+            i = index.setdefault(name, len(index) + 1)
+            spec.append(f"{i} {rate!r} {burst};")
+        return list(await self._script(keys=list(index), args=[now, "".join(spec)]))

@@ -33,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from app import bot_tokens
 from app.auth import AccessClaims, InvalidToken, create_access_token, decode_access_token
 from app.config import Settings
 from app.db import one_of, utcnow
@@ -40,6 +41,8 @@ from app.errors import ApiError
 from app.jsonutil import JSONResponse
 from app.messenger.models import DeviceToken
 from app.models import Session
+from app.openapi import schemas
+from app.openapi.api import documented
 from app.web import RequestReader
 
 log = logging.getLogger(__name__)
@@ -289,6 +292,8 @@ class SessionStore:
 
     async def verify(self, access_token: str) -> AccessClaims:
         """The token's claims if it is valid and its session still stands; else InvalidToken."""
+        if bot_tokens.is_bot_token(access_token):
+            return await bot_tokens.verify(self._engine, access_token)
         claims = decode_access_token(access_token, self._settings.signing_key)
         if not await self.stands(claims.user_id, claims.session_id):
             raise InvalidToken("the session has ended")
@@ -297,6 +302,8 @@ class SessionStore:
     async def stands(self, user_id: int, session_id: str) -> bool:
         """Whether this session of the user is neither revoked nor expired: one
         primary-key read, made for every REST call and notification action."""
+        if bot_tokens.is_bot_session(session_id):
+            return await bot_tokens.stands(self._engine, user_id, session_id)
         async with self._engine.connect() as conn:
             standing = await conn.scalar(
                 select(_sessions.c.id).where(
@@ -310,7 +317,13 @@ class SessionStore:
 
     async def revoke(self, user_id: int, session_id: str) -> bool:
         """End one of the user's sessions (and switch its devices off); False if they
-        have no such standing session."""
+        have no such standing session. A bot's "session" is its token: it is revoked, so
+        a CI job's logout ends what it used."""
+        if bot_tokens.is_bot_session(session_id):
+            ended = await bot_tokens.revoke_session(self._engine, user_id, session_id)
+            if ended:
+                log.info("bot token revoked user=%s session=%s", user_id, session_id)
+            return ended
         async with self._engine.begin() as conn:
             result = await conn.execute(
                 update(_sessions)
@@ -388,11 +401,12 @@ class SessionStore:
         return [dict(row._mapping) for row in rows]
 
     async def revoked_since(self, since: datetime) -> list[str]:
-        """Sessions revoked after `since` (by any node)."""
+        """Sessions revoked after `since` (by any node), bot tokens' "bot:<id>" included."""
         async with self._engine.connect() as conn:
-            return list(
+            revoked = list(
                 await conn.scalars(select(_sessions.c.id).where(_sessions.c.revoked_at > since))
             )
+            return revoked + await bot_tokens.revoked_since(conn, since)
 
 
 class RefreshBody(BaseModel):
@@ -416,6 +430,16 @@ class SessionRoutes:
             Route("/api/v1/me/sessions/{session_id}", self.revoke, methods=["DELETE"]),
         ]
 
+    @documented(
+        "New tokens for a refresh token (rotation)",
+        body=RefreshBody,
+        responses={
+            200: schemas.Tokens,
+            401: "the refresh token is invalid or spent, or its session ended",
+        },
+        tags=["sessions"],
+        auth=False,
+    )
     async def refresh(self, request: Request) -> Response:
         body = await self._reader.json(request, RefreshBody)
         try:
@@ -430,12 +454,16 @@ class SessionRoutes:
             ) from None
         return JSONResponse(issued.body())
 
+    @documented("Revoke the caller's session", responses={200: schemas.Success}, tags=["sessions"])
     async def logout(self, request: Request) -> Response:
         caller = await self._reader.caller(request)
         await self._store.revoke(caller.user_id, caller.session_id)
         log.info("logout user=%s session=%s", caller.user_id, caller.session_id)
         return JSONResponse({"success": True})
 
+    @documented(
+        "The caller's open sessions", responses={200: schemas.SessionList}, tags=["sessions"]
+    )
     async def list_sessions(self, request: Request) -> Response:
         caller = await self._reader.caller(request)
         sessions = await self._store.standing(caller.user_id)
@@ -443,6 +471,11 @@ class SessionRoutes:
             session["current"] = session["id"] == caller.session_id
         return JSONResponse({"sessions": sessions})
 
+    @documented(
+        "Revoke one of the caller's sessions",
+        responses={200: schemas.Success, 404: "you have no such session"},
+        tags=["sessions"],
+    )
     async def revoke(self, request: Request) -> Response:
         caller = await self._reader.caller(request)
         session_id = request.path_params["session_id"]
@@ -452,6 +485,11 @@ class SessionRoutes:
         log.info("session revoked user=%s session=%s", caller.user_id, session_id)
         return JSONResponse({"success": True})
 
+    @documented(
+        "Revoke every other session of the caller",
+        responses={200: schemas.RevokedOthers},
+        tags=["sessions"],
+    )
     async def revoke_others(self, request: Request) -> Response:
         caller = await self._reader.caller(request)
         count = await self._store.revoke_others(caller.user_id, caller.session_id)

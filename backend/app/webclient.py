@@ -11,9 +11,11 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Message, Receive, Scope, Send
 
 # The page runs only its own scripts and talks only to this server: markup that got in
-# (it should not: the client renders server data as text) could run nothing.
+# (it should not: the client renders server data as text) could run nothing. Attachments'
+# images are fetched with the token and shown through blob: URLs (only this origin's
+# scripts can make them).
 CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
     "form-action 'self'"
 )
@@ -22,6 +24,9 @@ _HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
 ]
+# Pages at a path of their own, not a file name: /admin is the admin dashboard, /docs
+# the API's OpenAPI description in Swagger UI.
+_PAGES = {"/admin": "/admin.html", "/admin/": "/admin.html", "/docs": "/docs.html"}
 
 
 class WebClient:
@@ -37,6 +42,10 @@ class WebClient:
         if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD"):
             other_method = any(r.matches(scope)[0] == Match.PARTIAL for r in self._routes)
             raise HTTPException(405 if other_method else 404)
+        root = scope.get("root_path", "")
+        page = _PAGES.get(scope["path"].removeprefix(root)) if scope["type"] == "http" else None
+        if page is not None:
+            scope = {**scope, "path": root + page}
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -7,6 +7,8 @@ import logging
 import os
 import secrets
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -43,6 +45,23 @@ async def drop_pg_database(name: str) -> None:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+@asynccontextmanager
+async def migrated_database(kind: str, directory: Path) -> AsyncIterator[str]:
+    """The URL of a new migrated database of `kind` ("sqlite": a file in `directory`, or
+    "postgresql"), gone again on exit: a module whose nodes must see no other's rows."""
+    if kind == "sqlite":
+        url = f"sqlite+aiosqlite:///{directory / 'messenger.db'}"
+        await migrate(url)
+        yield url
+        return
+    name, url = await create_pg_database()
+    try:
+        await migrate(url)
+        yield url
+    finally:
+        await drop_pg_database(name)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ import inspect
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import httpx2
@@ -18,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 
 from app.config import Settings
+from app.db import utcnow
 from app.logs import install_redaction
 from app.main import create_app
 from app.messenger.models import PushJob
@@ -37,6 +39,11 @@ OPEN_LIMITS: dict[str, Any] = {
     "device_registration_burst": 100_000,
     "search_rate_per_minute": 100_000,
     "search_burst": 100_000,
+    "bot_creations_per_day": 100_000,
+    "webhook_address_rate_per_minute": 100_000,
+    "webhook_address_burst": 100_000,
+    "webhook_conversation_rate_per_minute": 100_000,
+    "webhook_conversation_burst": 100_000,
     "password_hash_queue": 10_000,
 }
 
@@ -62,6 +69,11 @@ async def eventually(
         await asyncio.sleep(every)
 
 
+def iso_from_now(seconds: float) -> str:
+    """The time `seconds` from now, as a request names a due time (ISO 8601, UTC)."""
+    return (utcnow() + timedelta(seconds=seconds)).isoformat()
+
+
 def make_settings(database_url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "database_url": database_url,
@@ -70,6 +82,9 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "log_level": "WARNING",
         "password_profile": "CHEAPEST",
         "push_recovery_interval_seconds": 3600,
+        # Many test nodes share one PostgreSQL (max_connections 100): small pools.
+        "database_pool_size": 4,
+        "database_max_overflow": 8,
         **OPEN_LIMITS,
     }
     values.update(overrides)

@@ -19,7 +19,7 @@ async def test_register_login_me(pg_client: Client) -> None:
     )
     assert r.status_code == 201
     user = r.json()
-    assert user == {"id": user["id"], "username": "ada_l", "display_name": "Ada"}
+    assert user == {"id": user["id"], "username": "ada_l", "display_name": "Ada", "is_bot": False}
 
     r = await http.post("/api/v1/auth/register", json={"username": "ADA_l", "password": "x" * 10})
     assert r.status_code == 409
@@ -33,7 +33,7 @@ async def test_register_login_me(pg_client: Client) -> None:
     assert body["token_type"] == "bearer" and body["user"] == user
 
     r = await http.get("/api/v1/me", headers={"Authorization": f"Bearer {body['access_token']}"})
-    assert r.status_code == 200 and r.json() == user
+    assert r.status_code == 200 and r.json() == {**user, "is_admin": False}
 
 
 async def test_wrong_password_and_unknown_user_are_401(pg_client: Client) -> None:
@@ -72,7 +72,8 @@ async def test_user_search_and_lookup(pg_client: Client) -> None:
     b = await pg_client.user(name=f"zed_{a.username}", display_name="Zed")
     r = await pg_client.http.get("/api/v1/users", params={"query": "ZED_"}, headers=a.headers)
     assert r.status_code == 200
-    assert {"id": b.id, "username": b.username, "display_name": "Zed"} in r.json()["users"]
+    zed = {"id": b.id, "username": b.username, "display_name": "Zed", "is_bot": False}
+    assert zed in r.json()["users"]
     # LIKE wildcards in the query are taken literally.
     r = await pg_client.http.get("/api/v1/users", params={"query": "%"}, headers=a.headers)
     assert r.json()["users"] == []

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import asyncpg
-from sqlalchemy import select, update
+from sqlalchemy import event, func, insert, select, update
 
 from app.db import utcnow
+from app.messenger.batched_delete import delete_in_batches
 from app.messenger.cleanup import LOCK_KEY, CleanupLoop, run_cleanup
-from app.messenger.models import DeviceToken, PushAttempt
+from app.messenger.models import DeviceToken, PushAttempt, PushDecision
 from tests.conftest import PG_HOST, PG_PORT, PG_USER
 from tests.helpers import Client, eventually, make_settings
 
@@ -121,3 +123,55 @@ async def test_loop_runs_on_its_interval(pg_client: Client, postgresql_url: str)
         await eventually(gone, what="the loop to remove the inactive device")
     finally:
         await loop.stop()
+
+
+async def test_batches_go_forward_by_id_never_back_to_the_start(client: Client) -> None:
+    """Each batch starts past the last id the one before took (keyset), so no batch walks
+    again over what its predecessors emptied; every matching row goes, the rest stay."""
+    engine = client.node.services.engine
+    user_id, other = uuid.uuid4().int % 1_000_000 + 1_000_000, 1
+    rows = [
+        {
+            "user_id": user_id if i % 4 else other,  # a quarter are not to be deleted
+            "conversation_id": "c",
+            "first_seq": i,
+            "last_seq": i,
+            "reason": "online",
+            "created_at": utcnow(),
+        }
+        for i in range(47)
+    ]
+    table = PushDecision.__table__
+    async with engine.begin() as conn:
+        await conn.execute(insert(PushDecision), rows)
+        ids = list(
+            (
+                await conn.scalars(
+                    select(table.c.id).where(table.c.user_id == user_id).order_by(table.c.id)
+                )
+            ).all()
+        )
+    selects: list[tuple[str, Any]] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "push_decisions" in statement:
+            selects.append((statement, parameters))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        report = await delete_in_batches(engine, table, table.c.user_id == user_id, batch=10)
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", seen)
+    async with engine.connect() as conn:
+        left = await conn.scalar(
+            select(func.count()).select_from(table).where(table.c.user_id == user_id)
+        )
+    assert left == 0 and report.rows == 35 and report.batches == 4
+    assert len(selects) == 4
+    # The first batch starts at the index's start; every later one past an id.
+    assert " > " not in selects[0][0].split("WHERE", 1)[1]
+    # Batch n + 1 starts past the last id batch n took: the 10th, 20th and 30th row's.
+    for (statement, parameters), bound in zip(selects[1:], ids[9::10], strict=True):
+        assert "push_decisions.id > " in statement, statement
+        values = parameters.values() if isinstance(parameters, dict) else parameters
+        assert bound in list(values), (bound, parameters)

@@ -109,6 +109,7 @@ async def test_history_paging(client: Client) -> None:
         "deleted_at",
         "reply_to",
         "reactions",
+        "attachments",
     }
     assert message["created_at"].endswith("+00:00")
 

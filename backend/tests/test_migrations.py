@@ -31,6 +31,14 @@ TABLES = {
     "notification_settings",
     "message_reactions",
     "uploads",
+    "notifications",
+    "push_stats_daily",
+    "push_stats_days",
+    "scheduled_messages",
+    "reminders",
+    "announcements",
+    "bot_tokens",
+    "incoming_webhooks",
 }
 
 

@@ -20,6 +20,7 @@ from app.messenger.push.decision import (
     recipients,
     unread_totals,
 )
+from app.messenger.push.history import message_notification_id
 from app.messenger.push.notification import preview
 from tests.helpers import Client, User
 
@@ -123,7 +124,9 @@ async def test_recipients_not_looking_and_their_devices(client: Client) -> None:
         "message_id": message["id"],
         "sender_id": sender.id,
         "seq": 1,
+        "notification_id": message_notification_id(plain.id, message["id"]),
     }
+    assert plans[0].notification_id == note.data["notification_id"]
     assert note.badge == 1
     # A job taken up again skips the devices that already have an outcome.
     async with engine.begin() as conn:

@@ -39,7 +39,7 @@ async def make_provider(fcm_fake: FakeFCM, service_account: str):
             "service_account_file": service_account,
             "endpoint": fcm_fake.base_url,
             "timeout_seconds": 2.0,
-            "threads": 4,
+            "max_connections": 4,
             **overrides,
         }
         return FCMProvider(FCMConfig(**fields))

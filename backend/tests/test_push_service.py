@@ -14,6 +14,7 @@ from sqlalchemy import Row, select
 
 from app.db import utcnow
 from app.messenger.models import PushAttempt, PushDecision
+from app.messenger.push.history import message_notification_id
 from app.messenger.writer import MessageWriter
 from tests.fakes import Mode
 from tests.helpers import (
@@ -119,6 +120,8 @@ async def test_offline_user_gets_a_push_on_every_device(api: Client, world: Push
         "message_id": message["id"],
         "sender_id": alice.id,
         "seq": 1,
+        # Bob's notification of it (the history's id, the same on every device).
+        "notification_id": message_notification_id(bob.id, message["id"]),
     }
     [w] = world.accepted("web_push", web)
     # What the contract names, as it names it (the rest is in test_push_payloads).

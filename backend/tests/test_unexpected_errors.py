@@ -116,7 +116,7 @@ async def test_a_failing_frame_answers_an_error_and_the_socket_stays(
         async def boom(*args: object) -> frozenset[int]:
             raise Boom(f"the client sent {secret}")
 
-        monkeypatch.setattr(own_node.services.participants, "of_member", boom)
+        monkeypatch.setattr(own_node.services.participants, "of_sender", boom)
         with captured_logs() as logs:
             await sock.send({"type": "typing", "conversation_id": own})
             error = await sock.expect("error")

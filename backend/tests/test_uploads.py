@@ -371,13 +371,13 @@ async def test_byte_ranges(world: World) -> None:
 async def test_only_the_uploader_gets_the_bytes(world: World) -> None:
     owner, other = await world.client.user(), await world.client.user()
     body = await uploaded(world, owner, b"private")
+    # Not sent with any message: no one else's (test_attachments has who may once it is).
     r = await world.client.http.get(body["url"], headers=other.headers)
-    assert r.status_code == 404
+    assert (r.status_code, r.json()["error"]["code"]) == (403, "forbidden")
     unknown = await world.client.http.get(
         f"{UPLOADS}/{'0' * 8}-0000-0000-0000-{'0' * 12}/content", headers=other.headers
     )
-    assert unknown.status_code == 404
-    assert r.json() == unknown.json()
+    assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, "upload_not_found")
     r = await world.client.http.get(f"{UPLOADS}/..%2F..%2Fetc/content", headers=owner.headers)
     assert r.status_code == 404
     assert (await world.client.http.get(body["url"])).status_code == 401
@@ -438,7 +438,7 @@ async def test_s3_downloads_may_redirect_to_a_presigned_url(
         user, other = await w.client.user(), await w.client.user()
         data = os.urandom(5000)
         body = await uploaded(w, user, data, filename="photo data.bin")
-        assert (await w.client.http.get(body["url"], headers=other.headers)).status_code == 404
+        assert (await w.client.http.get(body["url"], headers=other.headers)).status_code == 403
         r = await w.client.http.get(body["url"], headers=user.headers)
         assert r.status_code == 302
         location = r.headers["location"]
@@ -473,3 +473,113 @@ def test_parse_range() -> None:
 def test_sanitise_name_keeps_the_extension_of_a_long_name() -> None:
     assert sanitise_name("a" * 300 + ".tar.gz") == "a" * 197 + ".gz"
     assert sanitise_name(" \t name.txt. ") == "name.txt"
+
+
+async def test_an_empty_file_comes_back_empty(world: World) -> None:
+    user = await world.client.user()
+    body = await uploaded(world, user, b"", filename="empty.txt")
+    assert body["size"] == 0
+    ranges: list[str | None] = []
+
+    def note(params: dict[str, Any], **_: Any) -> None:
+        ranges.append(params.get("Range"))
+
+    events = world.storage.client.meta.events if world.store == "s3" else None
+    if events is not None:
+        events.register("provide-client-params.s3.GetObject", note)
+    try:
+        r = await world.client.http.get(body["url"], headers=user.headers)
+    finally:
+        if events is not None:
+            events.unregister("provide-client-params.s3.GetObject", note)
+    assert (r.status_code, r.content, r.headers["content-length"]) == (200, b"", "0")
+    # No range was asked, so none is asked of S3 ("bytes=0--1" is no range; stores
+    # other than this test's refuse it).
+    assert ranges == ([None] if world.store == "s3" else [])
+
+
+async def test_downloads_are_revalidated_on_each_use(world: World) -> None:
+    owner, stranger = await world.client.user(), await world.client.user()
+    body = await uploaded(world, owner, b"private notes")
+    r = await world.client.http.get(body["url"], headers=owner.headers)
+    # A browser keeps the bytes but asks each time: one who lost access is refused.
+    assert r.headers["cache-control"] == "private, no-cache"
+    etag = r.headers["etag"]
+    again = await world.client.http.get(
+        body["url"], headers={**owner.headers, "If-None-Match": etag}
+    )
+    assert (again.status_code, again.content, again.headers["etag"]) == (304, b"", etag)
+    refused = await world.client.http.get(
+        body["url"], headers={**stranger.headers, "If-None-Match": etag}
+    )
+    assert refused.status_code == 403
+
+
+async def declared_only(w: World, user: User, length: int) -> bytes:
+    """The status line of the answer to an upload that declares `length` bytes and sends
+    none of them."""
+    host, port = w.node.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(
+            (
+                f"POST {UPLOADS} HTTP/1.1\r\nHost: {host}\r\n"
+                f"Authorization: Bearer {user.token}\r\n"
+                "Content-Type: multipart/form-data; boundary=b\r\n"
+                f"Content-Length: {length}\r\n\r\n"
+            ).encode()
+        )
+        await writer.drain()
+        return await asyncio.wait_for(reader.readline(), 10)
+    finally:
+        writer.close()
+
+
+async def test_unsent_uploads_are_held_to_a_quota(sqlite_url: str, tmp_path: Path) -> None:
+    w = await start_world(sqlite_url, "local", tmp_path, None, upload_quota_bytes=100_000)
+    try:
+        a, b = await w.client.user(), await w.client.user()
+        first = await uploaded(w, a, os.urandom(60_000))
+        # Past the quota once streamed: refused, nothing kept.
+        r = await upload(w, a, os.urandom(60_000))
+        assert (r.status_code, r.json()["error"]["code"]) == (413, "upload_quota_exceeded")
+        assert await w.rows(a) == 1
+        # Past it by its declared length alone: refused before any of the body is read.
+        assert (await declared_only(w, a, 200_000)).split()[1] == b"413"
+        # Another user has a quota of their own.
+        await uploaded(w, b, os.urandom(60_000))
+        # Sent with a message, an upload no longer counts.
+        conv = await w.client.conversation(a, b)
+        sent = await w.client.http.post(
+            f"/api/v1/messenger/conversations/{conv['id']}/messages",
+            json={"content": "", "attachments": [first["id"]]},
+            headers=a.headers,
+        )
+        assert sent.status_code == 201, sent.text
+        await uploaded(w, a, os.urandom(60_000))
+    finally:
+        await w.client.close()
+        await w.node.stop()
+
+
+async def test_uploaded_bytes_are_limited_per_day(sqlite_url: str, tmp_path: Path) -> None:
+    w = await start_world(sqlite_url, "local", tmp_path, None, upload_bytes_per_day=300_000)
+    try:
+        a, b = await w.client.user(), await w.client.user()
+        for _ in range(2):
+            await uploaded(w, a, os.urandom(100_000))
+        r = await upload(w, a, os.urandom(100_000))
+        assert (r.status_code, r.json()["error"]["code"]) == (429, "rate_limited")
+        # A day's budget refills in a day: a third of it takes about eight hours.
+        assert 3600 < int(r.headers["retry-after"]) <= 86400
+        assert await w.rows(a) == 2
+        await uploaded(w, b, os.urandom(100_000))
+    finally:
+        await w.client.close()
+        await w.node.stop()
+
+
+def test_presigned_urls_live_an_hour_at_most() -> None:
+    assert make_settings("sqlite+aiosqlite:///x.db", s3_presigned_url_seconds=3600)
+    with pytest.raises(ValueError, match="s3_presigned_url_seconds"):
+        make_settings("sqlite+aiosqlite:///x.db", s3_presigned_url_seconds=3601)

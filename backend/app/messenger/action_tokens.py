@@ -17,17 +17,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-import jwt
+from app import signed_tokens
+from app.signed_tokens import InvalidSignedToken
 
-from app.db import utcnow
-from app.models import MAX_ID
-
-ALGORITHM = "HS256"
 AUDIENCE = "notification-action"
 TTL = timedelta(days=7)
 
 
-class InvalidActionToken(Exception):
+class InvalidActionToken(InvalidSignedToken):
     pass
 
 
@@ -42,42 +39,20 @@ class ActionClaims:
 def issue_action_token(
     key: str, user_id: int, device_id: str, conversation_id: str, session_id: str | None = None
 ) -> str:
-    now = utcnow()
-    claims: dict[str, object] = {
-        "aud": AUDIENCE,
-        "sub": str(user_id),
-        "dev": device_id,
-        "cid": conversation_id,
-        "iat": now,
-        "exp": now + TTL,
-    }
-    if session_id is not None:
-        claims["sid"] = session_id
-    return jwt.encode(claims, key, algorithm=ALGORITHM)
+    claims = {"dev": device_id, "cid": conversation_id, "sid": session_id}
+    return signed_tokens.issue(key, AUDIENCE, TTL, user_id, claims)
 
 
 def decode_action_token(token: str, key: str) -> ActionClaims:
     """What the token says; InvalidActionToken if it is bad, expired or not one of ours.
     Whether its device is still active is the caller's question."""
     try:
-        claims = jwt.decode(
-            token,
-            key,
-            algorithms=[ALGORITHM],
-            audience=AUDIENCE,
-            options={"require": ["exp", "sub", "dev", "cid", "aud"]},
+        user_id, claims = signed_tokens.decode(token, key, AUDIENCE, ("dev", "cid"))
+        return ActionClaims(
+            user_id,
+            signed_tokens.text_claim(claims, "dev", 36),
+            signed_tokens.text_claim(claims, "cid", 36),
+            signed_tokens.optional_text_claim(claims, "sid", 36),
         )
-        user_id, device_id, conversation_id = int(claims["sub"]), claims["dev"], claims["cid"]
-        session_id = claims.get("sid")
-    except (jwt.PyJWTError, ValueError, TypeError) as exc:
+    except InvalidSignedToken as exc:
         raise InvalidActionToken(str(exc)) from exc
-    if not (isinstance(device_id, str) and isinstance(conversation_id, str)):
-        raise InvalidActionToken("bad claims")
-    if (
-        not 0 < user_id <= MAX_ID
-        or not 0 < len(device_id) <= 36
-        or not 0 < len(conversation_id) <= 36
-        or not (session_id is None or (isinstance(session_id, str) and 0 < len(session_id) <= 36))
-    ):
-        raise InvalidActionToken("bad claims")
-    return ActionClaims(user_id, device_id, conversation_id, session_id)

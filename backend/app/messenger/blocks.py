@@ -33,6 +33,8 @@ from app.messenger.fanout import Fanout
 from app.messenger.models import Conversation
 from app.messenger.presence import Presence
 from app.models import MAX_ID, Block, User
+from app.openapi import schemas
+from app.openapi.api import documented
 from app.web import RequestReader
 
 log = logging.getLogger(__name__)
@@ -255,10 +257,21 @@ class BlockRoutes:
             Route(base + "/{user_id:int}", self.unblock, methods=["DELETE"]),
         ]
 
+    @documented("The users the caller blocked", responses={200: schemas.BlockList}, tags=["blocks"])
     async def list_blocks(self, request: Request) -> Response:
         user_id = await self._reader.user_id(request)
         return JSONResponse({"blocks": await self._blocks.of(user_id)})
 
+    @documented(
+        "Block a user",
+        responses={
+            200: schemas.Block,
+            404: "no such user",
+            409: "too many blocks",
+            422: "the caller cannot block themselves",
+        },
+        tags=["blocks"],
+    )
     async def block(self, request: Request) -> Response:
         user_id = await self._reader.user_id(request)
         other: int = request.path_params["user_id"]
@@ -269,6 +282,11 @@ class BlockRoutes:
             await self._fanout.publish([user_id], presence_frame(other, online=False))
         return JSONResponse({"user_id": other, "created_at": created_at})
 
+    @documented(
+        "Unblock a user",
+        responses={200: schemas.Unblocked, 422: "the caller cannot block themselves"},
+        tags=["blocks"],
+    )
     async def unblock(self, request: Request) -> Response:
         user_id = await self._reader.user_id(request)
         other: int = request.path_params["user_id"]

@@ -17,6 +17,7 @@ from app.config import Settings
 from app.db import utcnow
 from app.errors import ApiError
 from app.jsonutil import JSONResponse, dumps
+from app.messenger.attachments import MAX_IDS
 from app.messenger.blocks import BLOCKED, Blocks
 from app.messenger.contacts import presence_frame
 from app.messenger.fanout import Fanout
@@ -27,8 +28,11 @@ from app.messenger.participants import ParticipantCache, joined_seq, not_a_parti
 from app.messenger.presence import Presence
 from app.messenger.reads import ReadMarks
 from app.messenger.roles import MEMBER, OWNER
+from app.messenger.scheduled import ScheduledMessages
 from app.messenger.send import Sender
 from app.models import MAX_ID, User
+from app.openapi import schemas
+from app.openapi.api import documented
 from app.ratelimit import RateLimiter, too_many_requests
 from app.web import RequestReader, UTCDatetime, query_int
 
@@ -48,10 +52,16 @@ class CreateConversationBody(BaseModel):
 
 
 class SendBody(BaseModel):
-    content: str
+    content: str  # may be empty when it carries attachments
     client_msg_id: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
     # The id of a message of the same conversation this one answers.
     reply_to: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    # Upload ids sent with it (the Sender checks how many, and whose).
+    attachments: list[Annotated[str, StringConstraints(max_length=64)]] = Field(
+        default_factory=list, max_length=MAX_IDS
+    )
+    # Send later: stored and sent at this time (scheduled.py); 202 {scheduled_id, send_at}.
+    send_at: UTCDatetime | None = None
 
 
 class SettingsBody(BaseModel):
@@ -132,8 +142,10 @@ class ConversationRoutes:
         limiter: RateLimiter,
         settings: Settings,
         changes: MessageChanges,
+        scheduled: ScheduledMessages | None = None,
     ) -> None:
         self._changes = changes
+        self._scheduled = scheduled
         self._engine = engine
         self._limiter = limiter
         self._settings = settings
@@ -166,17 +178,43 @@ class ConversationRoutes:
         participants = await self._participants.of_member(user_id, conversation_id)
         return user_id, conversation_id, participants
 
+    @documented(
+        "The caller's conversations",
+        responses={200: schemas.ConversationList},
+        tags=["conversations"],
+    )
     async def list_conversations(self, request: Request) -> Response:
         user_id = await self._reader.user_id(request)
         async with self._engine.connect() as conn:
             rows = await conn.execute(_list_query(user_id))
             return JSONResponse({"conversations": [_conversation_dict(r) for r in rows]})
 
+    @documented(
+        "One conversation with its members",
+        responses={
+            200: schemas.ConversationDetail,
+            403: "the caller is not in this conversation",
+            404: "no such conversation",
+        },
+        tags=["conversations"],
+    )
     async def get_conversation(self, request: Request) -> Response:
         user_id, conversation_id, _ = await self._member(request)
         async with self._engine.connect() as conn:
             return JSONResponse(await conversation_view(conn, user_id, conversation_id))
 
+    @documented(
+        "Start a conversation (a direct one with the same person answers the existing one)",
+        body=CreateConversationBody,
+        responses={
+            200: schemas.Conversation,
+            201: schemas.Conversation,
+            403: "the other side blocked the caller",
+            422: "an unknown user, or a bad type or title",
+            429: "too many new conversations",
+        },
+        tags=["conversations"],
+    )
     async def create_conversation(self, request: Request) -> Response:
         user_id = await self._reader.user_id(request)
         body = await self._reader.json(request, CreateConversationBody)
@@ -272,6 +310,16 @@ class ConversationRoutes:
             row = (await conn.execute(_list_query(user_id, conversation_id))).one()
         return JSONResponse(_conversation_dict(row), status)
 
+    @documented(
+        "Messages in ascending seq, or those changed since a cursor",
+        query=schemas.MessagesQuery,
+        responses={
+            200: schemas.MessagePage,
+            403: "the caller is not in this conversation",
+            404: "no such conversation",
+        },
+        tags=["messages"],
+    )
     async def list_messages(self, request: Request) -> Response:
         user_id, conversation_id, _ = await self._member(request)
         # A member sees the history from when they joined: what came before is left out.
@@ -290,15 +338,55 @@ class ConversationRoutes:
         # cursor: where this client's changed_after starts (message_changes).
         return JSONResponse({"messages": messages, "cursor": cursor})
 
+    @documented(
+        "Send a message, or schedule it with send_at",
+        body=SendBody,
+        responses={
+            200: schemas.Message,
+            201: schemas.Message,
+            202: schemas.Scheduled,
+            403: "not in this conversation, blocked, or read-only",
+            404: "no such conversation",
+            429: "too many messages",
+            503: "the node is overloaded; retry after Retry-After",
+        },
+        tags=["messages"],
+    )
     async def post_message(self, request: Request) -> Response:
         user_id = await self._reader.user_id(request)
         conversation_id = request.path_params["conversation_id"]
         body = await self._reader.json(request, SendBody)
+        if body.send_at is not None:
+            if self._scheduled is None:  # never sent now instead of later
+                raise ApiError(503, "unavailable", "scheduled messages are not available here")
+            return await self._scheduled.schedule(
+                user_id,
+                conversation_id,
+                body.content,
+                body.client_msg_id,
+                body.reply_to,
+                body.attachments,
+                body.send_at,
+            )
         message, created = await self._sender.send(
-            user_id, conversation_id, body.content, body.client_msg_id, body.reply_to
+            user_id,
+            conversation_id,
+            body.content,
+            body.client_msg_id,
+            body.reply_to,
+            body.attachments,
         )
         return JSONResponse(message, 201 if created else 200)
 
+    @documented(
+        "The caller's settings for a conversation",
+        responses={
+            200: schemas.ConversationSettings,
+            403: "the caller is not in this conversation",
+            404: "no such conversation",
+        },
+        tags=["conversations"],
+    )
     async def get_settings(self, request: Request) -> Response:
         user_id, conversation_id, _ = await self._member(request)
         async with self._engine.connect() as conn:
@@ -307,6 +395,16 @@ class ConversationRoutes:
             ).one()
         return JSONResponse(_settings_dict(row))
 
+    @documented(
+        "Change the caller's settings for a conversation",
+        body=SettingsBody,
+        responses={
+            200: schemas.ConversationSettings,
+            403: "the caller is not in this conversation",
+            404: "no such conversation",
+        },
+        tags=["conversations"],
+    )
     async def put_settings(self, request: Request) -> Response:
         user_id, conversation_id, _ = await self._member(request)
         body = await self._reader.json(request, SettingsBody)
@@ -324,6 +422,16 @@ class ConversationRoutes:
             row = (await conn.execute(select(_participants).where(where))).one()
         return JSONResponse(_settings_dict(row))
 
+    @documented(
+        "Mark the conversation read up to seq",
+        body=ReadBody,
+        responses={
+            200: schemas.ReadMark,
+            403: "the caller is not in this conversation",
+            404: "no such conversation",
+        },
+        tags=["messages"],
+    )
     async def post_read(self, request: Request) -> Response:
         user_id, conversation_id, participants = await self._member(request)
         body = await self._reader.json(request, ReadBody)

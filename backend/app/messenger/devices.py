@@ -25,15 +25,20 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from app import metrics
+from app.bot_tokens import is_bot_session
 from app.config import Settings
 from app.db import utcnow
 from app.errors import ApiError
 from app.jsonutil import JSONResponse
+from app.messenger.device_metrics import count_failures
 from app.messenger.models import DeviceToken
 from app.messenger.push.endpoints import EndpointPolicy, EndpointRefused
 from app.messenger.push.service import PushService
 from app.messenger.push.webpush import WebPushProvider
 from app.models import Session, User
+from app.openapi import schemas
+from app.openapi.api import documented
 from app.ratelimit import RateLimiter, too_many_requests
 from app.web import RequestReader
 
@@ -136,7 +141,11 @@ class DeviceRoutes:
     @property
     def routes(self) -> list[Route]:
         return [
-            Route("/api/v1/messenger/devices/register", self.register_device, methods=["POST"]),
+            Route(
+                "/api/v1/messenger/devices/register",
+                count_failures(self.register_device),
+                methods=["POST"],
+            ),
             Route("/api/v1/messenger/devices", self.list_devices, methods=["GET"]),
             Route(
                 "/api/v1/messenger/devices/{device_token:path}",
@@ -148,9 +157,26 @@ class DeviceRoutes:
             ),
         ]
 
+    @documented(
+        "Register a device for pushes (again: refresh it)",
+        body=RegisterBody,
+        responses={
+            200: schemas.DeviceRegistered,
+            201: schemas.DeviceRegistered,
+            409: "the token was registered at the same moment elsewhere",
+            422: "a token of the wrong form for its provider",
+            429: "too many device registrations",
+        },
+        tags=["devices"],
+    )
     async def register_device(self, request: Request) -> Response:
         caller = await self._reader.caller(request)
         user_id, session_id = caller.user_id, caller.session_id
+        if is_bot_session(session_id):
+            # No device, no push: a bot is never pushed (it reads its sockets or REST).
+            raise ApiError(
+                403, "bots_cannot_register_devices", "a bot cannot register devices for push"
+            )
         settings = self._settings
         retry_after = await self._limiter.hit(
             f"device:{user_id}",
@@ -260,6 +286,7 @@ class DeviceRoutes:
                     session_id,
                     body.provider,
                 )
+                metrics.device_registrations.labels(body.provider).inc()
             return _registered(device_id, user_id, body.platform, status)
         raise ApiError(409, "conflict", "the device was registered concurrently; try again")
 
@@ -284,6 +311,12 @@ class DeviceRoutes:
         await conn.execute(delete(_devices).where(_devices.c.id.in_(oldest)))
         return oldest
 
+    @documented(
+        "Unregister a device",
+        responses={200: schemas.DeviceRemoved, 404: "you have no device with that token"},
+        tags=["devices"],
+        path={"device_token": "the token as registered, percent-encoded; may contain '/'"},
+    )
     async def unregister_device(self, request: Request) -> Response:
         user_id = await self._reader.user_id(request)
         key = device_key(request.path_params["device_token"])
@@ -296,6 +329,7 @@ class DeviceRoutes:
         log.info("device unregistered user=%s", user_id)
         return JSONResponse({"success": True, "message": "device unregistered"})
 
+    @documented("The caller's devices", responses={200: schemas.DeviceList}, tags=["devices"])
     async def list_devices(self, request: Request) -> Response:
         user_id = await self._reader.user_id(request)
         async with self._engine.connect() as conn:
@@ -318,6 +352,12 @@ class DeviceRoutes:
             ]
         return JSONResponse({"devices": devices})
 
+    @documented(
+        "The Web Push applicationServerKey",
+        responses={200: schemas.VapidKey, 404: "Web Push is not configured"},
+        tags=["devices"],
+        auth=False,
+    )
     async def vapid_public_key(self, request: Request) -> Response:
         provider = self._push.providers.get("web_push")
         if not isinstance(provider, WebPushProvider):

@@ -7,20 +7,27 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Collection
+from typing import Any
 
-from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio.cluster import ClusterPubSub
 
 from app.config import Settings
 from app.messenger.hub import Hub
 from app.messenger.redis_breaker import RedisBreaker
+from app.messenger.redis_client import (
+    AnyRedis,
+    build_subscriber,
+    is_cluster,
+    publish,
+    refresh_topology,
+)
 from app.messenger.redis_keys import REDIS_UNREACHABLE, RedisKeys, load_lua
 
 log = logging.getLogger(__name__)
 
 _ROUTE = load_lua("fanout_route.lua")
+_CLAIMS = load_lua("fanout_claims.lua")
 
 PUBLISH_BATCH = 500  # frames per script call
 OUTBOX_LIMIT = 50_000  # frames waiting for Redis; beyond this they are dropped (clients resync)
@@ -55,26 +62,31 @@ class RedisFanout:
     changed: each node drops it from its participant cache (`on_participants_changed`).
     It is published straight away, not through the outbox, so it reaches every node
     before any frame this node sends after the change.
+
+    On a Redis Cluster the claims are spread over parts of the key space (redis_keys), so
+    one script cannot see them all: fanout_claims.lua reads each part's claims (the parts
+    side by side), this node groups the frames per destination node as fanout_route.lua
+    does, and sends each node its share with SPUBLISH, which the node reads with
+    SSUBSCRIBE on the one shard that owns its channel. That costs one more round trip per
+    batch than one Redis; the messages per node and batch stay one.
     """
 
-    def __init__(self, redis: Redis, hub: Hub, settings: Settings, breaker: RedisBreaker) -> None:
+    def __init__(
+        self, redis: AnyRedis, hub: Hub, settings: Settings, breaker: RedisBreaker
+    ) -> None:
         self._redis = redis
         self._breaker = breaker
         self._hub = hub
         self._node = settings.node_id
-        keys = RedisKeys(settings.redis_prefix)
+        self._keys = keys = RedisKeys(settings.redis_prefix, is_cluster(redis))
         self._channel = keys.channel(settings.node_id)
-        self._control = f"{settings.redis_prefix}participants-changed"
+        self._control = keys.participants_changed
         self._route = redis.register_script(_ROUTE)
         self._route_args = [keys.claims_prefix, keys.channel_prefix, settings.node_id]
+        self._claims = redis.register_script(_CLAIMS)
         # Its own client: the subscription blocks on reads, so no socket timeout, and no
         # retries either: on any error the listener starts over with a fresh subscription.
-        self._subscriber = Redis.from_url(
-            settings.redis_url,
-            socket_timeout=None,
-            socket_connect_timeout=settings.redis_timeout_seconds,
-            retry=Retry(NoBackoff(), 0),
-        )
+        self._subscriber = build_subscriber(settings)
         self._pubsub: PubSub | None = None
         self._up = False
         self._connected = asyncio.Event()
@@ -135,7 +147,7 @@ class RedisFanout:
             )
             return
         try:
-            await self._redis.publish(self._control, conversation_id)
+            await publish(self._redis, self._control, conversation_id)
         except REDIS_UNREACHABLE as exc:
             self._breaker.trip(exc)
 
@@ -159,15 +171,21 @@ class RedisFanout:
             await self._breaker.wait_closed()  # its probe knocks, not every part
 
     async def _connect(self) -> PubSub:
+        if self._keys.cluster:
+            # A master may have been replaced since: subscribe where the channels live now.
+            await refresh_topology(self._subscriber)
         pubsub = self._pubsub = self._subscriber.pubsub()
-        await pubsub.subscribe(self._channel, self._control)
+        if isinstance(pubsub, ClusterPubSub):
+            await pubsub.ssubscribe(self._channel, self._control)
+        else:
+            await pubsub.subscribe(self._channel, self._control)
         self._up = True  # connected: publishing goes on while we wait for the confirmation
         # Once Redis confirms both, whatever is published to them reaches us.
         confirmed = 0
         async with asyncio.timeout(CONNECT_WAIT):
             while confirmed < 2:
-                message = await pubsub.get_message(timeout=1.0)
-                if message is not None and message["type"] == "subscribe":
+                message = await _next_message(pubsub, self._channel)
+                if message is not None and message["type"] in ("subscribe", "ssubscribe"):
                     confirmed += 1
         self._connected.set()
         if self.on_subscribed is not None:
@@ -183,17 +201,17 @@ class RedisFanout:
         control = self._control.encode()
         last_heard = last_ping = loop.time()
         while True:
-            message = await pubsub.get_message(timeout=1.0)
+            message = await _next_message(pubsub, self._channel)
             now = loop.time()
             if message is None:
                 if now - last_heard > 3 * KEEPALIVE:
                     raise ConnectionError("redis stopped answering pings")
                 if now - last_ping >= KEEPALIVE:
-                    await pubsub.ping()
+                    await _ping(pubsub)
                     last_ping = now
                 continue
             last_heard = now
-            if message["type"] != "message":
+            if message["type"] not in ("message", "smessage"):
                 continue
             if message["channel"] == control:
                 if self.on_participants_changed is not None:
@@ -227,9 +245,11 @@ class RedisFanout:
                     user_ids, frame = outbox.popleft()
                     frames.append(",".join(map(str, user_ids)))
                     frames.append(frame)
-                argv = [*self._route_args, "\n".join(frames)]
                 try:
-                    await self._route(args=argv)
+                    if self._keys.cluster:
+                        await self._route_on_cluster(frames)
+                    else:
+                        await self._route(args=[*self._route_args, "\n".join(frames)])
                 except REDIS_UNREACHABLE as exc:
                     self._breaker.trip(exc)
                     continue
@@ -240,6 +260,41 @@ class RedisFanout:
                     self._publish_failing = False
                     log.info("fanout: publishing again node=%s", self._node)
 
+    async def _route_on_cluster(self, frames: list[str]) -> None:
+        """fanout_route.lua's work on a cluster: frames is [users, frame, users, frame...]."""
+        parts: dict[int, list[int]] = {}
+        for users in frames[0::2]:
+            for uid in users.split(","):
+                u = int(uid)
+                part = parts.setdefault(self._keys.part_of(u), [])
+                if not part or part[-1] != u:
+                    part.append(u)
+        found = await asyncio.gather(
+            *(
+                self._claims(
+                    keys=[self._keys.parts[p].nodes],
+                    args=[self._keys.parts[p].claims_prefix, *dict.fromkeys(users)],
+                )
+                for p, users in parts.items()
+            )
+        )
+        nodes_of: dict[str, list[str]] = {}
+        for wanted, answer in zip(parts.values(), found, strict=True):
+            for u, nodes in zip(dict.fromkeys(wanted), answer, strict=True):
+                nodes_of[str(u)] = [n.decode() for n in nodes if n.decode() != self._node]
+        # Per destination node: "<its users>\n<frame>..." for the frames it needs, in order.
+        out: dict[str, list[str]] = {}
+        for users, frame in zip(frames[0::2], frames[1::2], strict=True):
+            per: dict[str, list[str]] = {}
+            for uid in users.split(","):
+                for node in nodes_of.get(uid, ()):
+                    per.setdefault(node, []).append(uid)
+            for node, theirs in per.items():
+                out.setdefault(node, []).extend((",".join(theirs), frame))
+        await asyncio.gather(
+            *(publish(self._redis, self._keys.channel(n), "\n".join(p)) for n, p in out.items())
+        )
+
     def _publish_failed(self, reason: str) -> None:
         """Frames for other nodes are dropped (their clients catch up from history); said
         once per streak of failures, not once per frame."""
@@ -248,3 +303,30 @@ class RedisFanout:
             log.warning(
                 "fanout: frames to other nodes dropped node=%s reason=%s", self._node, reason
             )
+
+
+async def _next_message(pubsub: PubSub, channel: str) -> dict[str, Any] | None:
+    """The next message of a subscription, or None after a while of silence.
+
+    On a cluster the two channels may sit on two shards, one connection each, and redis-py
+    waits on them in turn: a long wait on the quiet one would hold up the frames. So every
+    connection is looked at without waiting, then the one of this node's channel (where
+    the frames come) is waited on briefly: a participants change waits 0.1 s at most."""
+    message: dict[str, Any] | None
+    if isinstance(pubsub, ClusterPubSub):
+        message = await pubsub.get_sharded_message(timeout=0.0)
+        if message is None:
+            hot = pubsub.cluster.get_node_from_key(channel)
+            message = await pubsub.get_sharded_message(timeout=0.1, target_node=hot)
+    else:
+        message = await pubsub.get_message(timeout=1.0)
+    return message
+
+
+async def _ping(pubsub: PubSub) -> None:
+    """A keepalive on every connection of a subscription (one per shard on a cluster)."""
+    if isinstance(pubsub, ClusterPubSub):
+        for shard in list(pubsub.node_pubsub_mapping.values()):
+            await shard.ping()
+    else:
+        await pubsub.ping()

@@ -40,6 +40,7 @@ from app.messenger.conversations import (
     participants_of,
 )
 from app.messenger.fanout import Fanout
+from app.messenger.hook_bots import is_hook_bot, revoke_hooks_of
 from app.messenger.models import Conversation, Participant
 from app.messenger.participants import ParticipantCache
 from app.messenger.roles import (
@@ -51,6 +52,8 @@ from app.messenger.roles import (
     may_set_roles,
 )
 from app.models import MAX_ID, User
+from app.openapi import schemas
+from app.openapi.api import documented
 from app.web import RequestReader
 
 log = logging.getLogger(__name__)
@@ -303,16 +306,18 @@ class Members:
                     _participants.c.user_id == target,
                 )
             )
+            hooks_revoked = await revoke_hooks_of(conn, conversation_id, target)
             if them.role == OWNER:
                 successor = _successor({u: m for u, m in members.items() if u != target})
                 if successor is not None:
                     await conn.execute(_set_role(conversation_id, successor.user_id, OWNER))
         log.info(
-            "member removed user=%s conversation=%s target=%s new_owner=%s",
+            "member removed user=%s conversation=%s target=%s new_owner=%s hooks_revoked=%d",
             user_id,
             conversation_id,
             target,
             successor.user_id if successor else None,
+            hooks_revoked,
         )
         await self._announce(conversation_id, set(members))
 
@@ -336,6 +341,8 @@ class Members:
                 )
             if them.role == role:
                 return
+            if role != MEMBER and await is_hook_bot(conn, target):
+                raise _not_allowed("a webhook's bot cannot run a group")
             await conn.execute(_set_role(conversation_id, target, role))
             if role == OWNER:
                 await conn.execute(_set_role(conversation_id, user_id, ADMIN))
@@ -400,6 +407,17 @@ class MemberRoutes:
                 return JSONResponse(await conversation_view(conn, user_id, conversation_id))
             return JSONResponse(await shared_view(conn, conversation_id))
 
+    @documented(
+        "Rename a group",
+        body=TitleBody,
+        responses={
+            200: schemas.ConversationDetail,
+            403: "only group admins may, or the caller is not in it",
+            404: "no such conversation",
+            409: "not a group",
+        },
+        tags=["members"],
+    )
     async def rename(self, request: Request) -> Response:
         user_id = await self._reader.user_id(request)
         conversation_id = request.path_params["conversation_id"]
@@ -407,6 +425,18 @@ class MemberRoutes:
         await self._members.rename(user_id, conversation_id, body.title)
         return await self._answer(user_id, conversation_id)
 
+    @documented(
+        "Add people to a group",
+        body=AddBody,
+        responses={
+            200: schemas.ConversationDetail,
+            403: "only group admins may, or the caller is not in it",
+            404: "no such conversation",
+            409: "not a group, or it would be too large",
+            422: "an unknown user",
+        },
+        tags=["members"],
+    )
     async def add(self, request: Request) -> Response:
         user_id = await self._reader.user_id(request)
         conversation_id = request.path_params["conversation_id"]
@@ -414,12 +444,33 @@ class MemberRoutes:
         await self._members.add(user_id, conversation_id, body.user_ids)
         return await self._answer(user_id, conversation_id)
 
+    @documented(
+        "Remove a member (yourself: leave)",
+        responses={
+            200: schemas.ConversationAfterRemoval,
+            403: "only group admins may, or the caller is not in it",
+            404: "no such conversation or participant",
+            409: "not a group",
+        },
+        tags=["members"],
+    )
     async def remove(self, request: Request) -> Response:
         user_id = await self._reader.user_id(request)
         conversation_id = request.path_params["conversation_id"]
         await self._members.remove(user_id, conversation_id, _path_user(request))
         return await self._answer(user_id, conversation_id)
 
+    @documented(
+        "Set a member's role (owner hands ownership over)",
+        body=RoleBody,
+        responses={
+            200: schemas.ConversationDetail,
+            403: "only group admins may, or the caller is not in it",
+            404: "no such conversation or participant",
+            409: "not a group",
+        },
+        tags=["members"],
+    )
     async def set_role(self, request: Request) -> Response:
         user_id = await self._reader.user_id(request)
         conversation_id = request.path_params["conversation_id"]

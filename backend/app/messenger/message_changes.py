@@ -35,9 +35,13 @@ from app.messenger.emoji import canonical_emoji
 from app.messenger.fanout import Fanout
 from app.messenger.mentions import Mentions
 from app.messenger.message_store import change_cursor, reactions_of, with_reactions
+from app.messenger.message_text import check_message_text
 from app.messenger.models import Conversation, Message, MessageReaction, Participant
 from app.messenger.participants import ParticipantCache, not_a_participant
+from app.messenger.push.history import blank_notifications_of
 from app.messenger.roles import GroupPolicy, role_of
+from app.openapi import schemas
+from app.openapi.api import documented
 from app.ratelimit import RateLimiter, too_many_requests
 from app.web import RequestReader, query_int
 
@@ -129,14 +133,7 @@ class MessageChanges:
         """The sender's new content; mentions are found again. 403 for anyone else's
         message or past the edit window, 409 for a deleted one."""
         settings = self._settings
-        if not content.strip():
-            raise ApiError(422, "empty_content", "the message is empty")
-        if len(content) > settings.max_message_length:
-            raise ApiError(
-                422,
-                "message_too_long",
-                f"the message is over {settings.max_message_length} characters",
-            )
+        check_message_text(content, settings.max_message_length)
         participants = await self._participants.of_member(user_id, conversation_id)
         await self._check_blocked(user_id, conversation_id, participants)
         await self._check_rate(user_id)
@@ -164,7 +161,8 @@ class MessageChanges:
 
     async def delete(self, user_id: int, conversation_id: str, message_id: str) -> dict[str, Any]:
         """Empty the message, keeping its seq (and reply_to); its reactions and mentions
-        go, and so do its notifications. The sender or a group admin; again: the same."""
+        go, and so do its notifications (taken down from devices, their text blanked in
+        the history). The sender or a group admin; again: the same."""
         await self._participants.of_member(user_id, conversation_id)
         await self._check_rate(user_id)
 
@@ -180,6 +178,14 @@ class MessageChanges:
             if row.deleted_at is not None:
                 return None
             await conn.execute(_reactions.delete().where(_reactions.c.message_id == row.id))
+            # The notification history keeps no text of a deleted message. The row is
+            # locked first: a push flush writing its notifications now either finishes
+            # before (and is blanked here) or waits and blanks them itself (push.history).
+            if conn.dialect.name == "postgresql":
+                await conn.execute(
+                    select(_messages.c.id).where(_messages.c.id == row.id).with_for_update()
+                )
+            await blank_notifications_of(conn, row.id)
             return {"content": "", "mentions": null(), "deleted_at": utcnow()}
 
         message = await self._change(user_id, conversation_id, message_id, apply)
@@ -198,7 +204,8 @@ class MessageChanges:
         if canonical is None:
             raise ApiError(422, "invalid_emoji", "a reaction is one emoji")
         emoji = canonical  # one reaction however its presentation selectors were written
-        participants = await self._participants.of_member(user_id, conversation_id)
+        # A read-only conversation (announcements) takes no reactions: 403 `read_only`.
+        participants = await self._participants.of_sender(user_id, conversation_id)
         if on:  # taking one back reaches no one new
             await self._check_blocked(user_id, conversation_id, participants)
         await self._check_rate(user_id)
@@ -384,20 +391,62 @@ class MessageChangeRoutes:
             Route(message + "/reactions/{emoji}", self.remove_reaction, methods=["DELETE"]),
         ]
 
+    @documented(
+        "Edit a message (its sender, within the edit window)",
+        body=EditBody,
+        responses={
+            200: schemas.Message,
+            403: "not the sender, past the edit window, or not in the conversation",
+            404: "no such message in this conversation",
+            409: "the message is deleted",
+        },
+        tags=["messages"],
+    )
     async def edit(self, request: Request) -> Response:
         user_id = await self._reader.user_id(request)
         body = await self._reader.json(request, EditBody)
         cid, mid = request.path_params["conversation_id"], request.path_params["message_id"]
         return JSONResponse(await self._changes.edit(user_id, cid, mid, body.content))
 
+    @documented(
+        "Delete a message (its sender, or group admins)",
+        responses={
+            200: schemas.Message,
+            403: "not allowed to delete it",
+            404: "no such message in this conversation",
+        },
+        tags=["messages"],
+    )
     async def delete(self, request: Request) -> Response:
         user_id = await self._reader.user_id(request)
         cid, mid = request.path_params["conversation_id"], request.path_params["message_id"]
         return JSONResponse(await self._changes.delete(user_id, cid, mid))
 
+    @documented(
+        "React to a message with an emoji",
+        responses={
+            200: schemas.Message,
+            403: "the caller is not in this conversation",
+            404: "no such message in this conversation",
+            409: "the message is deleted, or has too many reactions",
+            422: "not an emoji",
+        },
+        tags=["messages"],
+    )
     async def add_reaction(self, request: Request) -> Response:
         return await self._react(request, on=True)
 
+    @documented(
+        "Take a reaction back",
+        responses={
+            200: schemas.Message,
+            403: "the caller is not in this conversation",
+            404: "no such message in this conversation",
+            409: "the message is deleted",
+            422: "not an emoji",
+        },
+        tags=["messages"],
+    )
     async def remove_reaction(self, request: Request) -> Response:
         return await self._react(request, on=False)
 

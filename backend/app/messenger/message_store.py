@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db import one_of, upsert
 from app.errors import ApiError
+from app.messenger.attachments import claim
 from app.messenger.models import Conversation, Message, MessageReaction, Participant, PushJob
 
 _conversations = Conversation.__table__
@@ -43,6 +44,7 @@ FIELDS = (
     "edited_at",
     "deleted_at",
     "reply_to",
+    "attachments",
 )
 
 # (conversation_id, sender_id, client_msg_id): what makes a send a repeat.
@@ -55,6 +57,8 @@ def message_dict(row: Any, prefix: str = "") -> dict[str, Any]:
     if prefix:
         message = {name: getattr(row, prefix + name) for name in FIELDS}
         message["mentions"] = message["mentions"] or []
+        if message["deleted_at"] is not None or not message["attachments"]:
+            message["attachments"] = []
         message["reactions"] = {}  # (filled in by reactions_of where there are any)
         return message
     # Spelled out: every message sent passes here (the comprehension costs twice as much).
@@ -70,6 +74,8 @@ def message_dict(row: Any, prefix: str = "") -> dict[str, Any]:
         "edited_at": row.edited_at,
         "deleted_at": row.deleted_at,
         "reply_to": row.reply_to,
+        # NULL when it carries none; a deleted message shows none (the cleanup takes them).
+        "attachments": (row.attachments or []) if row.deleted_at is None else [],
         # A message with reactions has been changed (change_seq): the pages that hold
         # one fill these in (message_changes.with_reactions); a new message has none.
         "reactions": {},
@@ -92,6 +98,7 @@ class NewMessage(Protocol):
     client_msg_id: str | None
     mentions: list[int] | None
     reply_to: str | None
+    attachments: list[dict[str, Any]] | None
     id: str
     seq: int
     created_at: datetime
@@ -196,7 +203,8 @@ async def insert_in_transaction(
     engine: AsyncEngine, sends: Sequence[NewMessage], now: datetime, lease: PushLease
 ) -> None:
     """The careful way: the batch in one transaction of Core statements. Raises Repeated
-    (nothing written) when a send's client_msg_id is already stored, and 404 when a
+    (nothing written) when a send's client_msg_id is already stored, AttachmentTaken
+    (nothing written) when an upload a send carries was sent already, and 404 when a
     conversation is gone."""
     counts = Counter(s.conversation_id for s in sends)
     async with engine.begin() as conn:
@@ -223,24 +231,30 @@ async def insert_in_transaction(
         rows = [message_dict(send) for send in sends]
         for row in rows:
             del row["reactions"]  # (not a column)
-        # A message that names nobody leaves mentions out (SQL NULL, not JSON null), so
-        # those with mentions go in a statement of their own.
-        named = [row for row in rows if row["mentions"]]
-        plain = [row for row in rows if not row["mentions"]]
-        for row in plain:
-            del row["mentions"]
+        # A message that names nobody, or carries no file, leaves mentions or
+        # attachments out (SQL NULL, not JSON null), so rows go in one statement per
+        # set of columns they fill.
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for row in rows:
+            for name in ("mentions", "attachments"):
+                if not row[name]:
+                    del row[name]
+            groups.setdefault(tuple(row), []).append(row)
         stored = 0
-        for group in (named, plain):
-            if group:
-                inserted = await conn.execute(
-                    upsert(_messages, engine.dialect.name)
-                    .on_conflict_do_nothing()
-                    .returning(_messages.c.id),
-                    group,
-                )
-                stored += len(inserted.all())
+        for group in groups.values():
+            inserted = await conn.execute(
+                upsert(_messages, engine.dialect.name)
+                .on_conflict_do_nothing()
+                .returning(_messages.c.id),
+                group,
+            )
+            stored += len(inserted.all())
         if stored != len(rows):
             raise Repeated
+        # Only after the repeat check: a repeat answers its original, whose claim holds.
+        for send in sends:
+            if send.attachments:
+                await claim(conn, send)
         # A sender has read their own conversation up to what they just sent.
         read_up_to: dict[tuple[str, int], int] = {}
         for send in sends:

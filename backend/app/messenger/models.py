@@ -15,11 +15,16 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
     true,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, UTCDateTime, utcnow
+
+# The partial index's predicate: messages written by announcements (broadcast.py says it
+# again in its query, so PostgreSQL knows the index applies).
+ANNOUNCEMENT_MESSAGES = "client_msg_id LIKE 'announcement:%'"
 
 
 class Conversation(Base):
@@ -67,6 +72,14 @@ class Message(Base):
         UniqueConstraint("conversation_id", "sender_id", "client_msg_id"),
         # changed_after: a conversation's changed messages in the order they changed.
         Index("ix_messages_changes", "conversation_id", "change_seq"),
+        # Announcement messages only (client_msg_id "announcement:<id>"): an
+        # announcement's pushed count finds its messages without scanning the table.
+        Index(
+            "ix_messages_announcement",
+            "client_msg_id",
+            postgresql_where=text(ANNOUNCEMENT_MESSAGES),
+            sqlite_where=text(ANNOUNCEMENT_MESSAGES),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -85,6 +98,8 @@ class Message(Base):
     reply_to: Mapped[str | None] = mapped_column(String(36))
     # The conversation's change_seq at this message's latest change; None: never changed.
     change_seq: Mapped[int | None] = mapped_column(Integer)
+    # The files sent with it, as clients are shown them (uploads.describe); None: none.
+    attachments: Mapped[list[dict[str, object]] | None] = mapped_column(JSON)
 
 
 class MessageReaction(Base):
@@ -124,6 +139,9 @@ class PushJob(Base):
     # A delayed push (the recipient's push_delay_seconds): its lease_until is when it is
     # due, it is claimed like a job whose node died, and its wait is over once it is.
     after_delay: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The announcement whose pushes these are: planned in the low-priority lane, whichever
+    # node takes the job up, and waited for before the announcement's counts are final.
+    announcement_id: Mapped[str | None] = mapped_column(String(36), index=True)
 
 
 class DeviceToken(Base):
@@ -139,7 +157,8 @@ class DeviceToken(Base):
     provider: Mapped[str] = mapped_column(String(16))
     device_name: Mapped[str | None] = mapped_column(String(200))
     is_active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Indexed for the admin statistics' devices registered per day (0014).
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     last_used_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     # The sign-in session that registered it (or last registered it again): when that
     # session ends, the device is switched off. None for a device registered before
@@ -155,6 +174,9 @@ class PushAttempt(Base):
         Index("ix_push_attempts_message_device", "message_id", "device_id"),
         # Clearing: what a user's devices were shown of a conversation.
         Index("ix_push_attempts_user_conversation", "user_id", "conversation_id"),
+        Index("ix_push_attempts_notification", "notification_id"),
+        # One user's push log, newest first (admin_push_log).
+        Index("ix_push_attempts_user_created", "user_id", "created_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -172,6 +194,10 @@ class PushAttempt(Base):
     seq: Mapped[int | None] = mapped_column(Integer)
     # When the device was told to take this notification down (read, or deleted).
     cleared_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The notification (history entry) this delivery belongs to.
+    notification_id: Mapped[str | None] = mapped_column(String(36))
+    # When the provider accepted it (delivered only): commit-to-accepted ends here.
+    accepted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class PushDecision(Base):
@@ -182,12 +208,16 @@ class PushDecision(Base):
     is not broken into a row per reply.
 
     reason: sent, online, blocked, muted, notify_level, quiet_hours, read_before_delay,
-    no_device
+    no_device; and, after `sent` once no delivery went through, failed or dead_token
     (deliveries, with their outcomes, are in push_attempts).
     """
 
     __tablename__ = "push_decisions"
-    __table_args__ = (Index("ix_push_decisions_user", "user_id", "id"),)
+    __table_args__ = (
+        Index("ix_push_decisions_user", "user_id", "id"),
+        # One user's push log, newest first (admin_push_log).
+        Index("ix_push_decisions_user_created", "user_id", "created_at", "id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     user_id: Mapped[int] = mapped_column(Integer)
@@ -216,3 +246,138 @@ class Upload(Base):
     # Set for an image whose header could be read.
     width: Mapped[int | None] = mapped_column(Integer)
     height: Mapped[int | None] = mapped_column(Integer)
+    # The message it was sent with (once only); None: not sent yet.
+    message_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    conversation_id: Mapped[str | None] = mapped_column(String(36))
+    # A stored thumbnail of an image, and its size.
+    thumbnail_key: Mapped[str | None] = mapped_column(String(255))
+    thumbnail_width: Mapped[int | None] = mapped_column(Integer)
+    thumbnail_height: Mapped[int | None] = mapped_column(Integer)
+    animated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
+class Notification(Base):
+    """What a user was notified of: one per (user, message), however many devices were
+    pushed (the deliveries are the push_attempts with its id), and one per test push.
+
+    kind: message, test, announcement, reminder
+    """
+
+    __tablename__ = "notifications"
+    __table_args__ = (
+        UniqueConstraint("user_id", "message_id"),
+        Index("ix_notifications_user_created", "user_id", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    conversation_id: Mapped[str | None] = mapped_column(String(36))
+    message_id: Mapped[str | None] = mapped_column(String(36))
+    title: Mapped[str] = mapped_column(String(255))
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # click, foreground or background
+    opened_how: Mapped[str | None] = mapped_column(String(16))
+    # Cleared from the notification centre by the user.
+    dismissed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ScheduledMessage(Base):
+    """A message to send later (scheduled.py): pending until the timer loop sends it,
+    then sent (message_id), or failed (error: why, e.g. the sender left); or cancelled.
+    claimed_by and lease_until: the node sending it now (timers.py)."""
+
+    __tablename__ = "scheduled_messages"
+    __table_args__ = (
+        # Scheduling again with the same client_msg_id answers the first one.
+        UniqueConstraint("conversation_id", "sender_id", "client_msg_id"),
+        Index("ix_scheduled_messages_due", "status", "send_at"),
+        Index("ix_scheduled_messages_sender", "sender_id", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    sender_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    content: Mapped[str] = mapped_column(Text)
+    client_msg_id: Mapped[str | None] = mapped_column(String(128))
+    reply_to: Mapped[str | None] = mapped_column(String(36))
+    send_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(16), default="pending", server_default="pending")
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    message_id: Mapped[str | None] = mapped_column(String(36))
+    error: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Reminder(Base):
+    """ "Remind me about this message at ..." (reminders.py): pending until the timer loop
+    fires it (a `reminder` frame, or a push when the user is offline), or cancelled."""
+
+    __tablename__ = "reminders"
+    __table_args__ = (
+        Index("ix_reminders_due", "status", "remind_at"),
+        Index("ix_reminders_user", "user_id", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    message_id: Mapped[str] = mapped_column(
+        ForeignKey("messages.id", ondelete="CASCADE"), index=True
+    )
+    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    remind_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(16), default="pending", server_default="pending")
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    fired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Announcement(Base):
+    """An admin's broadcast, and its delivery job (broadcast.py): `sending` until every
+    recipient has it, then `done` (or `failed`). audience "all" (user_ids None) or "list".
+    cursor: the last user id done; claimed_by and lease_until: the node working it."""
+
+    __tablename__ = "announcements"
+    __table_args__ = (
+        Index("ix_announcements_status", "status", "lease_until"),
+        Index("ix_announcements_created_by", "created_by", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    created_by: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    title: Mapped[str] = mapped_column(String(200))
+    content: Mapped[str] = mapped_column(Text)
+    audience: Mapped[str] = mapped_column(String(8))
+    user_ids: Mapped[list[int] | None] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default="sending", server_default="sending")
+    recipients: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    delivered_live: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    pushed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    failed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    cursor: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class IncomingWebhook(Base):
+    """An incoming webhook (webhooks.py): POST /api/v1/hooks/<id>/<secret> posts into
+    conversation_id as bot_id. Only the SHA-256 of the secret is kept."""
+
+    __tablename__ = "incoming_webhooks"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    conversation_id: Mapped[str] = mapped_column(
+        ForeignKey("conversations.id", ondelete="CASCADE"), index=True
+    )
+    bot_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

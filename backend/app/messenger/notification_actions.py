@@ -29,6 +29,8 @@ from app.messenger.participants import ParticipantCache
 from app.messenger.reads import ReadMarks
 from app.messenger.send import Sender
 from app.models import MAX_ID
+from app.openapi import schemas
+from app.openapi.api import documented
 from app.ratelimit import RateLimiter, too_many_requests
 from app.sessions import SessionStore
 from app.web import RequestReader
@@ -136,6 +138,24 @@ class NotificationActionRoutes:
             raise _refused()
         return claims
 
+    async def claims(self, token: str | None) -> ActionClaims:
+        """The token checked as the actions check it, for other routes that take it (a
+        notification's open, app.notification_history)."""
+        return await self._claims(token)
+
+    @documented(
+        "Reply from a notification (its action token, no bearer)",
+        body=ReplyBody,
+        responses={
+            200: schemas.Message,
+            201: schemas.Message,
+            401: "the action token is invalid or expired, or its device or session ended",
+            403: "blocked, or read-only",
+            429: "too many messages",
+        },
+        tags=["notification actions"],
+        auth=False,
+    )
     async def reply(self, request: Request) -> Response:
         body = await self._reader.json(request, ReplyBody)
         claims = await self._claims(body.action_token)
@@ -152,6 +172,17 @@ class NotificationActionRoutes:
             )
         return JSONResponse(message, 201 if created else 200)
 
+    @documented(
+        "Mark read from a notification (its action token, no bearer)",
+        body=ReadActionBody,
+        responses={
+            200: schemas.ReadMark,
+            401: "the action token is invalid or expired, or its device or session ended",
+            429: "too many actions",
+        },
+        tags=["notification actions"],
+        auth=False,
+    )
     async def read(self, request: Request) -> Response:
         body = await self._reader.json(request, ReadActionBody)
         claims = await self._claims(body.action_token)

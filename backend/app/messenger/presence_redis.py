@@ -1,7 +1,9 @@
 """Presence for many nodes, kept in Redis (its key layout is in redis_keys).
 
 Every change is one Lua script, presence_*.lua: atomic, so two nodes never both
-announce the same user, and times come from Redis's clock, not the nodes'.
+announce the same user, and times come from Redis's clock, not the nodes'. On a Redis
+Cluster the same scripts run once per part of the key space (RedisKeys.parts) that
+holds some of the users concerned, the parts side by side.
 """
 
 from __future__ import annotations
@@ -13,13 +15,13 @@ from collections.abc import Awaitable, Callable, Collection, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.typing import EncodableT
 
 from app.config import Settings
 from app.db import utcnow
 from app.messenger.presence import Gone
 from app.messenger.redis_breaker import RedisBreaker
+from app.messenger.redis_client import AnyRedis, is_cluster, mget
 from app.messenger.redis_keys import REDIS_UNREACHABLE, RedisKeys, load_lua
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,8 @@ REAP_ROUNDS = 20  # chunks taken over per heartbeat, so one huge dead node canno
 RETRY_MIN, RETRY_MAX = 0.1, 2.0
 
 Announce = Callable[[int, bool], Awaitable[None]]
-_Script = Callable[[list[int]], Awaitable[Any]]
+_Script = Callable[[int, list[int]], Awaitable[Any]]  # (part, users)
+_Head = Callable[[RedisKeys], tuple[EncodableT, ...]]
 
 
 class RedisPresence:
@@ -49,7 +52,7 @@ class RedisPresence:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: AnyRedis,
         settings: Settings,
         breaker: RedisBreaker,
         keys: RedisKeys | None = None,
@@ -58,7 +61,7 @@ class RedisPresence:
         self._redis = redis
         self._breaker = breaker
         # Attention is this class again, over keys of its own (RedisKeys.attention).
-        self._keys = keys = keys or RedisKeys(settings.redis_prefix)
+        self._keys = keys = keys or RedisKeys(settings.redis_prefix, is_cluster(redis))
         self._name = name
         self._node = node = settings.node_id
         self._ttl_ms = ttl_ms = round(settings.presence_ttl_seconds * 1000)
@@ -77,12 +80,30 @@ class RedisPresence:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         # Each script with the arguments that come before its users (see the .lua files).
-        held, online, claims = keys.held(node), keys.online_prefix, keys.claims_prefix
-        self._join = self._script(_JOIN, keys.nodes, keys.seen, online, claims, held, node, ttl_ms)
-        self._leave = self._script(_LEAVE, keys.seen, online, claims, held, node)
-        self._refresh = self._script(_REFRESH, keys.nodes, online, claims, node, ttl_ms)
+        self._join = self._script(
+            _JOIN,
+            lambda k: (
+                k.nodes,
+                k.seen,
+                k.online_prefix,
+                k.claims_prefix,
+                k.held(node),
+                node,
+                ttl_ms,
+            ),
+        )
+        self._leave = self._script(
+            _LEAVE, lambda k: (k.seen, k.online_prefix, k.claims_prefix, k.held(node), node)
+        )
+        self._refresh = self._script(
+            _REFRESH, lambda k: (k.nodes, k.online_prefix, k.claims_prefix, node, ttl_ms)
+        )
         self._reap = self._script(
-            _REAP, keys.nodes, keys.seen, online, claims, keys.held_prefix, ttl_ms, CHUNK
+            _REAP,
+            lambda k: (
+                *(k.nodes, k.seen, k.online_prefix, k.claims_prefix, k.held_prefix),
+                *(ttl_ms, CHUNK),
+            ),
         )
         # Set by the app: tells a user's contacts that they came or went, for changes this
         # node finds itself (a dead node's users, changes Redis missed while away).
@@ -96,6 +117,9 @@ class RedisPresence:
         try:
             await self._announce(*await self._resync())
         except REDIS_UNREACHABLE as exc:
+            self._fail(exc)
+        except Exception as exc:  # e.g. a cluster's slot map moving under the first calls
+            log.warning("%s: first sync failed node=%s error=%r", self._name, self._node, exc)
             self._fail(exc)
         self._task = asyncio.create_task(self._run(), name=f"{self._name}-heartbeat")
 
@@ -114,7 +138,7 @@ class RedisPresence:
         with contextlib.suppress(*REDIS_UNREACHABLE):
             # Sockets are closed by now; this is what is left (nobody to announce it to).
             await self._call(self._leave, self._registered)
-            await self._redis.zrem(self._keys.nodes, self._node)
+            await asyncio.gather(*(self._redis.zrem(k.nodes, self._node) for k in self._keys.parts))
 
     async def socket_opened(self, user_id: int) -> bool:
         self._counts[user_id] = self._counts.get(user_id, 0) + 1
@@ -198,7 +222,7 @@ class RedisPresence:
         if self._down or not ids:
             return here
         try:
-            values = await self._redis.mget([self._keys.online(u) for u in ids])
+            values = await mget(self._redis, [self._online_key(u) for u in ids])
         except REDIS_UNREACHABLE as exc:
             self._fail(exc)
             return here
@@ -211,10 +235,7 @@ class RedisPresence:
         if self._down or not ids:
             return seen
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.mget([self._keys.online(u) for u in ids])
-                pipe.hmget(self._keys.seen, ids)
-                online, times = await pipe.execute()
+            online, times = await self._online_and_seen(ids)
         except REDIS_UNREACHABLE as exc:
             self._fail(exc)
             return seen
@@ -225,29 +246,73 @@ class RedisPresence:
                 seen[u] = datetime.fromtimestamp(int(ms) / 1000, UTC)
         return seen
 
+    def _online_key(self, user_id: int) -> str:
+        return self._keys.parts[self._keys.part_of(user_id)].online(user_id)
+
+    async def _online_and_seen(self, ids: list[int]) -> tuple[list[Any], list[Any]]:
+        """Each user's online flag and last-seen time, in the order of ids."""
+        if not self._keys.cluster:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.mget([self._keys.online(u) for u in ids])
+                pipe.hmget(self._keys.seen, ids)
+                online, times = await pipe.execute()
+            return online, times
+        groups = self._by_part(ids)
+        online, *per_part = await asyncio.gather(
+            mget(self._redis, [self._online_key(u) for u in ids]),
+            *(self._redis.hmget(self._keys.parts[p].seen, us) for p, us in groups.items()),
+        )
+        seen: dict[int, Any] = {}
+        for users, values in zip(groups.values(), per_part, strict=True):
+            seen.update(zip(users, values, strict=True))
+        return online, [seen[u] for u in ids]
+
     # -- keeping Redis in line with this node -------------------------------------------
 
-    def _script(self, source: str, *head: EncodableT) -> _Script:
-        """Register a script; calling it runs it with these arguments, then the users."""
+    def _script(self, source: str, head: _Head) -> _Script:
+        """Register a script; calling it on a part runs it with the arguments `head` gives
+        for that part's keys, then the users. On a cluster its first key routes the call
+        to the part's shard (the scripts take names from ARGV, all in the part's slot)."""
         script = self._redis.register_script(source)
+        heads = [[*head(k)] for k in self._keys.parts]
+        routes = [[k.nodes] if self._keys.cluster else [] for k in self._keys.parts]
 
-        async def run(users: list[int]) -> Any:
-            return await script(args=[*head, *users])
+        async def run(part: int, users: list[int]) -> Any:
+            return await script(keys=routes[part], args=[*heads[part], *users])
 
         return run
 
+    def _by_part(self, users: Iterable[int]) -> dict[int, list[int]]:
+        groups: dict[int, list[int]] = {}
+        for u in users:
+            groups.setdefault(self._keys.part_of(u), []).append(u)
+        return groups
+
     async def _call(self, script: _Script, users: Iterable[int]) -> list[int]:
-        """Run a script over users in chunks (at least once: it also refreshes the node)."""
+        """Run a script over users in chunks. One Redis: at least once (it also refreshes
+        the node). A cluster: once per part that holds some of them, side by side."""
         users = list(users)
+        if not self._keys.cluster:
+            return await self._call_part(script, 0, users)
+        groups = self._by_part(users)
+        results = await asyncio.gather(
+            *(self._call_part(script, part, us) for part, us in groups.items())
+        )
+        return [u for result in results for u in result]
+
+    async def _call_part(self, script: _Script, part: int, users: list[int]) -> list[int]:
         out: list[int] = []
         for i in range(0, max(len(users), 1), CHUNK):
-            out += [int(u) for u in await script(users[i : i + CHUNK]) or ()]
+            out += [int(u) for u in await script(part, users[i : i + CHUNK]) or ()]
         return out
 
     async def _resync(self) -> tuple[list[int], list[int]]:
         """Claim this node's users again (after start or an outage); (came, went) users."""
         async with self._lock:
-            members = {int(u) for u in await self._redis.smembers(self._keys.held(self._node))}
+            held = await asyncio.gather(
+                *(self._redis.smembers(k.held(self._node)) for k in self._keys.parts)
+            )
+            members = {int(u) for part in held for u in part}
             local = set(self._counts)
             gone = await self._call(self._leave, members - local) if members - local else []
             came = await self._call(self._join, local)
@@ -274,9 +339,14 @@ class RedisPresence:
 
     async def _take_over_dead(self) -> list[int]:
         """Users of nodes whose heartbeat expired who are now offline everywhere."""
+        parts = range(len(self._keys.parts))
+        found = await asyncio.gather(*(self._take_over_dead_in(p) for p in parts))
+        return [u for gone in found for u in gone]
+
+    async def _take_over_dead_in(self, part: int) -> list[int]:
         gone: list[int] = []
         for _ in range(REAP_ROUNDS):
-            result = await self._reap([])
+            result = await self._reap(part, [])
             if not result:
                 break
             dead, *users = result

@@ -15,8 +15,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from redis.asyncio import Redis
-
+from app.messenger.redis_client import AnyRedis, probe
 from app.messenger.redis_keys import REDIS_UNREACHABLE
 
 log = logging.getLogger(__name__)
@@ -25,7 +24,7 @@ PROBE_MIN, PROBE_MAX = 0.1, 1.0  # seconds between pings while open, doubling
 
 
 class RedisBreaker:
-    def __init__(self, redis: Redis, node_id: str, probe_timeout: float) -> None:
+    def __init__(self, redis: AnyRedis, node_id: str, probe_timeout: float) -> None:
         self._redis = redis
         self._node = node_id
         self._probe_timeout = probe_timeout
@@ -84,7 +83,7 @@ class RedisBreaker:
             delay = min(delay * 2, PROBE_MAX)
             try:
                 async with asyncio.timeout(self._probe_timeout):
-                    await self._redis.ping()
+                    await probe(self._redis)  # a cluster: every master, as the map is now
             except REDIS_UNREACHABLE:
                 continue
             except Exception as exc:  # answering, but not well: still away for us

@@ -14,12 +14,24 @@ Keys, all under the configured prefix P:
   P node:<node>  the channel a node listens on for the frames of its sockets.
   P a:...        attention: the same presence keys again (a:o:, a:u:, a:n:, a:nodes,
                  a:seen), counting only the sockets whose client is active (not idle).
+  P participants-changed  the channel that says a conversation's members changed.
+  P rl:<key>     flood control: one bucket's time (ratelimit.py).
 Scripts get the prefixes they complete with an id as arguments, so this module alone
-knows the layout. (One Redis, not Redis Cluster: the scripts touch keys they compute.)
+knows the layout.
+
+On a Redis Cluster a script may touch keys of one slot only. So the users are spread
+over BUCKETS parts, each under a hash tag of its own, P{<b>} (b = user id % BUCKETS): a
+part holds the whole layout above for its users (P{7}o:<user>, P{7}u:<user>, P{7}seen,
+P{7}nodes, P{7}n:<node>), and each presence script runs once per part it concerns, the
+parts side by side. Flood control buckets go the same way (P{<crc32 % BUCKETS>}rl:<key>).
+A node's channel is tagged by the node, P node:{<node>}, and read with sharded pub/sub.
+A part, not a slot per user: a batch of 500 users is at most BUCKETS script calls, not
+500. One Redis keeps the plain names (a single part, no braces).
 """
 
 from __future__ import annotations
 
+import zlib
 from importlib.resources import files
 
 import redis.exceptions
@@ -30,14 +42,21 @@ REDIS_UNREACHABLE = (
     redis.exceptions.TimeoutError,
     OSError,
     TimeoutError,
+    # A cluster while a master is down and not yet replaced, or its slot map is stale.
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.RedisClusterException,
 )
+
+BUCKETS = 64  # parts of the key space on a cluster: at most this many shards share the load
 
 
 class RedisKeys:
     """The key and channel names of one deployment, under its prefix."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, cluster: bool = False) -> None:
         self._prefix = prefix
+        self.cluster = cluster
         self.nodes = f"{prefix}nodes"
         self.seen = f"{prefix}seen"
         # Completed with a user or node id, here or in a script.
@@ -45,10 +64,23 @@ class RedisKeys:
         self.claims_prefix = f"{prefix}u:"
         self.held_prefix = f"{prefix}n:"
         self.channel_prefix = f"{prefix}node:"
+        self.participants_changed = f"{prefix}participants-changed"
+        # One part on one Redis (these very names); BUCKETS hash-tagged ones on a cluster.
+        self.parts = [RedisKeys(f"{prefix}{{{b}}}") for b in range(BUCKETS)] if cluster else [self]
 
     def attention(self) -> RedisKeys:
         """The keys of attention: presence's layout, for the users' active sockets."""
-        return RedisKeys(f"{self._prefix}a:")
+        return RedisKeys(f"{self._prefix}a:", self.cluster)
+
+    def part_of(self, user_id: int) -> int:
+        """The index in `parts` of the part that holds a user's presence."""
+        return user_id % len(self.parts)
+
+    def rate_limit(self, key: str) -> str:
+        """A flood control bucket's key."""
+        if not self.cluster:
+            return f"{self._prefix}rl:{key}"
+        return f"{self._prefix}{{{zlib.crc32(key.encode()) % BUCKETS}}}rl:{key}"
 
     def online(self, user_id: int) -> str:
         """Present while some live node holds a socket of the user."""
@@ -63,7 +95,10 @@ class RedisKeys:
         return f"{self.held_prefix}{node}"
 
     def channel(self, node: str) -> str:
-        """Where other nodes publish the frames for a node's sockets."""
+        """Where other nodes publish the frames for a node's sockets (on a cluster tagged
+        by the node, so each node's channel lives on one shard)."""
+        if self.cluster:
+            return f"{self.channel_prefix}{{{node}}}"
         return f"{self.channel_prefix}{node}"
 
 

@@ -71,6 +71,8 @@ from app.jsonutil import JSONResponse
 from app.messenger.message_store import message_dict
 from app.messenger.models import Message, Participant
 from app.messenger.participants import ParticipantCache
+from app.openapi import schemas
+from app.openapi.api import documented
 from app.ratelimit import RateLimiter, too_many_requests
 from app.web import RequestReader, query_int
 
@@ -466,6 +468,18 @@ class SearchRoutes:
     def routes(self) -> list[Route]:
         return [Route("/api/v1/messenger/search", self.search, methods=["GET"])]
 
+    @documented(
+        "Search the caller's messages, best match first",
+        query=schemas.SearchQuery,
+        responses={
+            200: schemas.SearchResults,
+            403: "the caller is not in this conversation",
+            404: "no such conversation",
+            429: "too many searches",
+            503: "the search took too long; retry after Retry-After",
+        },
+        tags=["search"],
+    )
     async def search(self, request: Request) -> Response:
         user_id = await self._reader.user_id(request)
         params = request.query_params

@@ -17,9 +17,11 @@ from app import metrics
 from app.config import Settings
 from app.errors import ApiError
 from app.jsonutil import dumps
+from app.messenger.attachments import Attachments
 from app.messenger.blocks import Blocks
 from app.messenger.fanout import Fanout
 from app.messenger.mentions import Mentions
+from app.messenger.message_text import check_message_length
 from app.messenger.participants import ParticipantCache
 from app.messenger.writer import MessageWriter, Written
 from app.ratelimit import RateLimiter
@@ -56,6 +58,7 @@ class Sender:
         blocks: Blocks,
         mentions: Mentions,
         reply_exists: Callable[[str, str, int], Awaitable[bool]] | None = None,
+        attachments: Attachments | None = None,
     ) -> None:
         self._max_length = settings.max_message_length
         self._rate = settings.send_rate_per_second
@@ -68,6 +71,7 @@ class Sender:
         self._mentions = mentions
         # (conversation_id, message_id) -> whether a reply may quote that message.
         self._reply_exists = reply_exists
+        self._attachments = attachments
 
     async def accept(
         self,
@@ -76,19 +80,21 @@ class Sender:
         content: str,
         client_msg_id: str | None,
         reply_to: str | None = None,
+        attachments: list[str] | None = None,
     ) -> Accepted:
         """Check a send and queue it for the writer.
 
         Sends are committed in the order they are accepted, so a socket may accept its
         next send before the last is committed (many in one batch) without reordering.
         """
-        if not content.strip():
+        if not content.strip() and not attachments:
             raise ApiError(422, "empty_content", "the message is empty")
-        if len(content) > self._max_length:
-            raise ApiError(
-                422, "message_too_long", f"the message is over {self._max_length} characters"
-            )
-        participants = await self._participants.of_member(sender_id, conversation_id)
+        if attachments:
+            if self._attachments is None:
+                raise ApiError(422, "invalid_attachment", "this server takes no attachments")
+            self._attachments.check_shape(attachments)
+        check_message_length(content, self._max_length)
+        participants = await self._participants.of_sender(sender_id, conversation_id)
         await self._blocks.check_send(sender_id, conversation_id, participants)
         self._writer.check_room()  # before the flood check takes a token
         # The flood check goes to Redis without waiting here: the writer waits for its
@@ -110,6 +116,12 @@ class Sender:
                 raise ApiError(
                     404, "reply_to_not_found", "reply_to is no message of this conversation"
                 )
+        # Files cost one query, after the flood check as replies do; other sends none.
+        described = None
+        if attachments and self._attachments and await _let_through(flood_check):
+            described = await self._attachments.describe(
+                sender_id, conversation_id, client_msg_id, attachments
+            )
         written = self._writer.submit(
             conversation_id,
             sender_id,
@@ -119,6 +131,7 @@ class Sender:
             flood_check,
             mentions=mentions,
             reply_to=reply_to,
+            attachments=described,
         )
         return Accepted(participants, written)
 
@@ -141,7 +154,10 @@ class Sender:
         content: str,
         client_msg_id: str | None,
         reply_to: str | None = None,
+        attachments: list[str] | None = None,
     ) -> tuple[dict[str, Any], bool]:
         """Check, persist, then deliver. (message, created)."""
-        accepted = await self.accept(sender_id, conversation_id, content, client_msg_id, reply_to)
+        accepted = await self.accept(
+            sender_id, conversation_id, content, client_msg_id, reply_to, attachments
+        )
         return await self.finish(accepted)

@@ -249,6 +249,16 @@ class S3Storage:
     async def open(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         check_key(key)
         extra: dict[str, Any] = {}
+        if end is not None and end <= start:
+            # No bytes asked: S3 has no range for that ("bytes=0--1" is refused), so
+            # only whether the object is there is asked.
+            try:
+                await self.client.head_object(Bucket=self._bucket, Key=key)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    raise ObjectMissing(key) from None
+                raise
+            return _no_bytes()
         if start or end is not None:
             extra["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
         try:
@@ -278,6 +288,11 @@ class S3Storage:
             ExpiresIn=expires_seconds,
         )
         return url
+
+
+async def _no_bytes() -> AsyncIterator[bytes]:
+    return
+    yield b""  # a generator that yields nothing
 
 
 async def _read_body(body: Any) -> AsyncIterator[bytes]:

@@ -14,7 +14,15 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, Field, StrictInt, StringConstraints, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    Field,
+    StrictInt,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
@@ -23,6 +31,7 @@ from app.auth import AccessClaims, InvalidToken
 from app.config import Settings
 from app.errors import ApiError, describe_unexpected, describe_validation_error
 from app.jsonutil import dumps
+from app.messenger.attachments import MAX_IDS
 from app.messenger.attention import SocketAttention
 from app.messenger.blocks import Blocks
 from app.messenger.contacts import Contacts, presence_frame
@@ -50,10 +59,26 @@ ConversationId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 class SendFrame(BaseModel):
     type: Literal["message.send"]
     conversation_id: ConversationId
-    content: str
+    content: str  # may be empty when it carries attachments
     client_msg_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
     # The id of a message of the same conversation this one answers.
     reply_to: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    # Upload ids sent with it (the Sender checks how many, and whose).
+    attachments: list[Annotated[str, StringConstraints(max_length=64)]] = Field(
+        default_factory=list, max_length=MAX_IDS
+    )
+    # Sending later is REST only: a frame asking for it is refused, never sent now.
+    send_at: None = None
+
+    @field_validator("send_at", mode="before")
+    @classmethod
+    def _refuse_send_at(cls, value: Any) -> None:
+        if value is not None:
+            raise ValueError(
+                "schedule over REST: POST /api/v1/messenger/conversations/{id}/messages"
+                " with send_at"
+            )
+        return None
 
 
 class TypingFrame(BaseModel):
@@ -254,7 +279,8 @@ class SocketEndpoint:
     async def _handle(self, conn: Connection, frame: BaseModel, reads: SocketReads) -> None:
         """Every frame but a send (SendPipeline answers those)."""
         if isinstance(frame, TypingFrame):
-            participants = await self._participants.of_member(conn.user_id, frame.conversation_id)
+            # Nobody types into a read-only conversation: 403 `read_only`, as for a send.
+            participants = await self._participants.of_sender(conn.user_id, frame.conversation_id)
             if not self._typing.allow(conn.user_id, frame.conversation_id):
                 return
             try:  # someone who blocked you does not see you typing either (dropped silently)
@@ -394,6 +420,7 @@ class SendPipeline:
             frame.content,
             frame.client_msg_id,
             frame.reply_to,
+            frame.attachments,
         )
         if self._pending is None:
             self._pending = deque()

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from app.db import database_unavailable, utcnow
 from app.errors import ApiError, describe_unexpected
 from app.messenger import message_store
+from app.messenger.attachments import AttachmentTaken, invalid_attachment
 from app.messenger.message_store import Committed, PushLease, Repeated, SendKey, message_dict
 from app.ratelimit import too_many_requests
 
@@ -56,6 +57,8 @@ class _Send:
     mentions: list[int] | None = None
     # A message of the same conversation this one answers (checked by the sender).
     reply_to: str | None = None
+    # The uploads it carries, as the message shows them (attachments.Attachments.describe).
+    attachments: list[dict[str, Any]] | None = None
     # A new message is neither edited nor deleted (message_dict reads these).
     edited_at: ClassVar[None] = None
     deleted_at: ClassVar[None] = None
@@ -122,6 +125,7 @@ class MessageWriter:
         flood_check: asyncio.Future[float] | None = None,
         mentions: list[int] | None = None,
         reply_to: str | None = None,
+        attachments: list[dict[str, Any]] | None = None,
     ) -> asyncio.Future[Written]:
         """Queue a send; its future answers once committed, or with 503 `unavailable` when
         the database could not commit it. A conversation's sends are committed in the
@@ -140,6 +144,7 @@ class MessageWriter:
             flood_check,
             mentions,
             reply_to,
+            attachments,
         )
         self._lanes[hash(conversation_id) % len(self._lanes)].add(send)
         return future
@@ -257,10 +262,16 @@ class _Lane:
         now = utcnow()
         lease = PushLease(str(uuid.uuid4()), self._node_id, now + self._lease)
         results: dict[int, Written] = {}
-        if self._postgres and await self._write_in_one_statement(unique, now, lease):
+        refused: dict[int, ApiError] = {}
+        # A send with files claims them in its transaction: the careful way only.
+        if (
+            self._postgres
+            and not any(send.attachments for send in unique)
+            and await self._write_in_one_statement(unique, now, lease)
+        ):
             created = unique
         else:
-            created = await self._write_carefully(unique, now, lease, results)
+            created = await self._write_carefully(unique, now, lease, results, refused)
         messages = [message_dict(send) for send in created]
         for send, message in zip(created, messages, strict=True):
             results[id(send)] = (message, True)
@@ -270,10 +281,17 @@ class _Lane:
                 [Committed(m, s.participants) for s, m in zip(created, messages, strict=True)],
             )
         for send, original in repeats:
-            results[id(send)] = (results[id(original)][0], False)
+            if id(original) in refused:
+                refused[id(send)] = refused[id(original)]
+            else:
+                results[id(send)] = (results[id(original)][0], False)
         # (A future whose waiter went away is done already: it is skipped, not an error.)
         for send in batch:
-            if not send.future.done():
+            if send.future.done():
+                continue
+            if id(send) in refused:
+                send.future.set_exception(refused[id(send)])
+            else:
                 send.future.set_result(results[id(send)])
 
     async def _write_in_one_statement(
@@ -287,14 +305,24 @@ class _Lane:
             raise
 
     async def _write_carefully(
-        self, sends: list[_Send], now: datetime, lease: PushLease, results: dict[int, Written]
+        self,
+        sends: list[_Send],
+        now: datetime,
+        lease: PushLease,
+        results: dict[int, Written],
+        refused: dict[int, ApiError],
     ) -> list[_Send]:
-        """Write the sends one transaction at a time until none is a repeat; repeats are
-        answered (in `results`) with their original. The sends created."""
+        """Write the sends one transaction at a time until none is a repeat or names an
+        upload sent already; repeats are answered (in `results`) with their original,
+        the others (in `refused`) with 422. The sends created."""
         pending = sends
         while pending:
             try:
                 await message_store.insert_in_transaction(self._engine, pending, now, lease)
+            except AttachmentTaken as taken:
+                refused[id(taken.send)] = invalid_attachment()
+                pending = [send for send in pending if send is not taken.send]
+                continue
             except Repeated:
                 keys = [s.key for s in pending if s.key is not None]
                 originals = await message_store.find_originals(self._engine, keys)

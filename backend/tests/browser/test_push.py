@@ -103,6 +103,7 @@ def server_payload(base: str, cid: str, sender: User, body: str, seq: int) -> di
             "type": "message.new",
             "conversation_id": cid,
             "message_id": f"m-{cid}-{seq}",
+            "notification_id": f"n-{cid}-{seq}",
             "sender_id": sender.id,
             "seq": seq,
         },
@@ -215,9 +216,11 @@ async def test_pushes_show_replace_and_skip_the_chat_on_screen(
         "url": f"{base}/?conversation={with_pete}",
         "conversation_id": with_pete,
         "message_id": f"m-{with_pete}-1",
+        "notification_id": f"n-{with_pete}-1",
         "seq": 1,
         "count": 1,
         "action_token": None,  # none in this payload: no Reply or Mark as read then
+        "open_token": None,  # a message's open is recorded with its action token
     }
 
     # A second one for the same conversation replaces it.
@@ -387,9 +390,11 @@ async def test_notification_click_choices(
                 "url": target,
                 "conversation_id": "c1",
                 "message_id": None,  # none in this payload
+                "notification_id": None,
                 "seq": 3,
                 "count": 1,
                 "action_token": None,
+                "open_token": None,
             },
         },
         "bare": {
@@ -401,9 +406,11 @@ async def test_notification_click_choices(
                 "url": base + "/",
                 "conversation_id": None,
                 "message_id": None,
+                "notification_id": None,
                 "seq": None,
                 "count": 1,
                 "action_token": None,
+                "open_token": None,
             },
         },
         "ids": ["abc", None, "a/b"],

@@ -206,7 +206,12 @@ def _payload(notification: Notification) -> dict[str, Any]:
     if notification.badge is not None:
         aps["badge"] = notification.badge
     # Custom keys sit beside "aps", keeping their JSON types.
-    return {**{k: v for k, v in notification.data.items() if k != "aps"}, "aps": aps}
+    payload = {**{k: v for k, v in notification.data.items() if k != "aps"}, "aps": aps}
+    if notification.image:
+        # The app's notification service extension fetches the image and attaches it.
+        aps["mutable-content"] = 1
+        payload["image_url"] = notification.image
+    return payload
 
 
 def _clear_payload(notification: Notification) -> dict[str, Any]:

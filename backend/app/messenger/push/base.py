@@ -76,6 +76,9 @@ class Notification:
     count: int = 1
     preview: str = "full"  # "full" | "sender" | "none": what title/body/data show
     locale: str = DEFAULT_LOCALE  # the language of title, body and action labels
+    # A signed URL of the message's first image's thumbnail (preview "full" only), that
+    # the device fetches without a session (push.image_links).
+    image: str | None = None
 
     @property
     def ref(self) -> str:

@@ -24,6 +24,9 @@ is the decision, recorded with its reason (push.decision_log):
    it, with no push of their own that could race it and land last. A device that
    already has an outcome for the message or a newer one of the conversation (a job
    taken up again after a crash, a re-check, a delayed job) is not pushed again.
+
+An announcement's push (its job marks it) skips 2, 4, 5 and 7: muting the Announcements
+conversation is the one way to silence it; those looking still get no push.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ from app.messenger.models import Conversation, DeviceToken, Participant, PushAtt
 from app.messenger.presence import Presence
 from app.messenger.push import decision_log as reasons
 from app.messenger.push.base import Device, Notification
+from app.messenger.push.history import message_notification_id
+from app.messenger.push.image_links import ImageLinks, push_images
 from app.messenger.push.notification import Recipient, message_notification
 from app.messenger.push.quiet_hours import is_quiet
 from app.models import Block, User
@@ -54,6 +59,7 @@ _conversations = Conversation.__table__
 _blocks = Block.__table__
 
 CHUNK = 500  # values per IN list
+ARRAY_CHUNK = 10_000  # values per array parameter (PostgreSQL)
 ALL_PROVIDERS = ("fcm", "apns", "web_push")
 
 
@@ -65,6 +71,8 @@ class PlannedPush:
     # The message's conversation and seq: a read up to a seq finds what to clear by them.
     conversation_id: str | None = None
     seq: int | None = None
+    # The recipient's notification of the message (push.history), the same on every device.
+    notification_id: str | None = None
 
 
 class Candidate(NamedTuple):
@@ -77,6 +85,9 @@ class Candidate(NamedTuple):
     skip_done: bool = False
     # A delayed push come due: the recipient's delay is not applied again.
     delay_over: bool = False
+    # An announcement's (its job says so): muting its conversation is the one way to
+    # silence it, so blocks, the notify level, quiet hours and the delay do not hold it.
+    announcement: bool = False
 
 
 class Decision(NamedTuple):
@@ -132,6 +143,7 @@ async def decide(
     base_url: str,
     providers: Collection[str] = ALL_PROVIDERS,
     now: datetime | None = None,
+    images: ImageLinks | None = None,
 ) -> Decided:
     """Decide for every candidate (see the module's docstring): a fixed number of
     queries for the whole batch, whatever its size."""
@@ -155,7 +167,7 @@ async def decide(
         state = states.get((c.message["conversation_id"], c.user_id))
         if state is None:
             continue  # no longer a participant: nothing to decide
-        if (c.user_id, c.message["sender_id"]) in blocked:
+        if (c.user_id, c.message["sender_id"]) in blocked and not c.announcement:
             final(i, reasons.BLOCKED)
         elif (
             not state.push_enabled
@@ -163,8 +175,9 @@ async def decide(
             or (state.mute_until is not None and state.mute_until > now)
         ):
             final(i, reasons.MUTED)
-        elif state.notify == "none" or (
-            state.notify == "mentions" and not mentioned(c.message, c.user_id)
+        elif not c.announcement and (
+            state.notify == "none"
+            or (state.notify == "mentions" and not mentioned(c.message, c.user_id))
         ):
             final(i, reasons.NOTIFY_LEVEL)
         else:
@@ -178,8 +191,10 @@ async def decide(
         c = candidates[i]
         s = settings[c.user_id]
         m = c.message
-        if is_quiet(s.quiet_start, s.quiet_end, s.time_zone, now) and not (
-            s.quiet_allow_mentions and mentioned(m, c.user_id)
+        if (
+            not c.announcement
+            and is_quiet(s.quiet_start, s.quiet_end, s.time_zone, now)
+            and not (s.quiet_allow_mentions and mentioned(m, c.user_id))
         ):
             final(i, reasons.QUIET_HOURS)
         elif m["seq"] <= states[(m["conversation_id"], c.user_id)].last_read_seq:
@@ -187,6 +202,7 @@ async def decide(
         elif (
             s.push_delay_seconds > 0
             and not c.delay_over
+            and not c.announcement
             and (at := m["created_at"] + timedelta(seconds=s.push_delay_seconds)) > now
         ):
             decided.delayed.append((i, at))
@@ -230,6 +246,8 @@ async def decide(
     names = await _display_names(conn, {m["sender_id"] for m in messages})
     titles = await _titles(conn, {m["conversation_id"] for m in messages})
     badges = await unread_totals(conn, {candidates[i].user_id for i, _ in to_push}, now)
+    # Thumbnails' signed links: one query and one signature per message, not per device.
+    image_urls = await push_images(conn, messages, images) if images is not None else {}
     for i, mine in to_push:
         c = candidates[i]
         m = c.message
@@ -245,10 +263,25 @@ async def decide(
         )
         sender_name = names.get(m["sender_id"], "Someone")
         title = titles.get(m["conversation_id"])
+        notification_id = message_notification_id(c.user_id, m["id"])
         for device in mine:
-            notification = message_notification(m, sender_name, title, base_url, recipient, device)
+            notification = message_notification(
+                m, sender_name, title, base_url, recipient, device, image_urls.get(m["id"])
+            )
+            # Every provider carries it: a click or an app reports the open by it.
+            notification.data["notification_id"] = notification_id
             decided.pushes.append(
-                (i, PlannedPush(m["id"], device, notification, m["conversation_id"], m["seq"]))
+                (
+                    i,
+                    PlannedPush(
+                        m["id"],
+                        device,
+                        notification,
+                        m["conversation_id"],
+                        m["seq"],
+                        notification_id,
+                    ),
+                )
             )
     return decided
 
@@ -289,10 +322,16 @@ async def participant_states(
 ) -> dict[tuple[str, int], ParticipantState]:
     """The participants among these (conversation, user) pairs: their read mark and
     push settings (a pair that is not a participant is left out)."""
-    pairs = list(pairs)
+    wanted = set(pairs)
     found: dict[tuple[str, int], ParticipantState] = {}
     p = _participants.c
-    for i in range(0, len(pairs), CHUNK):
+    dialect = conn.dialect.name
+    conversations = list({c for c, _ in wanted})
+    users = list({u for _, u in wanted})
+    # Conversations and users as two lists, not a list of pairs: on PostgreSQL two array
+    # parameters, one prepared statement whatever the count. What it finds beyond the
+    # pairs (a sender, say) is bounded by the participants of these conversations.
+    for i in range(0, len(users), _chunk(dialect)):
         rows = await conn.execute(
             select(
                 p.conversation_id,
@@ -302,30 +341,44 @@ async def participant_states(
                 p.mute_until,
                 p.push_enabled,
                 p.notify,
-            ).where(tuple_(p.conversation_id, p.user_id).in_(pairs[i : i + CHUNK]))
+            ).where(
+                one_of(p.conversation_id, conversations, dialect),
+                one_of(p.user_id, users[i : i + _chunk(dialect)], dialect),
+            )
         )
         for r in rows:
-            found[(r.conversation_id, r.user_id)] = ParticipantState(
-                r.last_read_seq, r.muted, r.mute_until, r.push_enabled, r.notify
-            )
+            if (r.conversation_id, r.user_id) in wanted:
+                found[(r.conversation_id, r.user_id)] = ParticipantState(
+                    r.last_read_seq, r.muted, r.mute_until, r.push_enabled, r.notify
+                )
     return found
+
+
+def _chunk(dialect: str) -> int:
+    """Values per query: PostgreSQL takes them as one array parameter; SQLite binds
+    each one."""
+    return ARRAY_CHUNK if dialect == "postgresql" else CHUNK
 
 
 async def _blocked(
     conn: AsyncConnection, pairs: Collection[tuple[int, int]]
 ) -> set[tuple[int, int]]:
     """Those of the (recipient, sender) pairs where the recipient blocked the sender."""
-    pairs = list(pairs)
+    wanted = set(pairs)
     found: set[tuple[int, int]] = set()
     b = _blocks.c
-    for i in range(0, len(pairs), CHUNK):
+    dialect = conn.dialect.name
+    recipients = list({r for r, _ in wanted})
+    senders = list({s for _, s in wanted})
+    for i in range(0, len(recipients), _chunk(dialect)):
         rows = await conn.execute(
             select(b.blocker_id, b.blocked_id).where(
-                tuple_(b.blocker_id, b.blocked_id).in_(pairs[i : i + CHUNK])
+                one_of(b.blocker_id, recipients[i : i + _chunk(dialect)], dialect),
+                one_of(b.blocked_id, senders, dialect),
             )
         )
         found.update((r.blocker_id, r.blocked_id) for r in rows)
-    return found
+    return found & wanted
 
 
 async def _devices_of(
@@ -335,10 +388,10 @@ async def _devices_of(
     found: dict[int, list[Device]] = {}
     ids = list(user_ids)
     dialect = conn.dialect.name
-    for i in range(0, len(ids), CHUNK):
+    for i in range(0, len(ids), _chunk(dialect)):
         rows = await conn.execute(
             select(_devices).where(
-                one_of(_devices.c.user_id, ids[i : i + CHUNK], dialect),
+                one_of(_devices.c.user_id, ids[i : i + _chunk(dialect)], dialect),
                 _devices.c.is_active.is_(True),
             )
         )
@@ -371,7 +424,9 @@ async def _pushed_up_to(
 
 async def _display_names(conn: AsyncConnection, user_ids: Collection[int]) -> dict[int, str]:
     rows = await conn.execute(
-        select(_users.c.id, _users.c.display_name).where(_users.c.id.in_(list(user_ids)))
+        select(_users.c.id, _users.c.display_name).where(
+            one_of(_users.c.id, list(user_ids), conn.dialect.name)
+        )
     )
     return {r.id: r.display_name for r in rows}
 
@@ -381,7 +436,7 @@ async def _titles(
 ) -> dict[str, str | None]:
     rows = await conn.execute(
         select(_conversations.c.id, _conversations.c.title).where(
-            _conversations.c.id.in_(list(conversation_ids))
+            one_of(_conversations.c.id, list(conversation_ids), conn.dialect.name)
         )
     )
     return {r.id: r.title for r in rows}
@@ -428,12 +483,13 @@ async def unread_totals(
     p = _participants.c
     ids = list(user_ids)
     totals: dict[int, int] = {}
-    for i in range(0, len(ids), CHUNK):
+    dialect = conn.dialect.name
+    for i in range(0, len(ids), _chunk(dialect)):
         rows = await conn.execute(
             select(p.user_id, func.sum(_conversations.c.last_seq - p.last_read_seq))
             .join(_conversations, and_(_conversations.c.id == p.conversation_id))
             .where(
-                p.user_id.in_(ids[i : i + CHUNK]),
+                one_of(p.user_id, ids[i : i + _chunk(dialect)], dialect),
                 p.muted.is_(False),
                 or_(p.mute_until.is_(None), p.mute_until <= now),
                 p.notify != "none",

@@ -29,6 +29,10 @@ NOTIFY_LEVEL = "notify_level"
 QUIET_HOURS = "quiet_hours"
 READ_BEFORE_DELAY = "read_before_delay"
 NO_DEVICE = "no_device"
+# Written after `sent` once every delivery of the notification is known to have gone
+# nowhere (push.history): failed or given up after retries, or a dead token among them.
+FAILED = "failed"
+DEAD_TOKEN = "dead_token"
 REASONS = (
     SENT,
     ONLINE,
@@ -38,6 +42,8 @@ REASONS = (
     QUIET_HOURS,
     READ_BEFORE_DELAY,
     NO_DEVICE,
+    FAILED,
+    DEAD_TOKEN,
 )
 
 HOLD = 1.0  # seconds an online run may grow before it is written

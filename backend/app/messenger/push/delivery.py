@@ -109,10 +109,10 @@ async def _attempt(
 ) -> Result:
     """One call to the provider, classified."""
     try:
-        # Providers keep their own timeout; this one guards against one that does not.
-        return await asyncio.wait_for(
-            provider.send(device, notification), policy.timeout_seconds + 5
-        )
+        # Providers keep their own timeout; this one guards against one that does not
+        # (a timeout scope, not wait_for: no task of its own for every push).
+        async with asyncio.timeout(policy.timeout_seconds + 5):
+            return await provider.send(device, notification)
     except TimeoutError:
         return Result(Outcome.RETRY, error="timed out")
     except Exception as exc:

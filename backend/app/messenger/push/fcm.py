@@ -1,10 +1,8 @@
-"""Firebase Cloud Messaging, HTTP v1 API, through pyfcm.
+"""Firebase Cloud Messaging, HTTP v1 API.
 
-pyfcm is blocking (requests), so every call runs on a small bounded thread pool and
-the event loop never waits on it. pyfcm's own retrying is taken out: its adapter
-retries 502/503 and it sleeps on Retry-After inside the thread, which would hold a
-worker and hide the answer we need. One send is one HTTP request; the push service
-retries with backoff.
+pyfcm builds the message (parse_payload); the send is ours, async, over kept-alive
+connections with one OAuth token for all (push.fcm_transport). One send is one HTTP
+request: the push service retries with backoff, honouring Retry-After.
 """
 
 from __future__ import annotations
@@ -12,25 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
+import aiohttp
 import google.auth.exceptions
-import google.auth.transport.requests
 import requests
 from google.oauth2 import service_account
 from pyfcm import FCMNotification
-from pyfcm.errors import (
-    AuthenticationError,
-    FCMNotRegisteredError,
-    FCMSenderIdMismatchError,
-    FCMServerError,
-    InvalidDataError,
-)
-from requests.adapters import HTTPAdapter
 
 from app.config import ConfigError
 from app.messenger.push.base import (
@@ -42,6 +29,7 @@ from app.messenger.push.base import (
     collapse_id,
     fitted,
 )
+from app.messenger.push.fcm_transport import Answer, FCMTransport
 from app.messenger.push.retry_after import parse_retry_after
 
 log = logging.getLogger(__name__)
@@ -59,53 +47,8 @@ class FCMConfig:
     endpoint: str = ""  # replaces https://fcm.googleapis.com (tests, staging)
     ttl_seconds: int = 24 * 3600
     timeout_seconds: float = 10.0
-    threads: int = 16
-
-
-class _OneShotFCM(FCMNotification):  # type: ignore[misc]
-    """pyfcm where one call is one HTTP request, sharing one OAuth token across threads."""
-
-    def __init__(self, credentials: service_account.Credentials, url: str, config: FCMConfig):
-        adapter = HTTPAdapter(max_retries=0, pool_maxsize=config.threads)
-        super().__init__(credentials=credentials, adapter=adapter)
-        self.adapter = adapter
-        self.url = url
-        self._token_lock = threading.Lock()
-        # google-auth's default token request timeout is 120 s: use ours.
-        self.auth_session = requests.Session()
-        self._auth_request = partial(
-            google.auth.transport.requests.Request(self.auth_session),
-            timeout=config.timeout_seconds,
-        )
-
-    @property
-    def fcm_end_point(self) -> str:
-        # Our URL, our project id (pyfcm would prefer the credentials' project).
-        return self.url
-
-    def _get_access_token(self) -> str:
-        # pyfcm refreshes per thread and wraps transport errors as InvalidDataError;
-        # we keep one token until it nears expiry and let the real error through.
-        with self._token_lock:
-            if not self.credentials.valid:
-                self.credentials.refresh(self._auth_request)
-            token: str = self.credentials.token
-            return token
-
-    def post(self, payload: bytes, timeout: float) -> requests.Response:
-        """Runs in a worker thread."""
-        response = self._post(payload, timeout)
-        if self._is_access_token_expired(response):  # revoked or clock skew: once more
-            with self._token_lock:
-                self.credentials.token = None
-            response = self._post(payload, timeout)
-        return response
-
-    def _post(self, payload: bytes, timeout: float) -> requests.Response:
-        response: requests.Response = self.requests_session.post(
-            self.url, data=payload, timeout=timeout, headers=self.request_headers()
-        )
-        return response
+    # Kept-alive connections to FCM at most (the provider's in-flight limit).
+    max_connections: int = 100
 
 
 class FCMProvider:
@@ -127,40 +70,33 @@ class FCMProvider:
         base = (config.endpoint or GOOGLE_ENDPOINT).rstrip("/")
         self._url = f"{base}/v1/projects/{self.project_id}/messages:send"
         self._config = config
-        self._credentials = credentials
-        self._client: _OneShotFCM | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        # pyfcm for building messages only: it speaks no network here.
+        self._builder = FCMNotification(credentials=credentials)
+        self.transport = FCMTransport(
+            credentials, self._url, config.timeout_seconds, config.max_connections
+        )
+        self._started = False
 
     async def start(self) -> None:
-        self._client = _OneShotFCM(self._credentials, self._url, self._config)
-        self._executor = ThreadPoolExecutor(
-            max_workers=self._config.threads, thread_name_prefix="fcm"
-        )
+        await self.transport.start()
+        self._started = True
 
     async def close(self) -> None:
-        if self._executor is not None:
-            # Threads still waiting on a hung request end at their own timeout.
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
-        if self._client is not None:
-            self._client.adapter.close()
-            self._client.auth_session.close()
-            self._client = None
+        self._started = False
+        await self.transport.close()
 
     async def send(self, device: Device, notification: Notification) -> Result:
-        if self._client is None or self._executor is None:
+        if not self._started:
             raise RuntimeError("FCMProvider.send() before start()")
-        payload = self._client.parse_payload(**self._message(device, notification))
-        timeout = self._config.timeout_seconds
-        loop = asyncio.get_running_loop()
+        payload = self._builder.parse_payload(**self._message(device, notification))
         try:
-            # The whole call, waiting for a free thread included, within the timeout.
-            async with asyncio.timeout(timeout):
-                response = await loop.run_in_executor(
-                    self._executor, self._client.post, payload, timeout
-                )
+            # The whole call, a token refresh included, within the timeout.
+            async with asyncio.timeout(self._config.timeout_seconds):
+                response = await self.transport.post(payload)
         except (
             TimeoutError,
+            aiohttp.ClientError,
+            OSError,
             requests.RequestException,
             google.auth.exceptions.TransportError,
         ) as exc:
@@ -200,10 +136,25 @@ class FCMProvider:
             # Android's launcher badge (where it shows a number), as iOS' aps.badge.
             android_notification["notification_count"] = notification.badge
             aps["badge"] = notification.badge
+        apns_config: dict[str, Any] = {
+            "headers": {
+                "apns-push-type": "alert",
+                "apns-priority": "10",
+                "apns-collapse-id": collapse_id(notification.conversation_id),
+            },
+            "payload": {"aps": aps},
+        }
+        if notification.image:
+            # iOS shows the image only through the app's notification service extension,
+            # which a mutable notification wakes.
+            aps["mutable-content"] = 1
+            apns_config["fcm_options"] = {"image": notification.image}
         return {
             "fcm_token": device.token,
             "notification_title": notification.title,
             "notification_body": notification.body,
+            # Android shows it itself (message.notification.image of HTTP v1).
+            "notification_image": notification.image,
             "data_payload": string_values(data),
             "android_config": {
                 "priority": "high",
@@ -216,14 +167,7 @@ class FCMProvider:
                 "notification": android_notification,
             },
             # For iOS devices registered through FCM: as the APNs provider does.
-            "apns_config": {
-                "headers": {
-                    "apns-push-type": "alert",
-                    "apns-priority": "10",
-                    "apns-collapse-id": collapse_id(notification.conversation_id),
-                },
-                "payload": {"aps": aps},
-            },
+            "apns_config": apns_config,
             # For browsers registered through FCM: as the Web Push provider does.
             "webpush_config": {"headers": {"Topic": collapse_id(notification.conversation_id)}},
         }
@@ -259,33 +203,32 @@ class FCMProvider:
             },
         }
 
-    def _classify(self, response: requests.Response) -> Result:
-        assert self._client is not None
-        status = response.status_code
-        try:
-            body = self._client.parse_response(response)
-        except FCMNotRegisteredError:  # 404 UNREGISTERED: the app was uninstalled
+    def _classify(self, response: Answer) -> Result:
+        """FCM's answer as an outcome (the statuses pyfcm's parse_response tells apart)."""
+        status = response.status
+        if status == 200 and response.body:
+            try:
+                body = response.json()
+            except ValueError:  # a 200 whose body isn't JSON: FCM took it all the same
+                return Result(Outcome.DELIVERED, status=status)
+            name = body.get("name") if isinstance(body, dict) else None
+            return Result(Outcome.DELIVERED, status=status, extra={"name": name})
+        if status == 404:  # UNREGISTERED: the app was uninstalled
             return Result(Outcome.DEAD_TOKEN, status=status, error="UNREGISTERED")
-        except InvalidDataError:
-            # 400: a bad token is dead; anything else wrong in the message is our bug.
+        if status == 400:
+            # A bad token is dead; anything else wrong in the message is our bug.
             dead = _names_the_token(response)
             outcome = Outcome.DEAD_TOKEN if dead else Outcome.FAILED
             return Result(outcome, status=status, error=_error_message(response))
-        except (AuthenticationError, FCMSenderIdMismatchError):  # 401 / 403
-            return Result(Outcome.FAILED, status=status, error=_error_message(response))
-        except FCMServerError:  # 429, 5xx, an empty 200: busy or down
-            if status == 200 or status == 429 or status >= 500:
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                return Result(
-                    Outcome.RETRY,
-                    status=status,
-                    retry_after=retry_after,
-                    error=_error_message(response),
-                )
-            return Result(Outcome.FAILED, status=status, error=_error_message(response))
-        except ValueError:  # a 200 whose body isn't JSON: FCM took it all the same
-            return Result(Outcome.DELIVERED, status=status)
-        return Result(Outcome.DELIVERED, status=status, extra={"name": body.get("name")})
+        if status == 200 or status == 429 or status >= 500:  # an empty 200: busy or down
+            return Result(
+                Outcome.RETRY,
+                status=status,
+                retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                error=_error_message(response),
+            )
+        # 401 / 403 (our credentials or project), anything else: not retried.
+        return Result(Outcome.FAILED, status=status, error=_error_message(response))
 
 
 def from_settings(settings: Any) -> FCMProvider | None:
@@ -299,7 +242,7 @@ def from_settings(settings: Any) -> FCMProvider | None:
             endpoint=settings.fcm_endpoint,
             ttl_seconds=settings.push_ttl_seconds,
             timeout_seconds=settings.push_timeout_seconds,
-            threads=max(1, min(settings.push_concurrency_for("fcm"), 32)),
+            max_connections=settings.push_concurrency_for("fcm"),
         )
     )
 
@@ -314,17 +257,22 @@ def string_values(data: dict[str, Any]) -> dict[str, str]:
 
 
 def _size(notification: Notification) -> int:
-    """About what FCM counts against its limit: the notification's texts and the data."""
+    """About what FCM counts against its limit: the notification's texts, image and data."""
     return len(
         json.dumps(
-            [notification.title, notification.body, string_values(notification.data)],
+            [
+                notification.title,
+                notification.body,
+                notification.image,
+                string_values(notification.data),
+            ],
             ensure_ascii=False,
             default=str,
         ).encode()
     )
 
 
-def _error_body(response: requests.Response) -> dict[str, Any]:
+def _error_body(response: Answer) -> dict[str, Any]:
     try:
         error = response.json().get("error")
     except (ValueError, AttributeError):
@@ -332,7 +280,7 @@ def _error_body(response: requests.Response) -> dict[str, Any]:
     return error if isinstance(error, dict) else {}
 
 
-def _names_the_token(response: requests.Response) -> bool:
+def _names_the_token(response: Answer) -> bool:
     """Google's 400 for a bad token names the field `message.token`, or says UNREGISTERED."""
     for detail in _error_body(response).get("details") or []:
         if not isinstance(detail, dict):
@@ -345,10 +293,10 @@ def _names_the_token(response: requests.Response) -> bool:
     return False
 
 
-def _error_message(response: requests.Response) -> str:
+def _error_message(response: Answer) -> str:
     error = _error_body(response)
     codes = [d.get("errorCode") for d in error.get("details") or [] if isinstance(d, dict)]
-    code = next((c for c in codes if c), error.get("status") or response.status_code)
+    code = next((c for c in codes if c), error.get("status") or response.status)
     return f"{code}: {error.get('message') or response.reason}"[:200]
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from app.locales import DEFAULT_LOCALE
 from app.messenger.push import texts
 from app.messenger.push.base import Device, Notification
+from app.messenger.push.image_links import is_image
 
 PREVIEW_LENGTH = 200
 # "<sender> • <conversation>": display names and titles are short, but a payload is
@@ -56,9 +57,11 @@ def message_notification(
     base_url: str,
     recipient: Recipient,
     device: Device,
+    image: str | None = None,
 ) -> Notification:
     """The notification of a new message (the latest unread of its conversation) for
-    one device of a recipient."""
+    one device of a recipient. `image`, a signed URL of its thumbnail, is shown only
+    where its text would be (preview "full")."""
     conversation_id = str(message["conversation_id"])
     locale = texts.locale_of(recipient.locale)
     mode = recipient.preview if recipient.preview in PREVIEWS else "none"
@@ -84,7 +87,9 @@ def message_notification(
                 else texts.text(locale, "new_message")
             )
         else:
-            line = preview(str(message["content"]))
+            line = preview(str(message["content"])) or attachments_line(
+                locale, message.get("attachments")
+            )
             body = (
                 texts.text(
                     locale,
@@ -108,7 +113,23 @@ def message_notification(
         count=count,
         preview=mode,
         locale=locale,
+        image=image if mode == "full" else None,
     )
+
+
+def attachments_line(locale: str, attachments: Any) -> str:
+    """What a message of attachments and no text says: "Photo", "3 photos", or its
+    first file that is not an image ("File: report.pdf", "... and 2 more")."""
+    files = [a for a in attachments or () if isinstance(a, Mapping)]
+    if not files:
+        return ""
+    others = [a for a in files if not is_image(a)]
+    if not others:
+        return texts.text(locale, "photos", len(files))
+    name = preview(str(others[0].get("name") or ""), TITLE_LENGTH) or "file"
+    if len(files) == 1:
+        return texts.text(locale, "file", name=name)
+    return texts.text(locale, "file_and_more", len(files) - 1, name=name)
 
 
 def clear_notification(

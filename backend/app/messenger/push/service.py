@@ -46,7 +46,7 @@ from app.db import one_of, utcnow
 from app.messenger.message_store import Committed
 from app.messenger.models import DeviceToken, PushAttempt, PushDecision, PushJob
 from app.messenger.presence import Presence
-from app.messenger.push.base import Outcome, Provider
+from app.messenger.push.base import Device, Notification, Outcome, Provider
 from app.messenger.push.decision import (
     Candidate,
     PlannedPush,
@@ -55,8 +55,18 @@ from app.messenger.push.decision import (
     participant_states,
     recipients,
 )
-from app.messenger.push.decision_log import ONLINE, DecisionLog
+from app.messenger.push.decision_log import ONLINE, SENT, DecisionLog
 from app.messenger.push.delivery import Delivery, RetryPolicy, deactivate_dead, deliver
+from app.messenger.push.history import (
+    Unreached,
+    accepted_time,
+    attempt_row,
+    blank_deleted,
+    notification_row,
+    unique_rows,
+    write_notifications,
+)
+from app.messenger.push.image_links import ImageLinks
 from app.messenger.push.jobs import (
     CHUNK,
     delayed_jobs,
@@ -64,6 +74,7 @@ from app.messenger.push.jobs import (
     next_delayed,
     write_delayed,
 )
+from app.messenger.push.lane import Lane, lane_cap, quiet_turn
 from app.messenger.push.providers import start_providers
 from app.messenger.push.recheck import Recheck
 
@@ -73,7 +84,6 @@ _jobs = PushJob.__table__
 _devices = DeviceToken.__table__
 BATCH = 500
 RECOVER_JOBS = 50  # jobs claimed per round (each holds up to one commit's messages)
-PLAN_DELAY = 0.01  # seconds a committed message may wait to be planned with others
 RECORD_DELAY = 0.05  # seconds an outcome may wait to be written with others
 PLAN_ATTEMPTS = 3  # a batch whose planning fails this often in a row is let go
 DUE_MARGIN = 0.005  # seconds past a delayed job's time before it is claimed (lease_until < now)
@@ -96,6 +106,8 @@ class Queued(NamedTuple):
     recipient: int | None
     # A delayed job come due: the recipient's push delay is over.
     after_delay: bool = False
+    # An announcement's: planned and delivered in the low-priority lane (push.lane).
+    low: bool = False
 
     @property
     def item(self) -> Item:
@@ -118,12 +130,16 @@ class PushService:
         self._own_providers = providers is None
         self._node = settings.node_id
         self._policy = RetryPolicy.from_settings(settings)
+        # Signs the thumbnail links of image pushes (the key is read at the first one).
+        self._images = ImageLinks(lambda: settings.signing_key, settings.public_base_url)
         # Each provider's in-flight limit (made at start, once the providers are known).
         self._limits: dict[str, asyncio.Semaphore] = {}
         # Deliveries planned and not finished, whatever the provider.
         self._room = asyncio.Semaphore(settings.push_max_pending_deliveries)
         self._queue: list[Queued] = []
         self._wake = asyncio.Event()
+        # Announcement pushes: their own queue and delivery cap, behind ordinary work.
+        self.lane: Lane[Queued] = Lane()
         # Jobs this node holds, from commit (or claim) until recorded done: job id -> its
         # messages still without an outcome on every device. All of them are kept leased.
         self._jobs: dict[str, set[str]] = {}
@@ -140,6 +156,9 @@ class PushService:
         self._closing: set[str] = set()
         # Every decision with its reason, waiting to be written by the record loop.
         self.decisions = DecisionLog()
+        # Notifications with deliveries under way: those that reach no device are decided
+        # `failed` or `dead_token` once the last outcome is in.
+        self._unreached = Unreached()
         # When delayed jobs are due (time.time()), soonest first; and the same as a set.
         self._due: list[float] = []
         self._due_set: set[float] = set()
@@ -159,8 +178,16 @@ class PushService:
             name: asyncio.Semaphore(self._settings.push_concurrency_for(name))
             for name in self._providers
         }
+        self.lane.cap = asyncio.Semaphore(
+            lane_cap(
+                self._settings.push_announcement_concurrency,
+                {name: self._settings.push_concurrency_for(name) for name in self._providers},
+                self._settings.push_max_pending_deliveries,
+            )
+        )
         self._tasks = [
-            asyncio.create_task(self._plan_loop(), name="push-plan"),
+            asyncio.create_task(self._plan_loop(self._queue, self._wake), name="push-plan"),
+            asyncio.create_task(self._plan_loop(self.lane.queue, self.lane.wake), name="push-low"),
             asyncio.create_task(self._record_loop(), name="push-record"),
             asyncio.create_task(self._lease_loop(), name="push-lease"),
             asyncio.create_task(self._due_loop(), name="push-due"),
@@ -194,6 +221,18 @@ class PushService:
             return
         self._take(job_id, committed, skip_done=False)
 
+    def announcement_committed(self, job_id: str, committed: list[Committed]) -> None:
+        """An announcement's chunk wrote a job (leased to this node): its pushes go to the
+        low-priority lane. The announcement job keeps the lane's backlog bounded."""
+        queued = [Queued(job_id, c, False, None, low=True) for c in committed]
+        if queued:
+            self._jobs[job_id] = {q.committed.message["id"] for q in queued}
+            self.lane.add(queued, self._jobs[job_id])
+
+    async def announcement_jobs_done(self, job_ids: Collection[str]) -> None:
+        """Until these announcement jobs are recorded done here (or let go)."""
+        await self.lane.wait_done(job_ids, self._jobs)
+
     def _hold_recheck(self, job_id: str, committed: list[Committed], recipient: int) -> None:
         """The re-check wrote a job (leased to this node) for one recipient's messages."""
         self._take(job_id, committed, skip_done=True, recipient=recipient)
@@ -205,13 +244,17 @@ class PushService:
         skip_done: bool,
         recipient: int | None = None,
         after_delay: bool = False,
+        low: bool = False,
     ) -> None:
         """The one way a job reaches this node's push work: committed here, claimed, or
-        written by the re-check."""
-        queued = [Queued(job_id, c, skip_done, recipient, after_delay) for c in committed]
+        written by the re-check. An announcement's (low) goes to the low-priority lane."""
+        queued = [Queued(job_id, c, skip_done, recipient, after_delay, low) for c in committed]
         if not queued:
             return
         self._jobs[job_id] = {q.committed.message["id"] for q in queued}
+        if low:
+            self.lane.add(queued, self._jobs[job_id])
+            return
         self._queue += queued
         self._wake.set()
 
@@ -234,19 +277,26 @@ class PushService:
             .with_for_update(skip_locked=True)
         )
         async with self._engine.begin() as conn:
-            claimed = [
-                (r.id, r.message_ids, r.recipient_id, bool(r.after_delay))
+            rows = [
+                r
                 for r in await conn.execute(
                     update(PushJob)
                     .where(_jobs.c.id.in_(expired), _jobs.c.lease_until < now)
                     .values(claimed_by=self._node, lease_until=self._lease_end())
                     .returning(
-                        _jobs.c.id, _jobs.c.message_ids, _jobs.c.recipient_id, _jobs.c.after_delay
+                        _jobs.c.id,
+                        _jobs.c.message_ids,
+                        _jobs.c.recipient_id,
+                        _jobs.c.after_delay,
+                        _jobs.c.announcement_id,
                     )
                 )
                 # One of ours whose renewal came late: held already, now renewed.
                 if r.id not in self._jobs
             ]
+            claimed = [(r.id, r.message_ids, r.recipient_id, bool(r.after_delay)) for r in rows]
+            # An announcement's jobs stay behind ordinary pushes, whoever takes them up.
+            low = {r.id for r in rows if r.announcement_id is not None}
             if not claimed:
                 return 0
             committed = await load_committed(conn, [m for _, ids, _, _ in claimed for m in ids])
@@ -261,6 +311,7 @@ class PushService:
                 True,
                 recipient=recipient,
                 after_delay=after_delay,
+                low=job_id in low,
             )
         delayed = sum(1 for *_, after_delay in claimed if after_delay)
         if len(claimed) > delayed:
@@ -366,20 +417,27 @@ class PushService:
         node records for them deletes them."""
         for job in jobs:
             self._jobs.pop(job, None)
-        self._queue = [q for q in self._queue if q.job_id not in jobs]
+        self._queue[:] = [q for q in self._queue if q.job_id not in jobs]
+        self.lane.queue[:] = [q for q in self.lane.queue if q.job_id not in jobs]
+        self.lane.progressed()
 
     # -- planning -----------------------------------------------------------------------
 
-    async def _plan_loop(self) -> None:
+    async def _plan_loop(self, queue: list[Queued], wake: asyncio.Event) -> None:
+        """Plan what waits in `queue` (the ordinary one, or the announcement lane's)."""
         failures = 0
         while True:
-            await self._wake.wait()
-            # Let the messages of a few commits gather: one attention round trip (and at
-            # most one set of queries) for all of them, not one per commit.
-            await asyncio.sleep(PLAN_DELAY)
-            self._wake.clear()
-            while self._queue:
-                batch, self._queue = self._queue[:BATCH], self._queue[BATCH:]
+            await wake.wait()
+            # No waiting for a batch to gather when idle: the push of a lone message goes
+            # out at once. Under load, what commits while a batch is planned queues up
+            # and is planned next as one batch (one attention round trip, one set of
+            # queries), as the message writer batches its commits.
+            await asyncio.sleep(0)
+            wake.clear()
+            while queue:
+                batch = queue[:BATCH]
+                del queue[:BATCH]
+                self.lane.progressed()
                 try:
                     await self._plan(batch)
                     failures = 0
@@ -389,7 +447,7 @@ class PushService:
                         "push planning failed messages=%d attempt=%d", len(batch), failures
                     )
                     if failures < PLAN_ATTEMPTS:
-                        self._queue[:0] = batch
+                        queue[:0] = batch
                         await asyncio.sleep(failures)
                     else:
                         # Let go: their leases run out and they are taken up again.
@@ -434,13 +492,19 @@ class PushService:
                 # One message in two jobs of a batch (taken up again, re-checked): once.
                 if (message_id, u) not in seen:
                     seen.add((message_id, u))
-                    candidates.append(Candidate(message, u, q.skip_done, q.after_delay))
+                    candidates.append(
+                        Candidate(message, u, q.skip_done, q.after_delay, announcement=q.low)
+                    )
                     owners.append(i)
         plans: list[list[PlannedPush]] = [[] for _ in batch]
         if candidates:
             async with self._engine.connect() as conn:
                 decided = await decide(
-                    conn, candidates, self._settings.public_base_url, self._providers
+                    conn,
+                    candidates,
+                    self._settings.public_base_url,
+                    self._providers,
+                    images=self._images,
                 )
             if decided.delayed:
                 await self._write_delayed(
@@ -458,6 +522,14 @@ class PushService:
                 decisions.add(d.user_id, d.conversation_id, d.seq, d.message_id, d.reason)
             for k, plan in decided.pushes:
                 plans[owners[k]].append(plan)
+                if plan.notification_id is not None and plan.conversation_id and plan.seq:
+                    self._unreached.planned(
+                        plan.notification_id,
+                        plan.device.user_id,
+                        plan.conversation_id,
+                        plan.seq,
+                        plan.message_id,
+                    )
         for q, item_plans in zip(batch, plans, strict=True):
             if item_plans:
                 self._in_flight[q.item] = len(item_plans)
@@ -469,15 +541,18 @@ class PushService:
         committed_at = {
             q.committed.message["id"]: q.committed.message["created_at"].timestamp()
             for q in batch
-            if q.recipient is None
+            if q.recipient is None and not q.low
         }
         for q, item_plans in zip(batch, plans, strict=True):
-            for plan in item_plans:
+            for n, plan in enumerate(item_plans):
                 if q.job_id not in self._jobs:
                     # Let go while waiting for room: the node that took it over pushes it.
                     self._in_flight.pop(q.item, None)
+                    for left in item_plans[n:]:
+                        if left.notification_id is not None:
+                            self._unreached.cancel(left.notification_id)
                     break
-                await self._start_delivery(q.item, plan, committed_at)
+                await self._start_delivery(q.item, plan, committed_at, q.low)
 
     async def _write_delayed(self, waiting: list[tuple[str, int, str, datetime]]) -> None:
         """Write delayed jobs for (job, recipient, message, due) before the job they came
@@ -492,9 +567,13 @@ class PushService:
     # -- delivering -----------------------------------------------------------------------
 
     async def _start_delivery(
-        self, item: Item, plan: PlannedPush, committed_at: Mapping[str, float]
+        self, item: Item, plan: PlannedPush, committed_at: Mapping[str, float], low: bool = False
     ) -> None:
-        """Start one delivery once there is room for it: until then planning waits."""
+        """Start one delivery once there is room for it: until then planning waits. An
+        announcement's first waits for a slot of its lane (push.lane)."""
+        if low:
+            await quiet_turn()
+            await self.lane.cap.acquire()
         if self._room.locked():
             metrics.push_deliveries_waiting.inc()
             try:
@@ -507,6 +586,25 @@ class PushService:
         task = asyncio.create_task(self._deliver(item, plan, committed_at))
         self._deliveries.add(task)
         task.add_done_callback(self._delivery_done)
+        if low:
+            task.add_done_callback(lambda _: self.lane.cap.release())
+
+    async def deliver_single(
+        self, device: Device, notification: Notification, policy: RetryPolicy
+    ) -> Delivery:
+        """One delivery outside any job (a test push): it takes a place among the pending
+        deliveries and a slot of its provider's limit like every push, so a burst of them
+        cannot go past either."""
+        name = device.provider
+        await self._room.acquire()
+        metrics.push_deliveries_pending.inc()
+        try:
+            return await deliver(
+                self._providers[name], device, notification, policy, self._limits[name]
+            )
+        finally:
+            self._room.release()
+            metrics.push_deliveries_pending.dec()
 
     def _delivery_done(self, task: asyncio.Task[None]) -> None:
         self._deliveries.discard(task)
@@ -537,6 +635,16 @@ class PushService:
             f" error={delivery.error}" if delivery.error else "",
         )
         self._outcomes.append((plan, delivery))
+        if plan.notification_id is not None:
+            unreached = self._unreached.outcome(plan.notification_id, delivery.outcome)
+            if unreached is not None:
+                self.decisions.add(
+                    unreached.user_id,
+                    unreached.conversation_id,
+                    unreached.seq,
+                    unreached.message_id,
+                    Unreached.reason(unreached),
+                )
         left = self._in_flight.get(item, 1) - 1
         if left > 0:
             self._in_flight[item] = left
@@ -573,6 +681,8 @@ class PushService:
         statements for all. `force`: every decision, the open runs too (stopping)."""
         for reason, count in self.decisions.counts().items():
             metrics.push_decisions.labels(reason).inc(count)
+            if reason != SENT:
+                metrics.pushes_skipped.labels(reason).inc(count)
         outcomes, self._outcomes = self._outcomes, []
         finished, self._finished = self._finished, []
         decided = self.decisions.take(force)
@@ -584,21 +694,32 @@ class PushService:
         try:
             async with self._engine.begin() as conn:
                 if outcomes:
+                    # The history rides along: two more statements per flush, none per push.
+                    rows = unique_rows(
+                        notification_row(
+                            plan.notification_id,
+                            plan.device.user_id,
+                            "announcement" if plan.message_id in self.lane.messages else "message",
+                            plan.notification.title,
+                            plan.notification.body,
+                            now,
+                            plan.conversation_id,
+                            plan.message_id,
+                        )
+                        for plan, _ in outcomes
+                        if plan.notification_id is not None
+                    )
+                    await write_notifications(conn, rows)
+                    await blank_deleted(conn, rows)
                     await conn.execute(
                         insert(PushAttempt),
                         [
-                            {
-                                "message_id": plan.message_id,
-                                "device_id": plan.device.id,
-                                "user_id": plan.device.user_id,
-                                "provider": plan.device.provider,
-                                "outcome": d.outcome.value,
-                                "attempts": d.attempts,
-                                "latency_ms": d.latency_ms,
-                                "error": d.error[:500] if d.error else None,
-                                "created_at": now,
+                            attempt_row(plan.message_id, plan.device, d, now)
+                            | {
                                 "conversation_id": plan.conversation_id,
                                 "seq": plan.seq,
+                                "notification_id": plan.notification_id,
+                                "accepted_at": accepted_time(d),
                             }
                             for plan, d in outcomes
                         ],
@@ -684,3 +805,5 @@ class PushService:
                 left.discard(message_id)
                 if not left:
                     del self._jobs[job]
+            self.lane.messages.discard(message_id)
+        self.lane.progressed()

@@ -29,6 +29,10 @@ _CATALOGUE: Final[dict[str, dict[str, str | dict[str, str]]]] = {
         "test_body": "Push notifications work on this device.",
         "action_reply": "Reply",
         "action_read": "Mark as read",
+        # A message of attachments and no text: its images, or its first other file.
+        "photos": {"one": "Photo", "other": "{n} photos"},
+        "file": "File: {name}",
+        "file_and_more": {"one": "File: {name} and {n} more", "other": "File: {name} and {n} more"},
     },
     "de": {
         "new_message": "Neue Nachricht",
@@ -44,6 +48,12 @@ _CATALOGUE: Final[dict[str, dict[str, str | dict[str, str]]]] = {
         "test_body": "Push-Benachrichtigungen funktionieren auf diesem Gerät.",
         "action_reply": "Antworten",
         "action_read": "Als gelesen markieren",
+        "photos": {"one": "Foto", "other": "{n} Fotos"},
+        "file": "Datei: {name}",
+        "file_and_more": {
+            "one": "Datei: {name} und eine weitere",
+            "other": "Datei: {name} und {n} weitere",
+        },
     },
 }
 

@@ -1,15 +1,18 @@
 """Web Push (RFC 8030, payload encrypted per RFC 8291, signed with VAPID per RFC 8292).
 
-The device token is the browser's PushSubscription as JSON. pywebpush encrypts the
-payload for it and py_vapid signs a VAPID JWT for the endpoint's origin; the POST is
-ours, through one shared aiohttp session, because the endpoint is chosen by a client:
-it must be a known push service (endpoints.py), redirects are not followed, and an
-answer is read only up to a few KiB, never decompressed.
+The device token is the browser's PushSubscription as JSON, parsed once per device.
+The payload is encrypted for it (push.webpush_crypto, http_ece as pywebpush uses it)
+and py_vapid signs a VAPID JWT per push service origin, reused until it nears expiry
+(push.vapid_cache). The POST is ours, through one shared aiohttp session, because the
+endpoint is chosen by a client: it must be a known push service (endpoints.py),
+redirects are not followed, and an answer is read only up to a few KiB, never
+decompressed.
 
 The payload is what the service worker (frontend/sw.js) reads; being end-to-end
 encrypted to the browser, it is the one provider's payload that may carry an action
 token (app.messenger.action_tokens): what lets the worker reply to, or mark read, the
-conversation of its notification without a session.
+conversation of its notification without a session; a test push or a reminder carries
+an open token (push.open_tokens) instead, which records that notification's open only.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ import contextlib
 import json
 import logging
 import os
-import time
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +32,6 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import Vapid
-from pywebpush import WebPusher, WebPushException
 
 from app.config import ConfigError
 from app.messenger.action_tokens import issue_action_token
@@ -44,6 +45,7 @@ from app.messenger.push.base import (
     collapse_id,
     fitted,
 )
+from app.messenger.push.bounded_cache import BoundedCache
 from app.messenger.push.endpoints import (
     EndpointPolicy,
     NonPublicAddress,
@@ -51,18 +53,24 @@ from app.messenger.push.endpoints import (
     PushTarget,
 )
 from app.messenger.push.host_limit import HostLimits
+from app.messenger.push.open_tokens import issue_open_token
 from app.messenger.push.retry_after import parse_retry_after
+from app.messenger.push.vapid_cache import VapidCache
+from app.messenger.push.webpush_crypto import Receiver, encrypt
 
 log = logging.getLogger(__name__)
 
 # How much of a push service's answer is read: its error bodies are a few hundred bytes;
 # reading them to the end keeps the connection reusable, and nothing more is needed.
 MAX_ANSWER_BYTES = 4096
-VAPID_EXPIRY_SECONDS = 12 * 3600
 # A push service takes at most 4096 bytes of body (RFC 8030 7.2); aes128gcm adds 86
 # bytes of header, a 16-byte tag and a 1-byte delimiter to the plaintext (RFC 8291).
 MAX_BODY_BYTES = 4096
 MAX_PAYLOAD_BYTES = MAX_BODY_BYTES - 86 - 16 - 1
+# Parsed subscriptions kept (a few hundred bytes each): a node's active Web Push devices.
+PARSED_SUBSCRIPTIONS = 20_000
+# Pushes about no conversation whose opens the service worker reports with an open token.
+OPEN_TOKEN_KINDS = frozenset({"test", "reminder"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +109,12 @@ class WebPushProvider:
         self._session: aiohttp.ClientSession | None = None
         self._resolver: PublicAddressResolver | None = None
         self._hosts = HostLimits(config.per_host_concurrency)
+        self.vapid_tokens = VapidCache(self._vapid, config.subject)
+        # Each device's subscription parsed, checked and its keys decoded once, not at
+        # every push (and twice per push: its host's slot, then the send).
+        self._parsed: BoundedCache[str, tuple[PushTarget, Receiver]] = BoundedCache(
+            PARSED_SUBSCRIPTIONS
+        )
 
     async def start(self) -> None:
         # One session for every push service: keeps connections (and TLS) alive. No
@@ -128,26 +142,32 @@ class WebPushProvider:
     def host_slot(self, device: Device) -> AbstractAsyncContextManager[None]:
         """Held while this device's push is in flight to its push service."""
         try:
-            target = self._config.endpoints.check(_subscription(device.token)["endpoint"])
+            target, _ = self._parse(device.token)
         except ValueError:
             return contextlib.nullcontext()  # send() refuses it without contacting anyone
         return self._hosts.slot(target.service)
+
+    def _parse(self, token: str) -> tuple[PushTarget, Receiver]:
+        """The push service and keys of a subscription; ValueError when it is unusable
+        or its endpoint not an allowed push service."""
+        return self._parsed.get_or_make(token, self._parse_now)
+
+    def _parse_now(self, token: str) -> tuple[PushTarget, Receiver]:
+        endpoint, keys = _subscription(token)
+        return self._config.endpoints.check(endpoint), keys
 
     async def send(self, device: Device, notification: Notification) -> Result:
         if self._session is None:
             raise RuntimeError("WebPushProvider.send() before start()")
         try:
-            subscription = _subscription(device.token)
-            target = self._config.endpoints.check(subscription["endpoint"])
+            target, keys = self._parse(device.token)
         except ValueError as exc:
             # Nothing we can ever send to (unusable, or not a push service: never contacted).
             return self._log(device, notification, Result(Outcome.DEAD_TOKEN, error=str(exc)), "")
         service = target.origin
         try:
             async with asyncio.timeout(self._config.timeout_seconds):
-                result = await self._post(self._session, target, subscription, device, notification)
-        except WebPushException as exc:  # raised before sending: the keys are unusable
-            result = Result(Outcome.DEAD_TOKEN, error=exc.message[:200])
+                result = await self._post(self._session, target, keys, device, notification)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             if _refused_address(exc):  # not connected to: retrying would not change that
                 result = Result(Outcome.FAILED, error="the push service has no public address")
@@ -162,19 +182,14 @@ class WebPushProvider:
         self,
         session: aiohttp.ClientSession,
         target: PushTarget,
-        subscription: dict[str, Any],
+        keys: Receiver,
         device: Device,
         notification: Notification,
     ) -> Result:
-        payload = self.payload(device, notification)
-        body = WebPusher(subscription).encode(payload.encode(), "aes128gcm")["body"]
-        claims = {
-            "sub": self._config.subject,
-            "aud": target.origin,
-            "exp": int(time.time()) + VAPID_EXPIRY_SECONDS,
-        }
+        body = encrypt(self.payload(device, notification).encode(), keys)
         headers = {
-            **self._vapid.sign(claims),
+            # One token per push service until it nears expiry (push.vapid_cache).
+            **self.vapid_tokens.headers(target.origin),
             "TTL": str(self._config.ttl_seconds),
             # A clear may wait for the device to wake; a message should not.
             "Urgency": "normal" if notification.kind == "clear" else "high",
@@ -192,19 +207,24 @@ class WebPushProvider:
 
     def payload(self, device: Device, notification: Notification) -> str:
         """The JSON the service worker gets, within what a push service takes."""
-        token = None
-        if notification.kind == "message" and self._config.action_key:
+        token = open_token = None
+        key = self._config.action_key
+        if notification.kind == "message" and key:
             token = issue_action_token(
-                self._config.action_key,
-                device.user_id,
-                device.id,
-                notification.conversation_id,
-                device.session_id,
+                key, device.user_id, device.id, notification.conversation_id, device.session_id
+            )
+        notification_id = notification.data.get("notification_id")
+        if notification.kind in OPEN_TOKEN_KINDS and key and isinstance(notification_id, str):
+            # No conversation to act on: a token that records this notification's open only.
+            open_token = issue_open_token(
+                key, device.user_id, device.id, notification_id, device.session_id
             )
         notification = fitted(
-            notification, lambda n: len(_payload(n, token).encode()), MAX_PAYLOAD_BYTES
+            notification,
+            lambda n: len(_payload(n, token, open_token).encode()),
+            MAX_PAYLOAD_BYTES,
         )
-        return _payload(notification, token)
+        return _payload(notification, token, open_token)
 
     def _log(
         self, device: Device, notification: Notification, result: Result, service: str
@@ -271,11 +291,13 @@ def load_vapid_key(value: str) -> Vapid:
     return Vapid(private_key=key)
 
 
-def _payload(notification: Notification, action_token: str | None) -> str:
+def _payload(
+    notification: Notification, action_token: str | None, open_token: str | None = None
+) -> str:
     """{type: "message", title, body, data, tag, url, badge, count, lang, preview,
-    actions, action_token}; a clear: {type: "clear", tag, conversation_id, seq, badge,
-    title, lang}, a deleted message's adding {message_id, reason: "deleted"}; a test:
-    {type: "test", title, body, data, tag, url, lang}."""
+    actions, action_token, image?}; a clear: {type: "clear", tag, conversation_id, seq,
+    badge, title, lang}, a deleted message's adding {message_id, reason: "deleted"}; a test
+    or a reminder: {type, title, body, data, tag, url, lang, open_token?}."""
     tag = str(notification.conversation_id)
     payload: dict[str, Any]
     if notification.kind == "clear":
@@ -307,6 +329,10 @@ def _payload(notification: Notification, action_token: str | None) -> str:
         ]
         if action_token is not None:
             payload["action_token"] = action_token
+        if notification.image:
+            payload["image"] = notification.image
+    if open_token is not None:
+        payload["open_token"] = open_token
     if notification.badge is not None:
         payload["badge"] = notification.badge
     payload["lang"] = notification.locale
@@ -318,8 +344,8 @@ def _payload(notification: Notification, action_token: str | None) -> str:
     )
 
 
-def _subscription(token: str) -> dict[str, Any]:
-    """The PushSubscription, checked the way the encryption will need it."""
+def _subscription(token: str) -> tuple[str, Receiver]:
+    """The PushSubscription's endpoint and keys, checked the way the encryption needs."""
     try:
         sub = json.loads(token)
         endpoint, keys = sub["endpoint"], sub["keys"]
@@ -331,7 +357,7 @@ def _subscription(token: str) -> dict[str, Any]:
         raise ValueError("subscription endpoint is not a URL")
     if len(auth) != 16:
         raise ValueError("subscription auth secret is not 16 bytes")
-    return {"endpoint": endpoint, "keys": {"p256dh": keys["p256dh"], "auth": keys["auth"]}}
+    return endpoint, Receiver(p256dh, auth)
 
 
 async def _read_some(response: aiohttp.ClientResponse) -> None:
