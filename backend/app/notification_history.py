@@ -51,7 +51,7 @@ from app.messenger.notification_actions import MAX_ACTION_TOKEN, NotificationAct
 from app.messenger.push.open_tokens import InvalidOpenToken, decode_open_token
 from app.messenger.push.trial import TrialPushes
 from app.openapi import schemas
-from app.openapi.api import documented
+from app.openapi.api import OPTIONAL, documented
 from app.ratelimit import RateLimiter, too_many_requests
 from app.sessions import SessionStore
 from app.web import RequestReader, bearer_token, query_int
@@ -277,6 +277,7 @@ class NotificationHistoryRoutes:
         body=OpenedBody,
         responses={200: schemas.Opened, 404: "no such notification", 429: "too many opens"},
         tags=["notifications"],
+        auth=OPTIONAL,
     )
     async def opened(self, request: Request) -> Response:
         """The first open of a notification: when, and how (a click on it, the app

@@ -230,6 +230,7 @@ class NotificationSettingsRoutes:
         responses={
             200: schemas.NotificationSettings,
             422: "an unknown time zone or locale, a bad time or email address",
+            429: "too many verification emails asked for",
         },
         tags=["settings"],
     )

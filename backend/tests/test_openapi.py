@@ -4,6 +4,7 @@ description allows for the status it gives."""
 
 from __future__ import annotations
 
+import ast
 import io
 import re
 import time
@@ -11,36 +12,75 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from pathlib import Path
+from typing import Any, get_args
 from urllib.parse import quote, urlsplit
 
 import jsonschema
+import orjson
 import pytest
 from openapi_spec_validator import validate as validate_openapi
 from PIL import Image
 from sqlalchemy import update
 from starlette.routing import Mount, Route, WebSocketRoute
 
+import app
+from app.admin_stats import MAX_DAYS
+from app.email.schedule import PERIODS
 from app.main import create_app
 from app.messenger.action_tokens import issue_action_token
+from app.messenger.conversations import CreateConversationBody, SettingsBody
+from app.messenger.devices import PROVIDERS_FOR
+from app.messenger.message_changes import MAX_CHANGES_LIMIT
+from app.messenger.models import ScheduledMessage
+from app.messenger.participants import READ_ONLY_TYPES
+from app.messenger.push.decision import ALL_PROVIDERS
+from app.messenger.push.history import KINDS, OPENED_HOW
 from app.messenger.push.image_links import issue_image_token
+from app.messenger.push.notification import PREVIEWS
+from app.messenger.push.open_tokens import issue_open_token
+from app.messenger.roles import ROLES
+from app.messenger.search import DEFAULT_LIMIT as SEARCH_DEFAULT
+from app.messenger.search import MAX_LIMIT as SEARCH_MAX
+from app.messenger.search import MAX_QUERY_CHARS
 from app.models import User as UserRow
 from app.openapi.api import operation_of
-from app.openapi.builder import EXCLUDED, build_document
+from app.openapi.builder import (
+    AUTH_ERRORS,
+    BODY_ERRORS,
+    EXCLUDED,
+    QUERY_ERRORS,
+    build_document,
+)
 from app.webclient import CONTENT_SECURITY_POLICY
+from tests.fakes.webpush import FakePushService, make_vapid_keys
 from tests.helpers import SECRET, Client, Node, User, make_settings, start_node
-from tests.test_notification_actions import web_subscription
 
 MESSENGER = "/api/v1/messenger"
+VAPID = make_vapid_keys()
 CONVERSATIONS = f"{MESSENGER}/conversations"
 
 
 @pytest.fixture(scope="module")
-async def api_node(sqlite_url: str) -> AsyncIterator[Node]:
-    # Announcements are rate limited per admin far below what the samples make.
-    node = await start_node(
-        make_settings(sqlite_url, announcement_rate_per_hour=1000, announcement_burst=100)
+async def webpush() -> AsyncIterator[FakePushService]:
+    """Web Push on, at a fake push service on loopback: no push leaves the machine."""
+    async with FakePushService(VAPID.public) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+async def api_node(sqlite_url: str, webpush: FakePushService) -> AsyncIterator[Node]:
+    settings = make_settings(
+        sqlite_url,
+        # Announcements are rate limited per admin far below what the samples make.
+        announcement_rate_per_hour=1000,
+        announcement_burst=100,
+        vapid_private_key=VAPID.private_raw,
+        vapid_public_key=VAPID.public,
+        vapid_subject="mailto:ops@example.com",
+        web_push_allow_any_endpoint=True,
     )
+    node = await start_node(settings)
     yield node
     await node.stop()
 
@@ -121,7 +161,7 @@ async def test_the_document_is_built_once_per_app(api: Client) -> None:
     (route,) = [r for r in api.node.app.routes if getattr(r, "path", "") == "/openapi.json"]
     assert isinstance(route, Route)
     assert route.endpoint.__self__._body == first.content  # kept, not built per request
-    assert build_document(api.node.app.routes) == first.json()
+    assert build_document(api.node.app.routes, api.node.app.state.settings) == first.json()
 
 
 # --- Sample calls ------------------------------------------------------------------------
@@ -147,6 +187,7 @@ class World:
     upload: dict[str, Any]
     device_id: str
     notification_id: str
+    webpush: FakePushService
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -163,7 +204,7 @@ class Call:
 
 
 @pytest.fixture(scope="module")
-async def world(api: Client, api_node: Node) -> World:
+async def world(api: Client, api_node: Node, webpush: FakePushService) -> World:
     admin, bob, carol = await api.user(), await api.user(), await api.user()
     async with api_node.services.engine.begin() as conn:
         await conn.execute(update(UserRow).where(UserRow.id == admin.id).values(is_admin=True))
@@ -178,7 +219,7 @@ async def world(api: Client, api_node: Node) -> World:
     assert r.status_code == 201, r.text
     r = await api.http.post(
         f"{MESSENGER}/devices/register",
-        json={"device_token": web_subscription(), "platform": "web", "provider": "web_push"},
+        json={"device_token": webpush.subscribe(), "platform": "web", "provider": "web_push"},
         headers=admin.headers,
     )
     assert r.status_code == 201, r.text
@@ -196,6 +237,7 @@ async def world(api: Client, api_node: Node) -> World:
         upload,
         device_id,
         r.json()["id"],
+        webpush,
     )
 
 
@@ -300,6 +342,10 @@ async def _put_notification_settings(w: World) -> list[Call]:
         "quiet_hours": {"start": "22:00", "end": "07:00", "allow_mentions": True},
         "push_delay_seconds": 30,
         "preview": "sender",
+        # No SMTP on this node: the verification email fails after the answer, which
+        # already holds the address (unverified) and the digest period.
+        "email": f"{w.admin.username}@example.com",
+        "email_digest": "daily",
     }
     path = "/api/v1/me/notification-settings"
     return [Call(200, path, json=body), Call(422, path, json={"time_zone": "Mars/Base"})]
@@ -383,7 +429,18 @@ async def _cancel_scheduled(w: World) -> list[Call]:
     r = await w.api.send(w.admin, w.group, "to cancel", send_at=_later())
     assert r.status_code == 202, r.text
     path = f"{MESSENGER}/scheduled/{r.json()['scheduled_id']}"
-    return [Call(200, path), Call(404, f"{MESSENGER}/scheduled/{uuid.uuid4()}")]
+    r = await w.api.send(w.admin, w.group, "sent already", send_at=_later())
+    assert r.status_code == 202, r.text
+    sent = r.json()["scheduled_id"]
+    async with w.api.node.services.engine.begin() as conn:
+        await conn.execute(
+            update(ScheduledMessage).where(ScheduledMessage.id == sent).values(status="sent")
+        )
+    return [
+        Call(200, path),
+        Call(404, f"{MESSENGER}/scheduled/{uuid.uuid4()}"),
+        Call(409, f"{MESSENGER}/scheduled/{sent}"),
+    ]
 
 
 @sample("POST /api/v1/me/reminders")
@@ -553,7 +610,16 @@ async def _notification(w: World) -> list[Call]:
 @sample("POST /api/v1/me/notifications/{id}/opened")
 async def _opened(w: World) -> list[Call]:
     path = f"/api/v1/me/notifications/{w.notification_id}/opened"
-    return [Call(200, path, json={"how": "click"}), Call(422, path, json={"how": "psychic"})]
+    nobody = User(0, "", "", "")
+    # The open token a test push carries (it names this notification and device).
+    token = issue_open_token(SECRET, w.admin.id, w.device_id, w.notification_id, w.admin.session_id)
+    by_token = {"how": "background", "action_token": token}
+    return [
+        Call(200, path, json={"how": "click"}),
+        Call(200, path, nobody, by_token),
+        Call(401, path, nobody, {"how": "click", "action_token": "nonsense"}),
+        Call(422, path, json={"how": "psychic"}),
+    ]
 
 
 @sample("POST /api/v1/me/devices/test-push")
@@ -615,9 +681,11 @@ async def _announcement(w: World) -> list[Call]:
 
 @sample("POST /api/v1/messenger/devices/register")
 async def _register_device(w: World) -> list[Call]:
-    body = {"device_token": web_subscription(), "platform": "web", "provider": "web_push"}
+    body = {"device_token": w.webpush.subscribe(), "platform": "web", "provider": "web_push"}
     path = f"{MESSENGER}/devices/register"
-    return [Call(201, path, json=body), Call(200, path, json=body)]
+    bot = await _bot(w)
+    as_bot = User(bot["id"], bot["username"], bot["token"], "")
+    return [Call(201, path, json=body), Call(200, path, json=body), Call(403, path, as_bot, body)]
 
 
 @sample("GET /api/v1/messenger/devices")
@@ -628,7 +696,7 @@ async def _devices(w: World) -> list[Call]:
 @sample("DELETE /api/v1/messenger/devices/{device_token}")
 async def _unregister_device(w: World) -> list[Call]:
     # A Web Push subscription: JSON holding an endpoint URL, so '/' in the path.
-    token = web_subscription()
+    token = w.webpush.subscribe()
     body = {"device_token": token, "platform": "web", "provider": "web_push"}
     r = await w.api.http.post(f"{MESSENGER}/devices/register", json=body, headers=w.bob.headers)
     assert r.status_code == 201, r.text
@@ -638,7 +706,8 @@ async def _unregister_device(w: World) -> list[Call]:
 
 @sample("GET /api/v1/messenger/push/vapid-public-key")
 async def _vapid(w: World) -> list[Call]:
-    return [Call(404, f"{MESSENGER}/push/vapid-public-key")]
+    # 404 (Web Push off) needs a node without VAPID keys: this one has them.
+    return [Call(200, f"{MESSENGER}/push/vapid-public-key")]
 
 
 async def _bot(w: World) -> dict[str, Any]:
@@ -763,7 +832,9 @@ def _check_body(document: dict[str, Any], key: str, status: int, response: Any) 
         components = _closed(document["components"])
         schema = {**content["application/json"]["schema"], "components": components}
         errors = sorted(
-            jsonschema.Draft202012Validator(schema).iter_errors(response.json()),
+            jsonschema.Draft202012Validator(
+                schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+            ).iter_errors(response.json()),
             key=lambda e: list(e.absolute_path),
         )
         assert not errors, (
@@ -856,3 +927,196 @@ async def test_bad_calls_answer_documented_errors(document: dict[str, Any], worl
             _check_body(document, key, r.status_code, r)
             seen += 1
     assert seen > len(SAMPLES)
+
+
+# --- Errors a handler raises itself ------------------------------------------------------
+
+# Statuses a helper named here answers, besides ApiError(status, ...) written out.
+_RAISING_HELPERS = {"too_many_requests": 429}
+
+
+def _documented_call(function: ast.AsyncFunctionDef | ast.FunctionDef) -> ast.Call | None:
+    for decorator in function.decorator_list:
+        if (
+            isinstance(decorator, ast.Call)
+            and isinstance(decorator.func, ast.Name)
+            and decorator.func.id == "documented"
+        ):
+            return decorator
+    return None
+
+
+def _raised_statuses(function: ast.AST) -> set[int]:
+    """The statuses of ApiError(<int>, ...) and of the helpers above, in the handler's own
+    body (errors of the functions it calls are out of this reach)."""
+    found: set[int] = set()
+    for node in ast.walk(function):
+        if not isinstance(node, ast.Call):
+            continue
+        name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+        if name == "ApiError" and node.args and isinstance(node.args[0], ast.Constant):
+            found.add(int(node.args[0].value))
+        elif name in _RAISING_HELPERS:
+            found.add(_RAISING_HELPERS[name])
+    return found
+
+
+def _listed_statuses(call: ast.Call) -> set[int] | None:
+    """The statuses @documented lists, those the builder adds for auth, a body or a query
+    included; None when `responses` is not a literal dict."""
+    keywords = {k.arg: k.value for k in call.keywords}
+    responses = keywords.get("responses")
+    if not isinstance(responses, ast.Dict):
+        return None
+    listed = {int(k.value) for k in responses.keys if isinstance(k, ast.Constant)}
+    auth = keywords.get("auth")
+    if not (isinstance(auth, ast.Constant) and auth.value is False):
+        listed |= set(AUTH_ERRORS)
+    if "body" in keywords:
+        listed |= set(BODY_ERRORS)
+    if "query" in keywords:
+        listed |= set(QUERY_ERRORS)
+    return listed
+
+
+def _handler_modules() -> list[Path]:
+    root = Path(app.__file__).parent
+    return sorted(
+        p
+        for p in root.rglob("*.py")
+        if "openapi" not in p.parts and "@documented(" in p.read_text(encoding="utf-8")
+    )
+
+
+def test_every_error_a_handler_raises_itself_is_documented() -> None:
+    """Per handler module, statically: each `ApiError(status, ...)` in a documented
+    handler's own body has its status among that operation's documented responses."""
+    undocumented: list[str] = []
+    handlers = 0
+    for module in _handler_modules():
+        tree = ast.parse(module.read_text(encoding="utf-8"))
+        for function in ast.walk(tree):
+            if not isinstance(function, ast.AsyncFunctionDef | ast.FunctionDef):
+                continue
+            call = _documented_call(function)
+            listed = _listed_statuses(call) if call else None
+            if listed is None:
+                continue
+            handlers += 1
+            for status in sorted(_raised_statuses(function) - listed):
+                undocumented.append(f"{module.name}:{function.lineno} {function.name} {status}")
+    assert handlers >= 60, handlers
+    assert not undocumented, undocumented
+
+
+# --- What the document states, held to the code ------------------------------------------
+
+
+class _Answer:
+    """A response as _check_body reads it."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.content = orjson.dumps(body)
+        self.text = self.content.decode()
+        self.headers = {"content-type": "application/json"}
+        self._body = body
+
+    def json(self) -> dict[str, Any]:
+        return self._body
+
+
+async def test_body_checks_hold_formats(document: dict[str, Any]) -> None:
+    """A date-time that is none fails the sample check: formats are checked, not only
+    types."""
+    block = {"user_id": 1, "created_at": datetime.now(UTC).isoformat()}
+    _check_body(document, "GET /api/v1/me/blocks", 200, _Answer({"blocks": [block]}))
+    with pytest.raises(AssertionError, match="is not a 'date-time'"):
+        bad = {"blocks": [{**block, "created_at": "yesterday"}]}
+        _check_body(document, "GET /api/v1/me/blocks", 200, _Answer(bad))
+
+
+def _enum(document: dict[str, Any], model: str, field_name: str) -> list[str]:
+    prop = document["components"]["schemas"][model]["properties"][field_name]
+    for choice in prop.get("anyOf", [prop]):
+        if "enum" in choice:
+            return list(choice["enum"])
+        if "const" in choice:
+            return [choice["const"]]
+    raise AssertionError(f"{model}.{field_name} is no enum: {prop}")
+
+
+async def test_enumerated_fields_hold_the_codes_values(document: dict[str, Any]) -> None:
+    body_type = get_args(CreateConversationBody.model_fields["type"].annotation)
+    assert set(_enum(document, "Conversation", "type")) == {*body_type, *READ_ONLY_TYPES}
+    assert _enum(document, "Participant", "role") == list(ROLES)
+    assert set(_enum(document, "ConversationSettings", "notify")) == set(
+        get_args(get_args(SettingsBody.model_fields["notify"].annotation)[0])
+    )
+    for model in ("Device", "AdminDevice", "Delivery"):
+        assert set(_enum(document, model, "provider")) == set(ALL_PROVIDERS), model
+    assert set(_enum(document, "Device", "platform")) == set(PROVIDERS_FOR)
+    assert _enum(document, "NotificationSettings", "preview") == list(PREVIEWS)
+    assert _enum(document, "NotificationSettings", "email_digest") == ["off", *PERIODS]
+    assert _enum(document, "Notification", "kind") == list(KINDS)
+    assert _enum(document, "Notification", "opened_how") == list(OPENED_HOW)
+    assert _enum(document, "Tokens", "token_type") == ["bearer"]
+    assert set(_enum(document, "Reminder", "status")) >= {"pending"}
+    assert set(_enum(document, "AnnouncementStarted", "status")) == {"sending", "done", "failed"}
+
+
+async def test_retry_statuses_document_retry_after(document: dict[str, Any]) -> None:
+    seen = 0
+    for key in _operations(document):
+        method, path = key.split(" ", 1)
+        for status, response in document["paths"][path][method.lower()]["responses"].items():
+            if status in ("429", "503"):
+                assert "Retry-After" in response.get("headers", {}), (key, status)
+                seen += 1
+    assert seen >= 20, seen
+
+
+async def test_security_says_which_token_each_call_takes(document: dict[str, Any]) -> None:
+    paths = document["paths"]
+    # A bearer, or the open or action token in the body instead.
+    opened = paths["/api/v1/me/notifications/{id}/opened"]["post"]
+    assert opened["security"] == [{"bearer": []}, {}]
+    # The secret in the URL is the whole credential.
+    assert paths["/api/v1/hooks/{hook_id}/{secret}"]["post"]["security"] == []
+    assert paths["/api/v1/me"]["get"]["security"] == [{"bearer": []}]
+
+
+async def test_limits_are_the_codes_and_the_deployments(
+    document: dict[str, Any], api: Client
+) -> None:
+    def query(path: str, name: str) -> dict[str, Any]:
+        (param,) = [p for p in document["paths"][path]["get"]["parameters"] if p["name"] == name]
+        schema: dict[str, Any] = param["schema"]
+        return schema
+
+    search = query(f"{MESSENGER}/search", "limit")
+    assert (search["default"], search["maximum"]) == (SEARCH_DEFAULT, SEARCH_MAX)
+    assert query(f"{MESSENGER}/search", "q")["maxLength"] == MAX_QUERY_CHARS
+    assert query("/api/v1/admin/stats", "days")["maximum"] == MAX_DAYS
+    changes = query(f"{CONVERSATIONS}/{{conversation_id}}/messages", "limit")
+    assert changes["maximum"] == MAX_CHANGES_LIMIT
+    attachments = document["components"]["schemas"]["SendBody"]["properties"]["attachments"]
+    configured = api.node.app.state.settings.max_attachments
+    assert attachments["maxItems"] == configured
+    assert "MAX_ATTACHMENTS" in attachments["description"]
+    unconfigured = build_document(api.node.app.routes)["components"]["schemas"]["SendBody"]
+    assert "MAX_ATTACHMENTS" in unconfigured["properties"]["attachments"]["description"]
+
+
+async def test_the_changes_page_has_a_model_of_its_own(document: dict[str, Any]) -> None:
+    schemas = document["components"]["schemas"]
+    assert "has_more" in schemas["MessageChanges"]["required"]
+    assert "has_more" not in schemas["MessagePage"]["properties"]
+
+
+async def test_samples_fill_the_fields_that_are_mostly_null(world: World) -> None:
+    """The PUT sample sets an address and a digest period (checked against the schema
+    there); the VAPID key is the node's."""
+    put = (await SAMPLES["PUT /api/v1/me/notification-settings"](world))[0]
+    assert put.status == 200 and put.json["email"] and put.json["email_digest"] != "off"
+    r = await world.api.http.get(f"{MESSENGER}/push/vapid-public-key")
+    assert r.json() == {"public_key": VAPID.public}

@@ -284,7 +284,11 @@ class BlockRoutes:
 
     @documented(
         "Unblock a user",
-        responses={200: schemas.Unblocked, 422: "the caller cannot block themselves"},
+        responses={
+            200: schemas.Unblocked,
+            404: "no such user",
+            422: "the caller cannot block themselves",
+        },
         tags=["blocks"],
     )
     async def unblock(self, request: Request) -> Response:

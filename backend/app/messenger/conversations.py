@@ -314,7 +314,7 @@ class ConversationRoutes:
         "Messages in ascending seq, or those changed since a cursor",
         query=schemas.MessagesQuery,
         responses={
-            200: schemas.MessagePage,
+            200: schemas.MessageList,
             403: "the caller is not in this conversation",
             404: "no such conversation",
         },
@@ -347,6 +347,7 @@ class ConversationRoutes:
             202: schemas.Scheduled,
             403: "not in this conversation, blocked, or read-only",
             404: "no such conversation",
+            409: "too many scheduled messages pending",
             429: "too many messages",
             503: "the node is overloaded; retry after Retry-After",
         },

@@ -163,6 +163,7 @@ class DeviceRoutes:
         responses={
             200: schemas.DeviceRegistered,
             201: schemas.DeviceRegistered,
+            403: "a bot cannot register devices",
             409: "the token was registered at the same moment elsewhere",
             422: "a token of the wrong form for its provider",
             429: "too many device registrations",

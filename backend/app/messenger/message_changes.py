@@ -399,6 +399,7 @@ class MessageChangeRoutes:
             403: "not the sender, past the edit window, or not in the conversation",
             404: "no such message in this conversation",
             409: "the message is deleted",
+            429: "too many changes",
         },
         tags=["messages"],
     )
@@ -414,6 +415,7 @@ class MessageChangeRoutes:
             200: schemas.Message,
             403: "not allowed to delete it",
             404: "no such message in this conversation",
+            429: "too many changes",
         },
         tags=["messages"],
     )
@@ -430,6 +432,7 @@ class MessageChangeRoutes:
             404: "no such message in this conversation",
             409: "the message is deleted, or has too many reactions",
             422: "not an emoji",
+            429: "too many changes",
         },
         tags=["messages"],
     )
@@ -444,6 +447,7 @@ class MessageChangeRoutes:
             404: "no such message in this conversation",
             409: "the message is deleted",
             422: "not an emoji",
+            429: "too many changes",
         },
         tags=["messages"],
     )

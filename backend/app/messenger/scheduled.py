@@ -244,7 +244,11 @@ class ScheduledMessages:
 
         @documented(
             "Cancel a scheduled message",
-            responses={200: schemas.StatusChange, 404: "no such scheduled message"},
+            responses={
+                200: schemas.StatusChange,
+                404: "no such scheduled message",
+                409: "the scheduled message is being sent, or was sent, already",
+            },
             tags=["scheduled"],
         )
         async def cancel(request: Request) -> Response:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
 
@@ -32,6 +32,11 @@ class Empty:
     description: str
 
 
+# Whether a call takes a bearer token: True (it must), False (it takes none: register,
+# login, a webhook's secret URL) or OPTIONAL (a bearer, or a token of its own in the body).
+OPTIONAL: Literal["optional"] = "optional"
+Auth = bool | Literal["optional"]
+
 # What a status answers: a model (JSON), an error's description (the error body), or
 # a non-JSON body.
 Answer = type[BaseModel] | str | Raw | Empty
@@ -46,8 +51,7 @@ class Operation:
     # "multipart/form-data" for a file upload (`body` then describes the form's fields).
     body_media_type: str = "application/json"
     query: type[BaseModel] | None = None
-    # False for calls that take no bearer token (register, login, a notification action).
-    auth: bool = True
+    auth: Auth = True
     description: str | None = None
     # Path parameters' descriptions, by name.
     path: Mapping[str, str] | None = None
@@ -61,7 +65,7 @@ def documented(
     body: type[BaseModel] | None = None,
     body_media_type: str = "application/json",
     query: type[BaseModel] | None = None,
-    auth: bool = True,
+    auth: Auth = True,
     description: str | None = None,
     path: Mapping[str, str] | None = None,
 ) -> Callable[[F], F]:

@@ -14,7 +14,9 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from starlette.routing import BaseRoute, Mount, Route
 
-from app.openapi.api import Empty, Operation, Raw, operation_of
+from app.config import Settings
+from app.openapi.api import OPTIONAL, Empty, Operation, Raw, operation_of
+from app.openapi.deployment import apply_settings
 from app.openapi.schemas.errors import Error
 
 REF = "#/components/schemas/{model}"
@@ -29,13 +31,13 @@ EXCLUDED: dict[str, str] = {
 }
 
 # Statuses every operation of a kind may answer, besides those it documents itself.
-_AUTH_ERRORS = {401: "no bearer token, or an invalid, expired or revoked one"}
-_BODY_ERRORS = {
+AUTH_ERRORS = {401: "no bearer token, or an invalid, expired or revoked one"}
+BODY_ERRORS = {
     400: "the body is not JSON, or not a JSON object",
     413: "the body is over MAX_BODY_BYTES",
     422: "a field is missing, of the wrong type or out of range",
 }
-_QUERY_ERRORS = {422: "a query parameter is malformed or out of range"}
+QUERY_ERRORS = {422: "a query parameter is malformed or out of range"}
 
 _PARAM = re.compile(r"\{(\w+)(?::(\w+))?\}")
 _CONVERTORS: dict[str, dict[str, Any]] = {
@@ -95,6 +97,20 @@ def _response(answer: Any, refs: dict[Any, Any]) -> dict[str, Any]:
     model: type[BaseModel] = answer
     description = (model.__doc__ or model.__name__).strip().splitlines()[0]
     return {"description": description, "content": _json(refs[(model, "serialization")])}
+
+
+# Statuses that tell the client when to try again.
+RETRY_STATUSES = frozenset({429, 503})
+RETRY_AFTER = {
+    "description": "whole seconds to wait before trying again",
+    "schema": {"type": "integer", "minimum": 0},
+}
+
+
+def _with_headers(status: int, response: dict[str, Any]) -> dict[str, Any]:
+    if status in RETRY_STATUSES:
+        return {**response, "headers": {"Retry-After": RETRY_AFTER}}
+    return response
 
 
 def _plain(prop: dict[str, Any]) -> dict[str, Any]:
@@ -166,17 +182,19 @@ def _operation(
 ) -> dict[str, Any]:
     answers: dict[int, Any] = {}
     if operation.auth:
-        answers.update(_AUTH_ERRORS)
+        answers.update(AUTH_ERRORS)
     if operation.query is not None:
-        answers.update(_QUERY_ERRORS)
+        answers.update(QUERY_ERRORS)
     if operation.body is not None:
-        answers.update(_BODY_ERRORS)
+        answers.update(BODY_ERRORS)
     answers.update(operation.responses)
     out: dict[str, Any] = {
         "operationId": _operation_id(method, path),
         "summary": operation.summary,
         "tags": list(operation.tags),
-        "responses": {str(s): _response(answers[s], refs) for s in sorted(answers)},
+        "responses": {
+            str(s): _with_headers(s, _response(answers[s], refs)) for s in sorted(answers)
+        },
     }
     if operation.description:
         out["description"] = operation.description
@@ -190,8 +208,15 @@ def _operation(
                 operation.body_media_type: {"schema": refs[(operation.body, "validation")]}
             },
         }
-    out["security"] = [{"bearer": []}] if operation.auth else []
+    out["security"] = _security(operation)
     return out
+
+
+def _security(operation: Operation) -> list[dict[str, list[str]]]:
+    """A bearer token; a bearer or none (`{}`: the call's own token in the body); none."""
+    if operation.auth == OPTIONAL:
+        return [{"bearer": []}, {}]
+    return [{"bearer": []}] if operation.auth else []
 
 
 def _app_version() -> str:
@@ -201,8 +226,9 @@ def _app_version() -> str:
         return "0"
 
 
-def build_document(routes: Sequence[BaseRoute]) -> dict[str, Any]:
-    """The OpenAPI 3.1 description of every documented route in `routes`."""
+def build_document(routes: Sequence[BaseRoute], settings: Settings | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.1 description of every documented route in `routes`; with
+    `settings`, limits that are settings hold that deployment's values."""
     found: list[tuple[str, str, Any, Operation]] = []
     schemas = _Schemas()
     schemas.want(Error, "serialization")
@@ -218,6 +244,7 @@ def build_document(routes: Sequence[BaseRoute]) -> dict[str, Any]:
             if isinstance(answer, type) and issubclass(answer, BaseModel):
                 schemas.want(answer, "serialization")
     refs, components = schemas.build()
+    apply_settings(components, settings)
     paths: dict[str, dict[str, Any]] = {}
     for method, full_path, endpoint, operation in found:
         openapi_path = _PARAM.sub(r"{\1}", full_path)

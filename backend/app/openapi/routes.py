@@ -23,7 +23,8 @@ class OpenApiRoutes:
 
     async def document(self, request: Request) -> Response:
         if self._body is None:
-            self._body = orjson.dumps(build_document(request.app.routes))
+            settings = getattr(request.app.state, "settings", None)
+            self._body = orjson.dumps(build_document(request.app.routes, settings))
         return Response(
             self._body,
             media_type="application/json",

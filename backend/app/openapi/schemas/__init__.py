@@ -63,6 +63,8 @@ from app.openapi.schemas.errors import (
 from app.openapi.schemas.messages import (
     Attachment,
     Message,
+    MessageChanges,
+    MessageList,
     MessagePage,
     ReadMark,
     Reminder,
@@ -139,6 +141,8 @@ __all__ = [
     "Login",
     "Me",
     "Message",
+    "MessageChanges",
+    "MessageList",
     "MessagePage",
     "MessagesQuery",
     "Notification",

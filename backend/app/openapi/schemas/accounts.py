@@ -6,6 +6,8 @@ from datetime import datetime
 
 from pydantic import BaseModel
 
+from app.openapi.schemas.choices import TokenType
+
 
 class User(BaseModel):
     """A user as every other user sees them."""
@@ -32,7 +34,7 @@ class Tokens(BaseModel):
     """A fresh access token and the refresh token that replaces the one spent."""
 
     access_token: str
-    token_type: str
+    token_type: TokenType
     expires_in: int
     refresh_token: str
     session_id: str

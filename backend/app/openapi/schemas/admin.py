@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
+from typing import Literal
 
 from pydantic import BaseModel, Field
+
+from app.openapi.schemas.choices import AnnouncementStatus, Platform, Provider
 
 
 class Percentiles(BaseModel):
@@ -14,7 +17,7 @@ class Percentiles(BaseModel):
 
 
 class StatsDay(BaseModel):
-    day: str
+    day: date
     pushes: dict[str, dict[str, int]] = Field(description="provider → outcome → count")
     pushes_total: int
     delivered: int
@@ -32,8 +35,8 @@ class AdminStats(BaseModel):
     """Daily push statistics, oldest day first."""
 
     days: int
-    from_: str = Field(alias="from")
-    to: str
+    from_: date = Field(alias="from")
+    to: date
     as_of: datetime
     series: list[StatsDay]
     devices_inactive: dict[str, int] = Field(description="days unused (30, 60, 90) → devices")
@@ -85,8 +88,8 @@ class AdminUserList(BaseModel):
 
 class AdminDevice(BaseModel):
     id: str
-    platform: str
-    provider: str
+    platform: Platform
+    provider: Provider
     name: str | None
     is_active: bool
     created_at: datetime
@@ -106,14 +109,14 @@ class AnnouncementStarted(BaseModel):
     """The announcement is being sent."""
 
     id: str
-    status: str
+    status: AnnouncementStatus
 
 
 class Announcement(AnnouncementStarted):
     """An announcement and how far its sending got."""
 
     title: str
-    audience: str
+    audience: Literal["all", "list"]
     created_by: int | None
     created_at: datetime
     recipients: int

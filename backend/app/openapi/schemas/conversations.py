@@ -6,6 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel
 
+from app.openapi.schemas.choices import ConversationType, Notify, Role
 from app.openapi.schemas.messages import Message
 
 
@@ -13,7 +14,7 @@ class Conversation(BaseModel):
     """A conversation as listed: with its last message and the caller's unread count."""
 
     id: str
-    type: str
+    type: ConversationType
     title: str | None
     created_by: int | None
     participant_ids: list[int]
@@ -30,7 +31,7 @@ class ConversationList(BaseModel):
 
 class Participant(BaseModel):
     user_id: int
-    role: str
+    role: Role
     last_read_seq: int
 
 
@@ -46,7 +47,7 @@ class ConversationSettings(BaseModel):
     muted: bool
     mute_until: datetime | None
     push_enabled: bool
-    notify: str
+    notify: Notify
 
 
 class Block(BaseModel):
@@ -72,7 +73,7 @@ class ConversationAfterRemoval(BaseModel):
     the caller's, absent once the caller has left."""
 
     id: str
-    type: str
+    type: ConversationType
     title: str | None
     created_by: int | None
     participant_ids: list[int]

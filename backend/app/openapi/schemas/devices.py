@@ -6,20 +6,22 @@ from datetime import datetime
 
 from pydantic import BaseModel
 
+from app.openapi.schemas.choices import DeviceRegistration, Platform, Provider
+
 
 class DeviceRegistered(BaseModel):
     """The device is registered (201) or refreshed (200)."""
 
-    status: str
+    status: DeviceRegistration
     device_token_id: str
     user_id: int
-    platform: str
+    platform: Platform
 
 
 class Device(BaseModel):
     id: str
-    platform: str
-    provider: str
+    platform: Platform
+    provider: Provider
     device_name: str | None
     is_active: bool
     registered_at: datetime

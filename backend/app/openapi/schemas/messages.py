@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel
+from pydantic import BaseModel, RootModel
+
+from app.openapi.schemas.choices import ReminderStatus, ScheduledStatus, StatusChangeStatus
 
 
 class Attachment(BaseModel):
@@ -39,11 +41,23 @@ class Message(BaseModel):
 
 
 class MessagePage(BaseModel):
-    """Messages in ascending seq; with changed_after, those changed since `cursor`."""
+    """Messages in ascending seq."""
 
     messages: list[Message]
     cursor: int
-    has_more: bool | None = None
+
+
+class MessageChanges(BaseModel):
+    """With changed_after: the messages changed since then; `cursor` asks for the next
+    changes, `has_more` says whether some are waiting already."""
+
+    messages: list[Message]
+    cursor: int
+    has_more: bool
+
+
+class MessageList(RootModel[MessagePage | MessageChanges]):
+    """A page of messages, or (with changed_after) the messages changed since `cursor`."""
 
 
 class SearchHit(Message):
@@ -76,7 +90,7 @@ class Scheduled(BaseModel):
     client_msg_id: str | None
     reply_to: str | None
     send_at: datetime
-    status: str
+    status: ScheduledStatus
     created_at: datetime
 
 
@@ -90,7 +104,7 @@ class StatusChange(BaseModel):
     """What became of it: cancelled (or dismissed, once sent or failed)."""
 
     id: str
-    status: str
+    status: StatusChangeStatus
 
 
 class ReminderCreated(BaseModel):
@@ -103,7 +117,7 @@ class ReminderCreated(BaseModel):
 
 
 class Reminder(ReminderCreated):
-    status: str
+    status: ReminderStatus
     created_at: datetime
     # null once the caller no longer sees the message.
     message: Message | None

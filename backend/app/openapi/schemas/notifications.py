@@ -6,10 +6,12 @@ from datetime import datetime
 
 from pydantic import BaseModel
 
+from app.openapi.schemas.choices import NotificationKind, OpenedHow, Provider
+
 
 class Delivery(BaseModel):
     device_id: str | None
-    provider: str
+    provider: Provider
     outcome: str
     latency_ms: float | None
     at: datetime
@@ -19,14 +21,14 @@ class Notification(BaseModel):
     """A notification sent to the caller, with each device's delivery."""
 
     id: str
-    kind: str
+    kind: NotificationKind
     conversation_id: str | None
     message_id: str | None
     title: str
     body: str
     created_at: datetime
     opened_at: datetime | None
-    opened_how: str | None
+    opened_how: OpenedHow | None
     time_to_open_ms: int | None
     dismissed_at: datetime | None
     read: bool
@@ -45,7 +47,7 @@ class Opened(BaseModel):
 
     id: str
     opened_at: datetime | None
-    opened_how: str | None
+    opened_how: OpenedHow | None
     time_to_open_ms: int | None
 
 
@@ -64,7 +66,7 @@ class DismissedAll(BaseModel):
 
 class TestPushDevice(BaseModel):
     device_id: str
-    provider: str
+    provider: Provider
 
 
 class TestPush(BaseModel):

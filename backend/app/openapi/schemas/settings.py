@@ -6,6 +6,8 @@ from datetime import datetime
 
 from pydantic import BaseModel
 
+from app.openapi.schemas.choices import EmailDigest, Preview
+
 
 class QuietHours(BaseModel):
     """No push from `start` to `end` (HH:MM in `time_zone`, may wrap midnight)."""
@@ -32,10 +34,10 @@ class NotificationSettings(BaseModel):
     time_zone: str
     quiet_hours: QuietHours | None
     push_delay_seconds: int
-    preview: str
+    preview: Preview
     locale: str
     email: str | None
     email_verified: bool
-    email_digest: str
+    email_digest: EmailDigest
     email_digest_disabled: DigestDisabled | None
     email_verification_failed: VerificationFailed | None
