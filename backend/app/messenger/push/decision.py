@@ -48,6 +48,7 @@ from app.messenger.push.history import message_notification_id
 from app.messenger.push.image_links import ImageLinks, push_images
 from app.messenger.push.notification import Recipient, message_notification
 from app.messenger.push.quiet_hours import is_quiet
+from app.messenger.push.recipient_facts import ParticipantState, RecipientFacts, recipient_facts
 from app.models import Block, User
 from app.notification_settings import load_settings
 
@@ -146,11 +147,20 @@ async def decide(
     images: ImageLinks | None = None,
 ) -> Decided:
     """Decide for every candidate (see the module's docstring): a fixed number of
-    queries for the whole batch, whatever its size."""
+    queries for the whole batch, whatever its size. On PostgreSQL what is read of the
+    recipients comes in one statement (push.recipient_facts); SQLite, where a query
+    costs no round trip, asks each kind only when a candidate still needs it."""
     decided = Decided()
     if not candidates:
         return decided
     now = now or utcnow()
+    facts: RecipientFacts | None = None
+    if conn.dialect.name == "postgresql":
+        facts = await recipient_facts(
+            conn,
+            [(c.message["conversation_id"], c.user_id, c.message["sender_id"]) for c in candidates],
+            now,
+        )
 
     def final(i: int, reason: str) -> None:
         m = candidates[i].message
@@ -158,10 +168,13 @@ async def decide(
             Decision(candidates[i].user_id, m["conversation_id"], m["seq"], m["id"], reason)
         )
 
-    states = await participant_states(
-        conn, {(c.message["conversation_id"], c.user_id) for c in candidates}
-    )
-    blocked = await _blocked(conn, {(c.user_id, c.message["sender_id"]) for c in candidates})
+    if facts is not None:
+        states, blocked = facts.states, facts.blocked
+    else:
+        states = await participant_states(
+            conn, {(c.message["conversation_id"], c.user_id) for c in candidates}
+        )
+        blocked = await _blocked(conn, {(c.user_id, c.message["sender_id"]) for c in candidates})
     left: list[int] = []
     for i, c in enumerate(candidates):
         state = states.get((c.message["conversation_id"], c.user_id))
@@ -185,7 +198,11 @@ async def decide(
     if not left:
         return decided
 
-    settings = await load_settings(conn, {candidates[i].user_id for i in left})
+    settings = (
+        facts.settings
+        if facts is not None
+        else await load_settings(conn, {candidates[i].user_id for i in left})
+    )
     due: list[int] = []
     for i in left:
         c = candidates[i]
@@ -211,7 +228,11 @@ async def decide(
     if not due:
         return decided
 
-    devices = await _devices_of(conn, {candidates[i].user_id for i in due}, providers)
+    devices = (
+        _with_providers(facts.devices, providers)
+        if facts is not None
+        else await _devices_of(conn, {candidates[i].user_id for i in due}, providers)
+    )
     shown = await _pushed_up_to(
         conn,
         {
@@ -243,9 +264,12 @@ async def decide(
         return decided
 
     messages = [candidates[i].message for i, _ in to_push]
-    names = await _display_names(conn, {m["sender_id"] for m in messages})
-    titles = await _titles(conn, {m["conversation_id"] for m in messages})
-    badges = await unread_totals(conn, {candidates[i].user_id for i, _ in to_push}, now)
+    if facts is not None:
+        names, titles, badges = facts.names, facts.titles, facts.badges
+    else:
+        names = await _display_names(conn, {m["sender_id"] for m in messages})
+        titles = await _titles(conn, {m["conversation_id"] for m in messages})
+        badges = await unread_totals(conn, {candidates[i].user_id for i, _ in to_push}, now)
     # Thumbnails' signed links: one query and one signature per message, not per device.
     image_urls = await push_images(conn, messages, images) if images is not None else {}
     for i, mine in to_push:
@@ -307,14 +331,6 @@ def _newest_per_device(
         if mine:
             kept.append((i, mine))
     return kept
-
-
-class ParticipantState(NamedTuple):
-    last_read_seq: int
-    muted: bool
-    mute_until: datetime | None
-    push_enabled: bool
-    notify: str
 
 
 async def participant_states(
@@ -401,6 +417,18 @@ async def _devices_of(
                 found.setdefault(r.user_id, []).append(
                     Device(r.id, r.user_id, r.token, r.platform, r.provider, r.session_id)
                 )
+    return found
+
+
+def _with_providers(
+    devices: Mapping[int, list[Device]], providers: Collection[str]
+) -> dict[int, list[Device]]:
+    """Of each user's active devices, those whose provider is on (as _devices_of)."""
+    found: dict[int, list[Device]] = {}
+    for user_id, mine in devices.items():
+        on = [d for d in mine if d.provider in providers]
+        if on:
+            found[user_id] = on
     return found
 
 

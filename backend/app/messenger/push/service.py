@@ -76,6 +76,7 @@ from app.messenger.push.jobs import (
 )
 from app.messenger.push.lane import Lane, lane_cap, quiet_turn
 from app.messenger.push.providers import start_providers
+from app.messenger.push.read_connection import read_connection
 from app.messenger.push.recheck import Recheck
 
 log = logging.getLogger(__name__)
@@ -498,7 +499,7 @@ class PushService:
                     owners.append(i)
         plans: list[list[PlannedPush]] = [[] for _ in batch]
         if candidates:
-            async with self._engine.connect() as conn:
+            async with read_connection(self._engine) as conn:
                 decided = await decide(
                     conn,
                     candidates,
