@@ -23,6 +23,8 @@ const PICKER_LEAD_MS = 5 * 60_000; // where the picker starts: a few minutes fro
 const SCHEDULED_PREFIX = 'scheduled:';
 
 let pending = []; // the caller's pending scheduled messages, soonest first
+// Ids of scheduled messages seen arriving (message.new), never listed again.
+const arrived = new Set();
 let loads = 0; // answers to older loads are dropped
 let zone = null; // the zone the menu was opened in
 let shownFor = null; // the conversation the menu and list were drawn for
@@ -153,7 +155,7 @@ export async function refreshScheduled() {
     const [{ scheduled }, known] = await Promise.all([api.scheduled(), zone ?? userZone()]);
     if (counter !== loads || state.me !== me) return;
     zone = known; // times in the list are shown by the user's clock
-    pending = Array.isArray(scheduled) ? scheduled : [];
+    pending = (Array.isArray(scheduled) ? scheduled : []).filter((item) => !arrived.has(item.id));
   } catch {
     return; // offline: the next reconnect asks again
   }
@@ -207,6 +209,9 @@ export function scheduledMessageArrived(message) {
   const id = typeof message.client_msg_id === 'string' && message.client_msg_id.startsWith(SCHEDULED_PREFIX)
     ? message.client_msg_id.slice(SCHEDULED_PREFIX.length) : null;
   if (!id) return;
+  // The server marks the row sent just after the message goes out: a list fetched in between
+  // still holds it, so it is remembered as sent and left out of what comes back.
+  arrived.add(id);
   pending = pending.filter((item) => item.id !== id);
   showScheduled();
   refreshScheduled();
@@ -216,6 +221,7 @@ export function scheduledMessageArrived(message) {
 export function resetScheduling() {
   loads += 1;
   pending = [];
+  arrived.clear();
   zone = null;
   closeMenu();
   $('send-later-at').value = '';

@@ -241,7 +241,7 @@ async function handleClick(data) {
  */
 async function postAction(kind, body) {
   let response = null;
-  for (let attempt = 0; attempt < 3; attempt += 1) {
+  for (let attempt = 0; attempt < 5; attempt += 1) {
     if (attempt > 0) {
       const retryAfter = Number(response?.headers.get('Retry-After'));
       const wait = Math.min(Number.isFinite(retryAfter) && retryAfter > 0 ? retryAfter * 1000 : 1000 * attempt, 5000);
@@ -307,7 +307,7 @@ async function handleNotificationClick(event) {
  * worker holds no access token: the push's action token is the credential (good for its user and
  * conversation only), or for a test push or a reminder its open token (good for that one
  * notification only). The server writes the history a moment after the push service took the
- * push, so a click faster than that meets a 404: tried again twice. Only the first open counts,
+ * push, so a click faster than that meets a 404: tried again, for up to ten seconds. Only the first open counts,
  * so a repeated report does no harm.
  */
 async function reportOpened(data, how) {
