@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat backend/pyproject.toml clients/python/pyproject.toml | cksum | cut -d' ' -f1)
 BACKEND := cd backend &&
 
-.PHONY: install run migrate test fuzz lint format bench cleanup vapid-keys test-push email-digests test-email admin cluster-demo
+.PHONY: install run migrate test fuzz lint format bench cleanup vapid-keys test-push email-digests test-email admin cluster-demo deploy-walkthrough
 
 install: $(STAMP)
 
@@ -50,6 +50,12 @@ bench: install
 ## them, against PostgreSQL and Redis on 127.0.0.1; Ctrl-C stops them.
 cluster-demo: install
 	bash deploy/demo/cluster-demo.sh
+
+## Every block of docs/DEPLOY.md run as written on this Debian machine (root only; ports
+## 80, 443, 8001 and 8002 free), in a private mount namespace; minutes, not in `make test`.
+deploy-walkthrough:
+	@test "$$(id -u)" = 0 || { echo "make deploy-walkthrough: run it as root (it runs DEPLOY.md's root shell: apt-get, useradd, ports 80 and 443)" >&2; exit 2; }
+	bash deploy/demo/walkthrough.sh
 
 ## Run the daily cleanup once, now.
 cleanup: install
