@@ -19,6 +19,7 @@ from typing import Any
 import httpx2
 from redis.asyncio import Redis
 
+from tests import schema_check
 from tests.fakes import free_port
 from tests.helpers import (
     OPEN_LIMITS,
@@ -133,7 +134,9 @@ class Cluster:
             except httpx2.TransportError:
                 return False
 
-        async with httpx2.AsyncClient(base_url=node.url, timeout=2) as http:
+        async with httpx2.AsyncClient(
+            base_url=node.url, timeout=2, event_hooks=schema_check.EVENT_HOOKS
+        ) as http:
             await eventually(healthy, within=30.0, what="the node process to start", every=0.1)
         return node
 

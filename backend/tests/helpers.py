@@ -23,6 +23,7 @@ from app.db import utcnow
 from app.logs import install_redaction
 from app.main import create_app
 from app.messenger.models import PushJob
+from tests import schema_check
 
 SECRET = "test-secret-key-that-is-long-enough-0123456789"
 # Every test client comes from 127.0.0.1 and makes users, logins, conversations and
@@ -168,7 +169,9 @@ class Client:
     http: httpx2.AsyncClient = field(init=False)
 
     def __post_init__(self) -> None:
-        self.http = httpx2.AsyncClient(base_url=self.node.url, timeout=30)
+        self.http = httpx2.AsyncClient(
+            base_url=self.node.url, timeout=30, event_hooks=schema_check.EVENT_HOOKS
+        )
 
     async def close(self) -> None:
         await self.http.aclose()

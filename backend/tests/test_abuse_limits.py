@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 import httpx2
 import pytest
 
+from tests import schema_check
 from tests.cluster import Cluster
 from tests.helpers import Client, User, make_settings, start_node
 
@@ -239,7 +240,9 @@ async def test_forwarded_addresses_count_only_from_trusted_peers(cluster: Cluste
     untrusted = await cluster.process_node(forwarded_allow_ips="192.0.2.1", **limit)
     for node, expected in ((trusted, [201, 201, 429]), (untrusted, [201, 429, 429])):
         statuses = []
-        async with httpx2.AsyncClient(base_url=node.url) as http:
+        async with httpx2.AsyncClient(
+            event_hooks=schema_check.EVENT_HOOKS, base_url=node.url
+        ) as http:
             for address in ("198.51.100.1", "198.51.100.2", "198.51.100.2"):
                 body = {"username": f"u{secrets.token_hex(5)}", "password": PASSWORD}
                 r = await http.post(

@@ -19,6 +19,7 @@ from app.cli import set_admin
 from app.logs import REDACTED
 from app.messenger.models import DeviceToken, PushAttempt, PushDecision
 from app.models import User as UserRow
+from tests import schema_check
 from tests.helpers import Client, Node, Socket, User, eventually, make_settings, start_node
 from tests.logcapture import captured_logs
 
@@ -298,7 +299,9 @@ async def test_bot_tokens_never_reach_a_log_line(client: Client) -> None:
         access.setLevel(logging.INFO)
         try:
             # A fresh client: uvicorn decides per connection whether to write access lines.
-            async with httpx2.AsyncClient(base_url=client.node.url) as http:
+            async with httpx2.AsyncClient(
+                event_hooks=schema_check.EVENT_HOOKS, base_url=client.node.url
+            ) as http:
                 me = await http.get(f"/api/v1/me?token={token}", headers=bearer(token))
                 assert me.status_code == 200
                 await http.get(f"/api/v1/users/{token}", headers=bearer(token))

@@ -4,7 +4,8 @@ reach them only through nginx over HTTPS: chat across nodes, presence, a Web Pus
 an offline user, one node stopped while its clients reconnect to the other, and the
 web client's files with their caching headers and CSP. One run uses the test's
 PostgreSQL and Redis, the other the demo's own (started and stopped by the script).
-The systemd units are checked with systemd-analyze, render.sh with hostile values."""
+The systemd units are checked with systemd-analyze, render.sh with hostile values, and
+deploy/demo/walkthrough.sh's plan against every block of docs/DEPLOY.md."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import pytest
 import websockets
 
 from app.webclient import CONTENT_SECURITY_POLICY
+from tests import schema_check
 from tests.cluster import RedisServer, send_frame
 from tests.conftest import PG_HOST, PG_PORT, PG_USER, drop_pg_database
 from tests.fakes import free_port
@@ -39,6 +41,8 @@ DEMO = ROOT / "deploy" / "demo" / "cluster-demo.sh"
 DEPLOY_MD = ROOT / "docs" / "DEPLOY.md"
 UNITS = ROOT / "deploy" / "systemd"
 RENDER = ROOT / "deploy" / "nginx" / "render.sh"
+WALKTHROUGH = ROOT / "deploy" / "demo" / "walkthrough.sh"
+STANDIN = ROOT / "deploy" / "demo" / "systemctl"
 
 needs_nginx = pytest.mark.skipif(
     shutil.which("nginx") is None,
@@ -66,7 +70,9 @@ class TlsClient(Client):
     """The REST helpers of tests.helpers, through nginx over HTTPS."""
 
     def __init__(self, demo: Demo) -> None:
-        self.http = httpx2.AsyncClient(base_url=demo.url, verify=demo.tls, timeout=30)
+        self.http = httpx2.AsyncClient(
+            event_hooks=schema_check.EVENT_HOOKS, base_url=demo.url, verify=demo.tls, timeout=30
+        )
 
 
 def fences(text: str) -> list[tuple[str, str]]:
@@ -309,7 +315,9 @@ async def test_two_nodes_behind_nginx(
 @needs_nginx
 async def test_nginx_serves_the_web_client(own_demo: Demo) -> None:
     demo = own_demo
-    async with httpx2.AsyncClient(base_url=demo.url, verify=demo.tls, timeout=10) as http:
+    async with httpx2.AsyncClient(
+        event_hooks=schema_check.EVENT_HOOKS, base_url=demo.url, verify=demo.tls, timeout=10
+    ) as http:
         # Pages come from a node, with its Content-Security-Policy.
         page = await http.get("/")
         assert page.status_code == 200
@@ -340,7 +348,9 @@ async def test_nginx_serves_the_web_client(own_demo: Demo) -> None:
         missing = await http.get("/missing.js")
         assert missing.status_code == 404
         assert missing.json()["error"]["code"] == "not_found"
-        metrics = await http.get("/metrics")
+        # nginx's own answer, not a node's: no operation of the schema to hold it to.
+        async with httpx2.AsyncClient(base_url=demo.url, verify=demo.tls, timeout=10) as bare:
+            metrics = await bare.get("/metrics")
         assert metrics.status_code == 404
         assert metrics.json()["error"]["code"] == "not_found"
         assert metrics.headers["strict-transport-security"] == "max-age=31536000"
@@ -364,6 +374,7 @@ async def test_nginx_serves_the_web_client(own_demo: Demo) -> None:
             statuses.append(r.status_code)
         assert statuses == [201] * 10 + [429], statuses
 
+    # Plain HTTP: nginx answers every request itself (a redirect), never a node.
     async with httpx2.AsyncClient(base_url=demo.http_url, timeout=10) as plain:
         r = await plain.get("/api/v1/users?q=a", headers={"Host": "localhost"})
         assert r.status_code == 301
@@ -378,32 +389,56 @@ async def test_nginx_serves_the_web_client(own_demo: Demo) -> None:
 
 
 def test_deploy_md_blocks_are_all_run_or_checked() -> None:
-    """The demo runs the `sh` and `sh check` blocks; the `console` ones name packages and
-    units that exist. No block of another kind escapes both."""
-    blocks = fences(DEPLOY_MD.read_text())
+    """`make deploy-walkthrough` (root, ports 80 and 443, minutes: not run here) runs
+    every block of DEPLOY.md: its plan holds each once, in the doc's order, as written
+    but for the clone URL, the packages first and "Upgrading" in a phase of its own."""
+    text = DEPLOY_MD.read_text()
+    blocks = fences(text)
     kinds = {info for info, _ in blocks}
     assert kinds == {"sh", "sh check", "console"}, kinds
-    console = "\n".join(body for info, body in blocks if info == "console")
+    sections = [(m.group(1), m.start()) for m in re.finditer(r"^## (.+)$", text, re.M)]
+    offsets = [m.start() for m in re.finditer(r"^```\S", text, re.M)]
+    plan = subprocess.run(
+        ["bash", str(WALKTHROUGH), "--plan"], capture_output=True, text=True, check=True
+    ).stdout
+    parts = re.split(r"^### phase (\w+)\n", plan, flags=re.M)
+    phases = dict(zip(parts[1::2], parts[2::2], strict=True))
+    assert list(phases) == ["packages", "setup", "upgrade"]
 
-    installs = re.findall(r"^apt-get install -y (.+)$", console, re.M)
-    assert installs, "DEPLOY.md installs no package"
-    if shutil.which("dpkg-query"):
-        packages = installs[0].split()
-        listed = subprocess.run(
-            ["dpkg-query", "-W", "-f", "${Package} ${Status}\n", *packages],
-            capture_output=True,
-            text=True,
-        ).stdout
-        installed = {line.split()[0] for line in listed.splitlines() if "ok installed" in line}
-        assert installed == set(packages), set(packages) - installed
+    run = []  # (phase, number, kind, section, body) in the order the walkthrough runs them
+    for phase, script in phases.items():
+        ran = re.findall(
+            r"^wt_begin (\d+) '([^']*)' '([^']*)'\n(.*?)^wt_end \1$", script, re.S | re.M
+        )
+        run += [(phase, int(n), kind, section, body) for n, kind, section, body in ran]
+        # The phase's script is valid shell as a whole.
+        checked = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True)
+        assert checked.returncode == 0, (phase, checked.stderr)
+    assert [n for _, n, *_ in run] == list(range(1, len(blocks) + 1))
 
-    units = set(re.findall(r"\b(messenger(?:@\d+|-migrate))\b", console))
-    assert units >= {"messenger@8001", "messenger@8002", "messenger-migrate"}, units
-    for unit in units:
-        template = re.sub(r"@\d+$", "@", unit) + ".service"
-        assert (UNITS / template).is_file(), template
-    for copied in re.findall(r"/opt/messenger/(deploy/systemd/\S+)", console):
-        assert (ROOT / copied).is_file(), copied
+    clone = "https://example.com/messenger.git"
+    assert sum(clone in body for _, body in blocks) == 1
+    for (info, body), offset, (phase, _, kind, section, ran) in zip(
+        blocks, offsets, run, strict=True
+    ):
+        assert kind == info
+        assert ran == body.replace(clone, f"file://{ROOT}")
+        assert section == [name for name, at in sections if at < offset][-1]
+        expected = {"1. Packages": "packages", "Upgrading": "upgrade"}.get(section, "setup")
+        assert phase == expected, (section, phase)
+
+
+def test_systemctl_stand_in_refuses_what_it_does_not_do(tmp_path: Path) -> None:
+    env = {**os.environ, "SYSTEMCTL_STANDIN_DIR": str(tmp_path)}
+    for args in (["is-active", "nginx"], ["restart", "nginx"], ["stop", "--force", "x"]):
+        result = subprocess.run([str(STANDIN), *args], env=env, capture_output=True, text=True)
+        assert result.returncode == 1, args
+        assert result.stderr.startswith("systemctl (stand-in): "), result.stderr
+    unset = {k: v for k, v in os.environ.items() if k != "SYSTEMCTL_STANDIN_DIR"}
+    result = subprocess.run(
+        [str(STANDIN), "daemon-reload"], env=unset, capture_output=True, text=True
+    )
+    assert result.returncode == 1 and "SYSTEMCTL_STANDIN_DIR" in result.stderr
 
 
 @pytest.mark.skipif(

@@ -24,6 +24,7 @@ import pytest
 import websockets
 
 from app.logs import REDACTED, install_redaction
+from tests import schema_check
 from tests.helpers import OPEN_LIMITS, SECRET, eventually
 from tests.push_world import PushWorld, start_push_world
 
@@ -199,7 +200,9 @@ async def test_no_secret_reaches_the_log(db_url: str, level: str, tmp_path: Path
         port = free_port()
         node = NodeProcess(node_env(db_url, level, port, world), port)
         async with node:
-            async with httpx2.AsyncClient(base_url=node.url, timeout=30) as api:
+            async with httpx2.AsyncClient(
+                event_hooks=schema_check.EVENT_HOOKS, base_url=node.url, timeout=30
+            ) as api:
                 await eventually(lambda: _healthy(api, node), within=30, what="the node")
                 secrets = await use_the_node(api, node, world)
     log = node.output.decode(errors="replace")

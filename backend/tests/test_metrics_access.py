@@ -9,6 +9,7 @@ import pytest
 
 from app.config import ConfigError
 from app.metrics import MetricsEndpoint, parse_networks
+from tests import schema_check
 from tests.helpers import Node, make_settings, start_node
 
 
@@ -30,14 +31,18 @@ async def nodes(sqlite_url: str) -> AsyncIterator[dict[str, Node]]:
 async def test_metrics_served_to_allowed_clients(
     nodes: dict[str, Node], which: str, status: int
 ) -> None:
-    async with httpx2.AsyncClient(base_url=nodes[which].url) as http:
+    async with httpx2.AsyncClient(
+        event_hooks=schema_check.EVENT_HOOKS, base_url=nodes[which].url
+    ) as http:
         r = await http.get("/metrics")
     assert r.status_code == status
     assert "messenger_messages_sent_total" in r.text
 
 
 async def test_metrics_refused_to_other_clients(nodes: dict[str, Node]) -> None:
-    async with httpx2.AsyncClient(base_url=nodes["elsewhere"].url) as http:
+    async with httpx2.AsyncClient(
+        event_hooks=schema_check.EVENT_HOOKS, base_url=nodes["elsewhere"].url
+    ) as http:
         r = await http.get("/metrics")
         health = await http.get("/health")
     assert r.status_code == 403

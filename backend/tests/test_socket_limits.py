@@ -9,12 +9,13 @@ import httpx2
 import pytest
 import websockets
 
+from tests import schema_check
 from tests.helpers import Client, Socket, User
 
 
 async def metric(node_url: str, name: str) -> float:
     """A counter's value on the node (its process), from GET /metrics."""
-    async with httpx2.AsyncClient(base_url=node_url) as http:
+    async with httpx2.AsyncClient(event_hooks=schema_check.EVENT_HOOKS, base_url=node_url) as http:
         text = (await http.get("/metrics")).text
     for line in text.splitlines():
         if line.startswith(name + " "):

@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from app.logs import REDACTED
 from app.messenger.models import PushDecision
+from tests import schema_check
 from tests.helpers import Client, Socket, User, eventually, make_settings, start_node
 from tests.logcapture import captured_logs
 
@@ -110,7 +111,8 @@ async def test_a_post_arrives_live_as_the_bot_in_every_accepted_shape(client: Cl
     url = local(client, hook["url"])
     socket = await Socket.connect(client.node, member)
     try:
-        async with httpx2.AsyncClient() as http:  # no auth of any kind
+        # No auth of any kind.
+        async with httpx2.AsyncClient(event_hooks=schema_check.EVENT_HOOKS) as http:
             shapes: list[tuple[str, dict[str, Any]]] = [
                 ("json content", {"json": {"content": "json content"}}),
                 ("slack text", {"json": {"text": "slack text"}}),
@@ -162,7 +164,7 @@ async def test_the_documented_curl_command_works(client: Client) -> None:
     hook = await make_hook(client, owner, group)
     url = local(client, hook["url"])
     if curl is None:  # no curl here: the same request curl -d makes
-        async with httpx2.AsyncClient() as http:
+        async with httpx2.AsyncClient(event_hooks=schema_check.EVENT_HOOKS) as http:
             r = await http.post(
                 url,
                 content=b'{"content":"deploy done"}',
@@ -192,7 +194,7 @@ async def test_bad_posts_get_clear_errors(client: Client) -> None:
     hook = await make_hook(client, owner, group)
     url = local(client, hook["url"])
     base, secret = url.rsplit("/", 1)
-    async with httpx2.AsyncClient() as http:
+    async with httpx2.AsyncClient(event_hooks=schema_check.EVENT_HOOKS) as http:
         cases: list[tuple[str, dict[str, Any], int, str]] = [
             (f"{base}/{'A' * 43}", {"json": {"content": "x"}}, 404, "webhook_not_found"),
             (
@@ -243,7 +245,7 @@ async def test_webhook_posts_are_rate_limited(sqlite_url: str) -> None:
         group = (await client.conversation(owner, member, title="limits"))["id"]
         url = local(client, (await make_hook(client, owner, group))["url"])
         other = local(client, (await make_hook(client, owner, group, "other"))["url"])
-        async with httpx2.AsyncClient() as http:
+        async with httpx2.AsyncClient(event_hooks=schema_check.EVENT_HOOKS) as http:
             for n in range(2):
                 assert (await http.post(url, json={"content": f"n{n}"})).status_code == 200
             r = await http.post(url, json={"content": "one too many"})
@@ -265,7 +267,7 @@ async def test_mentions_and_pushes_work_as_for_any_send(client: Client) -> None:
     owner, offline = await client.user(), await client.user()
     group = (await client.conversation(owner, offline, title="alerts"))["id"]
     hook = await make_hook(client, owner, group)
-    async with httpx2.AsyncClient() as http:
+    async with httpx2.AsyncClient(event_hooks=schema_check.EVENT_HOOKS) as http:
         r = await http.post(local(client, hook["url"]), json={"text": f"@{offline.username} look"})
     assert r.status_code == 200, r.text
     [message] = await client.messages(offline, group)
@@ -296,7 +298,7 @@ async def test_the_secret_never_reaches_a_log_line(client: Client) -> None:
     with captured_logs() as logs:
         access.setLevel(logging.INFO)
         try:
-            async with httpx2.AsyncClient() as http:
+            async with httpx2.AsyncClient(event_hooks=schema_check.EVENT_HOOKS) as http:
                 r = await http.post(local(client, hook["url"]), json={"content": "logged?"})
                 assert r.status_code == 200
         finally:
@@ -365,7 +367,7 @@ async def test_guesses_count_against_the_address(sqlite_url: str) -> None:
         owner, member = await client.user(), await client.user()
         group = (await client.conversation(owner, member, title="guesses"))["id"]
         url = local(client, (await make_hook(client, owner, group))["url"])
-        async with httpx2.AsyncClient() as http:
+        async with httpx2.AsyncClient(event_hooks=schema_check.EVENT_HOOKS) as http:
             guesses = [
                 url.rsplit("/", 1)[0] + "/" + "x" * 43,
                 url.rsplit("/", 2)[0] + "/no-such-hook/" + "x" * 43,
@@ -399,7 +401,7 @@ async def test_a_groups_webhooks_share_one_bucket(sqlite_url: str) -> None:
         first = local(client, (await make_hook(client, owner, group, "one"))["url"])
         second = local(client, (await make_hook(client, owner, group, "two"))["url"])
         third = local(client, (await make_hook(client, owner, elsewhere, "three"))["url"])
-        async with httpx2.AsyncClient() as http:
+        async with httpx2.AsyncClient(event_hooks=schema_check.EVENT_HOOKS) as http:
             assert (await http.post(first, json={"content": "a"})).status_code == 200
             assert (await http.post(second, json={"content": "b"})).status_code == 200
             r = await http.post(first, json={"content": "c"})

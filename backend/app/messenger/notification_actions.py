@@ -150,7 +150,8 @@ class NotificationActionRoutes:
             200: schemas.Message,
             201: schemas.Message,
             401: "the action token is invalid or expired, or its device or session ended",
-            403: "blocked, or read-only",
+            403: "blocked, read-only, or no longer a participant",
+            404: "the token's conversation is gone",
             429: "too many messages",
         },
         tags=["notification actions"],
@@ -178,6 +179,8 @@ class NotificationActionRoutes:
         responses={
             200: schemas.ReadMark,
             401: "the action token is invalid or expired, or its device or session ended",
+            403: "no longer a participant",
+            404: "the token's conversation is gone",
             429: "too many actions",
         },
         tags=["notification actions"],

@@ -428,8 +428,12 @@ class UploadRoutes:
         wanted = None if if_range not in (None, etag) else request.headers.get("range")
         span = parse_range(wanted, size)
         if span == "unsatisfiable":
-            return Response(
-                status_code=416, headers={**headers, "Content-Range": f"bytes */{size}"}
+            # An error like any other (API.md): the error body, and the size to ask within.
+            raise ApiError(
+                416,
+                "range_not_satisfiable",
+                "the range starts past the end of the file",
+                headers={"Content-Range": f"bytes */{size}"},
             )
         start, end = span if span is not None else (0, size)
         try:

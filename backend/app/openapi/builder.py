@@ -38,6 +38,10 @@ BODY_ERRORS = {
     422: "a field is missing, of the wrong type or out of range",
 }
 QUERY_ERRORS = {422: "a query parameter is malformed or out of range"}
+# app.web refuses a path holding a NUL before any route sees it.
+PATH_ERRORS = {422: "a path parameter holds a NUL character"}
+# app.errors answers any call whose database does not answer in time.
+SERVER_ERRORS = {503: "the database is not answering; retry after Retry-After"}
 
 _PARAM = re.compile(r"\{(\w+)(?::(\w+))?\}")
 _CONVERTORS: dict[str, dict[str, Any]] = {
@@ -180,9 +184,11 @@ def _operation_id(method: str, path: str) -> str:
 def _operation(
     method: str, path: str, endpoint: Any, operation: Operation, refs: dict[Any, Any]
 ) -> dict[str, Any]:
-    answers: dict[int, Any] = {}
+    answers: dict[int, Any] = dict(SERVER_ERRORS)
     if operation.auth:
         answers.update(AUTH_ERRORS)
+    if _PARAM.search(path):
+        answers.update(PATH_ERRORS)
     if operation.query is not None:
         answers.update(QUERY_ERRORS)
     if operation.body is not None:

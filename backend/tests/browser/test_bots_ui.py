@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 import httpx2
 from playwright.async_api import expect
 
+from tests import schema_check
 from tests.browser.support import NewContext, open_conversation, shoot, sign_in
 from tests.helpers import Client, Node
 
@@ -28,7 +29,7 @@ async def test_a_webhook_post_and_its_bot_carry_a_bot_badge(
     page = await sign_in(await new_context(notifications=False), web_node.url, bea)
     await open_conversation(page, cid)
     assert (await api.send(ann, cid, "from a person")).status_code == 201
-    async with httpx2.AsyncClient() as http:
+    async with httpx2.AsyncClient(event_hooks=schema_check.EVENT_HOOKS) as http:
         posted = await http.post(hook_url, json={"content": "build 7 green"})
     assert posted.status_code == 200, posted.text
 

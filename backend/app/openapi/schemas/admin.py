@@ -7,7 +7,14 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from app.openapi.schemas.choices import AnnouncementStatus, Platform, Provider
+from app.openapi.schemas.choices import (
+    AnnouncementStatus,
+    DeliveryOutcome,
+    Platform,
+    Provider,
+    PushLogType,
+    PushReason,
+)
 
 
 class Percentiles(BaseModel):
@@ -48,18 +55,18 @@ class PushLogEntry(BaseModel):
     """A push decision (type `decision`) or a delivery attempt (type `delivery`)."""
 
     id: str
-    type: str
-    reason: str
+    type: PushLogType
+    reason: PushReason
     user_id: int
     conversation_id: str | None
     message_id: str | None
     created_at: datetime
     first_seq: int | None = None
     last_seq: int | None = None
-    outcome: str | None = None
+    outcome: DeliveryOutcome | None = None
     seq: int | None = None
     device_id: str | None = None
-    provider: str | None = None
+    provider: Provider | None = None
     attempts: int | None = None
     latency_ms: float | None = None
     error: str | None = None

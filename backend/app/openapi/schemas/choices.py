@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 from pydantic import WithJsonSchema
 
 from app.email.schedule import PERIODS
+from app.messenger.push.base import Outcome
+from app.messenger.push.decision_log import REASONS
 from app.messenger.push.history import KINDS, OPENED_HOW
 from app.messenger.push.notification import PREVIEWS
 from app.messenger.roles import ROLES
@@ -38,3 +40,8 @@ StatusChangeStatus = Literal["cancelled", "dismissed"]
 ReminderStatus = Literal["pending", "firing", "fired", "cancelled"]
 AnnouncementStatus = Literal["sending", "done", "failed"]
 DeviceRegistration = Literal["registered", "refreshed"]
+PushLogType = Literal["decision", "delivery"]
+# Why a recipient was or was not pushed; a delivery's reason is one of these too.
+PushReason = Annotated[str, _enum(REASONS)]
+# A delivery's final outcome: `retry` is never one (delivery retries, then gives up).
+DeliveryOutcome = Annotated[str, _enum(o.value for o in Outcome if o is not Outcome.RETRY)]

@@ -6,13 +6,13 @@ from datetime import datetime
 
 from pydantic import BaseModel
 
-from app.openapi.schemas.choices import NotificationKind, OpenedHow, Provider
+from app.openapi.schemas.choices import DeliveryOutcome, NotificationKind, OpenedHow, Provider
 
 
 class Delivery(BaseModel):
     device_id: str | None
     provider: Provider
-    outcome: str
+    outcome: DeliveryOutcome
     latency_ms: float | None
     at: datetime
 
