@@ -14,6 +14,7 @@ counters, the Web Push fake's accepted pushes, and both latency summaries.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.messenger.devices import device_key, normalise_token
 from app.messenger.push.endpoints import EndpointPolicy
+from bench.procstat import CpuWatch
 
 if TYPE_CHECKING:
     from bench.runner import Bench
@@ -93,6 +95,15 @@ async def run(bench: Bench, quick: bool) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {admin['token']}"}
     body = {"title": "Maintenance tonight", "content": "The service is down 02:00-02:30 UTC."}
     started = time.monotonic()
+    watch = CpuWatch(
+        {
+            "node": [node.info["pid"]],
+            "driver": [os.getpid()],
+            "loadgen": [lg.proc.pid] if lg.proc else [],
+        },
+        {"postgres": "postgres"},
+    )
+    watch.start(started)
     async with bench.http.post(f"{node.url}{ANNOUNCEMENTS}", json=body, headers=headers) as r:
         if r.status != 202:
             raise RuntimeError(f"announce: {r.status} {await r.text()}")
@@ -110,6 +121,7 @@ async def run(bench: Bench, quick: bool) -> dict[str, Any]:
             break
         await asyncio.sleep(0.1)
     done_seconds = time.monotonic() - started
+    cpu = watch.stop(time.monotonic())
     lg.command("stop")
     result = await lg.result(60)
     await lg.stop()
@@ -126,6 +138,7 @@ async def run(bench: Bench, quick: bool) -> dict[str, Any]:
         "announcement_frames": result["announcement_frames"],
         "idle_delivery": result["idle_delivery"],
         "during_delivery": result["during_delivery"],
+        "during_ack": result["during_ack"],
         "during_failures": result["during_failures"],
         "target_p99_ms": TARGET_P99_MS,
         "met": bool(
@@ -134,5 +147,6 @@ async def run(bench: Bench, quick: bool) -> dict[str, Any]:
             and p99 is not None
             and p99 < TARGET_P99_MS
         ),
+        "cpu_pct": cpu,
         "recipients_over_time": progress[:: max(1, len(progress) // 20)],
     }

@@ -656,6 +656,7 @@ class AnnouncementLoad(Scenario):
         loop = asyncio.get_running_loop()
         stop = loop.run_in_executor(None, sys.stdin.readline)
         during: list[float] = []
+        during_ack: list[float] = []  # send to message.ack: the commit's share
         failures = 0
         deadline = now() + spec["max_probe_seconds"]
         for i in itertools.count():
@@ -667,8 +668,9 @@ class AnnouncementLoad(Scenario):
             t0 = now()
             sender.send(send_frame(spec["conversation_id"], f"probe {i}", cmid))
             try:
-                _, t_new = await asyncio.wait_for(asyncio.gather(*waiters), 5)
+                t_ack, t_new = await asyncio.wait_for(asyncio.gather(*waiters), 5)
                 during.append(t_new - t0)
+                during_ack.append(t_ack - t0)
             except (TimeoutError, RuntimeError):
                 failures += 1
             finally:
@@ -681,6 +683,7 @@ class AnnouncementLoad(Scenario):
         return {
             "idle_delivery": idle["delivery"],
             "during_delivery": summary_ms(during),
+            "during_ack": summary_ms(during_ack),
             "during_failures": failures,
             "announcement_frames": frames,
             "errors": self.errors,

@@ -63,6 +63,7 @@ SCENARIOS = [
     "throughput",
     "fanout",
     "push",
+    "push_web",
     "push_one",
     "connections",
     "two_nodes",
@@ -99,6 +100,7 @@ class Plan:
     fanout_seconds: float = 10.0
     push_members: int = 1000
     push_rounds: int = 3  # measured, after one warm-up round
+    push_web_members: int = 1000  # push_web: every device on the Web Push fake (a full group)
     push_one_count: int = 300  # messages to one offline recipient, one at a time
     push_one_warmup: int = 20
     connections: int = 10_000
@@ -123,6 +125,7 @@ QUICK = Plan(
     fanout_seconds=4.0,
     push_members=300,
     push_rounds=2,
+    push_web_members=300,
     push_one_count=100,
     push_one_warmup=10,
     connections=2000,
@@ -599,14 +602,16 @@ class Bench:
             users[i]["conversation_id"] = users[i + 1]["conversation_id"] = cid
         return users
 
-    async def insert_devices(self, users: list[dict[str, Any]]) -> dict[str, int]:
-        """One device each, the three providers in turn, registered with the fakes."""
+    async def insert_devices(
+        self, users: list[dict[str, Any]], providers: tuple[str, ...] = ("web_push", "fcm", "apns")
+    ) -> dict[str, int]:
+        """One device each, the providers in turn, registered with the fakes."""
         assert self.pool is not None and self.fakes is not None
         now = datetime.now(UTC)
         rows = []
         counts = {"web_push": 0, "fcm": 0, "apns": 0}
         for i, user in enumerate(users):
-            provider = ("web_push", "fcm", "apns")[i % 3]
+            provider = providers[i % len(providers)]
             if provider == "web_push":
                 token = normalise_token(
                     "web_push", self.fakes.webpush.subscribe(), EndpointPolicy(allow_any=True)
@@ -695,13 +700,21 @@ class Bench:
         return await self.load(spec, 90)
 
     async def push(self) -> dict[str, Any]:
+        return await self.pushes(self.plan.push_members, ("web_push", "fcm", "apns"))
+
+    async def push_web(self) -> dict[str, Any]:
+        """push with every device on the Web Push fake, and more of them: the provider's
+        own rate, and the node's CPU per push (encryption, VAPID, HTTP)."""
+        return await self.pushes(self.plan.push_web_members, ("web_push",))
+
+    async def pushes(self, members: int, kinds: tuple[str, ...]) -> dict[str, Any]:
         p = self.plan
         assert self.fakes is not None
         (node,) = await self.start_nodes("a")
-        users = await self.insert_users("push", p.push_members)
+        users = await self.insert_users("push", members)
         sender, recipients = users[0], users[1:]
         cid = await self.conversation(node, sender, recipients, title="Everyone")
-        providers = await self.insert_devices(recipients)
+        providers = await self.insert_devices(recipients, kinds)
         expected = len(recipients)
         lg = await self.start_loadgen(
             {
@@ -719,7 +732,11 @@ class Bench:
                 {"node": [node.info["pid"]], "driver": [os.getpid()]},
                 {"postgres": "postgres", "redis": "redis-server"},
             )
-            watch.start(time.monotonic())
+            started = time.monotonic()
+            watch.start(started)
+            # The node's CPU for the whole round: the pushes, then their outcomes recorded.
+            whole = CpuWatch({"node": [node.info["pid"]]}, {})
+            whole.start(started)
             lg.command("send")
             acked = await lg.event(30)
             commit = datetime.fromisoformat(acked["message"]["created_at"]).timestamp()
@@ -749,16 +766,22 @@ class Bench:
                 }
             )
             await asyncio.sleep(1.0)  # the node records outcomes and deletes the jobs
+            ended = time.monotonic()
+            node_cpu_s = whole.stop(ended)["node"] / 100 * (ended - started)
+            rounds[-1]["node_cpu_ms_per_push"] = (
+                round(1000 * node_cpu_s / len(accepted), 3) if accepted else None
+            )
         lg.command("stop")
         await lg.result(10)
         await lg.stop()
         measured = [r for r in rounds if not r["warmup"]]
         return {
-            "members": p.push_members,
+            "members": members,
             "devices": providers,
             "rounds": rounds,
             "done_s": [r["done_s"] for r in measured],
             "pushes_per_s": [r["pushes_per_s"] for r in measured],
+            "node_cpu_ms_per_push": [r["node_cpu_ms_per_push"] for r in measured],
         }
 
     async def push_one(self) -> dict[str, Any]:

@@ -95,6 +95,8 @@ class FakePushService(AiohttpFake):
         self.received: list[Received] = []
         # Requests that followed a REDIRECT answer: a client that never follows keeps it 0.
         self.redirects_followed = 0
+        # Authorization header -> its parts and claims, once its signature held.
+        self._verified: dict[str, tuple[dict[str, str], dict[str, Any]]] = {}
         self.app.router.add_post("/push/{sub_id}", self._push)
         self.app.router.add_route("*", "/redirected/{sub_id}", self._redirected)
 
@@ -197,13 +199,21 @@ class FakePushService(AiohttpFake):
         return response
 
     def _check_vapid(self, authorization: str) -> tuple[dict[str, Any], web.Response | None]:
-        try:
-            if not Vapid02.verify(authorization):
-                return {}, _error(401, 109, "Invalid VAPID signature")
-            parts = dict(p.split("=", 1) for p in authorization.split(" ", 1)[1].split(","))
-            claims = vapid_jwt.decode(parts["t"], parts["k"])
-        except Exception:
-            return {}, _error(401, 109, "Missing or malformed VAPID Authorization header")
+        # A header whose signature held once is not verified again (as a push service
+        # would cache it): the claims are still checked at every push, below.
+        known = self._verified.get(authorization)
+        if known is None:
+            try:
+                if not Vapid02.verify(authorization):
+                    return {}, _error(401, 109, "Invalid VAPID signature")
+                parts = dict(p.split("=", 1) for p in authorization.split(" ", 1)[1].split(","))
+                known = parts, vapid_jwt.decode(parts["t"], parts["k"])
+            except Exception:
+                return {}, _error(401, 109, "Missing or malformed VAPID Authorization header")
+            if len(self._verified) >= 1000:
+                self._verified.clear()
+            self._verified[authorization] = known
+        parts, claims = known[0], dict(known[1])
         if parts["k"] != self.vapid_public_key:
             # The subscription belongs to another applicationServerKey.
             return claims, _error(403, 109, "VAPID key does not match the subscription")

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
 from collections.abc import Collection
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from typing import cast
 
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -136,9 +138,15 @@ async def deactivate_dead(conn: AsyncConnection, device_ids: Collection[str]) ->
 def _host_slot(provider: Provider, device: Device) -> AbstractAsyncContextManager[None]:
     """The per-host limit of a provider that reaches many hosts (Web Push); others have
     one host each, and the provider's limit is its limit."""
-    if isinstance(provider, PerHostLimited):
-        return provider.host_slot(device)
+    if _per_host_limited(type(provider)):
+        return cast(PerHostLimited, provider).host_slot(device)
     return contextlib.nullcontext()
+
+
+@functools.cache
+def _per_host_limited(kind: type) -> bool:
+    # Once per provider class: isinstance against a runtime Protocol walks its members.
+    return issubclass(kind, PerHostLimited)
 
 
 def _ms(started: float) -> float:
