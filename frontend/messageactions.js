@@ -149,6 +149,12 @@ export function showContext() {
   box.querySelector('.composer-context-text').textContent = current.message.content.slice(0, QUOTE_CHARS);
 }
 
+/** The message the composer's text replies to, left in place (a send that may fail). */
+export function replyingTo(conversationId) {
+  const current = context.get(conversationId);
+  return current?.mode === 'reply' ? current.message.id : null;
+}
+
 /** The message the composer's text replies to, taken (once) for the send. */
 export function takeReplyTo(conversationId) {
   const current = context.get(conversationId);

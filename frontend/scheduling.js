@@ -11,7 +11,8 @@
 // button.scheduled-cancel.
 
 import { api } from './api.js';
-import { takeReplyTo } from './messageactions.js';
+import { hasReadyFiles } from './attachments.js';
+import { replyingTo, takeReplyTo } from './messageactions.js';
 import { state } from './store.js';
 import { $, el, fitComposer, setBusy } from './ui.js';
 import {
@@ -81,7 +82,11 @@ function closeMenu() {
   $('send-later').setAttribute('aria-expanded', 'false');
 }
 
-/** Posts the composer's text to be sent at `when`; the composer empties once it is accepted. */
+/**
+ * Posts the composer's text (and its reply-to) to be sent at `when`. As with an ordinary
+ * send, nothing of the composer is lost to a failure: text and reply-to are cleared only
+ * once the server has accepted, and only if they are still what was scheduled.
+ */
 async function schedule(when, button) {
   const conversationId = state.activeId;
   const composer = $('composer');
@@ -96,6 +101,10 @@ async function schedule(when, button) {
     menuError('Finish or cancel the edit first: an edit cannot wait.');
     return;
   }
+  if (hasReadyFiles(conversationId)) {
+    menuError('A scheduled message cannot carry files: send them now, or remove them first.');
+    return;
+  }
   if (!(when instanceof Date) || Number.isNaN(when.getTime())) {
     menuError('Pick a date and a time.');
     return;
@@ -106,14 +115,16 @@ async function schedule(when, button) {
   }
   setBusy(button, true);
   try {
-    const replyTo = takeReplyTo(conversationId);
+    const replyTo = replyingTo(conversationId);
     const sendAt = when.toISOString();
     const body = { content, client_msg_id: clientMsgIdFor(conversationId, content, sendAt), send_at: sendAt };
     if (replyTo) body.reply_to = replyTo;
     const answer = await api.scheduleMessage(conversationId, body);
     unanswered = null;
-    if (state.activeId === conversationId) composer.value = '';
-    state.drafts.delete(conversationId);
+    // Whatever was typed or chosen while the request was out stays.
+    if (replyTo && replyingTo(conversationId) === replyTo) takeReplyTo(conversationId);
+    if (state.activeId === conversationId && composer.value.trim() === content) composer.value = '';
+    if ((state.drafts.get(conversationId) ?? '').trim() === content) state.drafts.delete(conversationId);
     fitComposer();
     $('send-later-at').value = '';
     closeMenu();

@@ -5,6 +5,7 @@ and its pushes never hold up ordinary ones."""
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -16,14 +17,23 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import utcnow
+from app.messenger import broadcast
 from app.messenger.broadcast import Broadcasts, client_msg_id
 from app.messenger.broadcast_chunk import TITLE
-from app.messenger.models import Announcement, Conversation, Message, PushJob
+from app.messenger.models import Announcement, Conversation, Message, PushJob, ScheduledMessage
 from app.models import User
 from tests.cluster import Cluster, connect
 from tests.conftest import migrate, migrated_database
 from tests.fakes import Mode
-from tests.helpers import Client, Node, Socket, eventually, make_settings, start_node
+from tests.helpers import (
+    Client,
+    Node,
+    Socket,
+    eventually,
+    iso_from_now,
+    make_settings,
+    start_node,
+)
 from tests.helpers import User as Account
 from tests.push_world import PushWorld, start_push_world
 
@@ -65,6 +75,8 @@ async def world(
             "announcement_poll_seconds": 0.05,
             "announcement_rate_per_hour": 100_000,
             "announcement_burst": 100_000,
+            # Recipients who were looking and then left are pushed within a second.
+            "push_recheck_interval_seconds": 0.2,
         }
         node = await start_node(make_settings(url, **settings))
         stack.push_async_callback(node.stop)
@@ -110,6 +122,49 @@ async def finished(world: World, admin: Account, announcement_id: str) -> dict[s
 
     result: dict[str, Any] = await eventually(done, within=20.0, what="the announcement done")
     return result
+
+
+async def held_announcement(
+    world: World,
+    admin: Account,
+    user_ids: list[int],
+    node_id: str,
+    announcement_id: str | None = None,
+    lease: timedelta = timedelta(hours=1),
+) -> Any:
+    """An announcement to `user_ids`, sending, its lease held by `node_id`: the row."""
+    a = Announcement.__table__
+    announcement_id = announcement_id or str(uuid.uuid4())
+    async with world.engine.begin() as conn:
+        await conn.execute(
+            insert(a).values(
+                id=announcement_id,
+                created_by=admin.id,
+                title="Maintenance",
+                content="down at 2am",
+                audience="list",
+                user_ids=user_ids,
+                status="sending",
+                claimed_by=node_id,
+                lease_until=utcnow() + lease,
+                created_at=utcnow(),
+            )
+        )
+        return (await conn.execute(select(a).where(a.c.id == announcement_id))).one()
+
+
+async def ordinary_push_goes_first(
+    world: World, sender: Account, conversation_id: str, token: str, held: list[str]
+) -> None:
+    """An ordinary message's push arrives at once, while the announcement's pushes to the
+    `held` devices still hang in the lane (every one of its slots taken)."""
+    r = await world.client.send(sender, conversation_id, "ordinary")
+    assert r.status_code == 201
+    await eventually(
+        lambda: world.push.accepted("web_push", token), within=5.0, what="the ordinary push"
+    )
+    assert world.node.services.push.lane.cap.locked()
+    assert not any(world.push.accepted("web_push", t) for t in held)
 
 
 async def announcement_messages(engine: AsyncEngine, announcement_id: str) -> list[Any]:
@@ -271,22 +326,8 @@ async def test_a_job_left_by_a_dead_node_is_resumed_with_no_duplicate_and_no_gap
     users = [await api.user() for _ in range(7)]
     ids = sorted(u.id for u in users)
     announcement_id = "00000000-dead-4000-8000-" + ids[0].to_bytes(6, "big").hex()
+    row = await held_announcement(world, admin, ids, "dead-node", announcement_id)
     a = Announcement.__table__
-    async with world.engine.begin() as conn:
-        await conn.execute(
-            insert(a).values(
-                id=announcement_id,
-                created_by=admin.id,
-                title="Maintenance",
-                content="down at 2am",
-                audience="list",
-                user_ids=ids,
-                status="sending",
-                claimed_by="dead-node",
-                lease_until=utcnow() + timedelta(hours=1),
-                created_at=utcnow(),
-            )
-        )
     # The dead node wrote its first chunk (cursor in the middle), then died.
     node = world.node.services
     dead = Broadcasts(
@@ -296,8 +337,6 @@ async def test_a_job_left_by_a_dead_node_is_resumed_with_no_duplicate_and_no_gap
         node.fanout,
         node.push,
     )
-    async with world.engine.connect() as conn:
-        row = (await conn.execute(select(a).where(a.c.id == announcement_id))).one()
     await dead._write_chunk(row, ids[:3])
     async with world.engine.begin() as conn:
         await conn.execute(
@@ -338,17 +377,17 @@ async def test_progress_is_readable_while_it_runs_and_ordinary_pushes_go_first(
         announcement_id = await announce(world, admin, user_ids=[u.id for u in slow])
         # Two announcement pushes hang in the lane's slots; the rest wait in the lane.
         await eventually(lambda: push.lane.cap.locked(), what="the lane's slots all taken")
-        r = await api.http.get(f"{A}/{announcement_id}", headers=admin.headers)
-        assert r.json()["status"] == "sending"
-        assert r.json()["recipients"] == 5
-        assert r.json()["pushed"] == 0
-        assert (await api.send(alice, to_carol["id"], "ordinary")).status_code == 201
-        await eventually(
-            lambda: world.push.accepted("web_push", carol_token), within=5.0, what="carol's push"
-        )
-        # The announcement's pushes are still held back.
-        assert push.lane.cap.locked()
-        assert not any(world.push.accepted("web_push", t) for t in slow_tokens)
+
+        async def progress() -> dict[str, Any] | None:
+            r = await api.http.get(f"{A}/{announcement_id}", headers=admin.headers)
+            body: dict[str, Any] = r.json()
+            # Its second chunk may still be under way when the first's pushes hang.
+            return body if body["recipients"] == 5 else None
+
+        running = await eventually(progress, what="both chunks written")
+        assert running["status"] == "sending"
+        assert running["pushed"] == 0
+        await ordinary_push_goes_first(world, alice, to_carol["id"], carol_token, slow_tokens)
     finally:
         for token in slow_tokens:
             sub_id = json.loads(token)["endpoint"].rsplit("/", 1)[1]
@@ -356,6 +395,58 @@ async def test_progress_is_readable_while_it_runs_and_ordinary_pushes_go_first(
         world.push.webpush.release_hanging()
     report = await finished(world, admin, announcement_id)
     assert report["pushed"] == 5
+    world.push.reset()
+
+
+async def test_re_checked_announcement_pushes_stay_behind_ordinary_pushes(world: World) -> None:
+    """Recipients who were looking when it arrived and then left are pushed by the
+    re-check: those pushes go to the announcement lane too. With the provider hanging on
+    them, they hold the lane's slots only, and an ordinary push still goes out at once."""
+    api = world.client
+    admin = await admin_of(world)
+    slow = [await api.user() for _ in range(5)]
+    slow_tokens = [await web_device(world, u, Mode.HANG) for u in slow]
+    slow_subs = {json.loads(t)["endpoint"].rsplit("/", 1)[1] for t in slow_tokens}
+    alice, carol = await api.user(), await api.user()
+    carol_token = await web_device(world, carol)
+    to_carol = await api.conversation(alice, carol)
+    sockets = [await Socket.connect(world.node, u) for u in slow]
+    try:
+        announcement_id = await announce(world, admin, user_ids=[u.id for u in slow])
+        for socket in sockets:
+            await socket.expect("message.new")
+        report = await finished(world, admin, announcement_id)
+        assert (report["delivered_live"], report["pushed"]) == (5, 0)  # all were looking
+        for socket in sockets:
+            await socket.close()
+        # They left without reading: the re-check pushes them, two at a time (the lane's).
+        await eventually(
+            lambda: len([r for r in world.push.webpush.received if r.sub_id in slow_subs]) >= 2,
+            what="the re-check's pushes under way",
+        )
+        async with world.engine.connect() as conn:
+            marked = set(
+                (
+                    await conn.execute(
+                        select(PushJob.announcement_id).where(
+                            PushJob.recipient_id.in_([u.id for u in slow])
+                        )
+                    )
+                ).scalars()
+            )
+        assert marked == {announcement_id}  # taken up into the lane by any node, too
+        await ordinary_push_goes_first(world, alice, to_carol["id"], carol_token, slow_tokens)
+    finally:
+        for socket in sockets:
+            await socket.close()
+        for sub_id in slow_subs:
+            world.push.webpush.modes.set(sub_id, Mode.OK)
+        world.push.webpush.release_hanging()
+    await eventually(
+        lambda: all(world.push.accepted("web_push", t) for t in slow_tokens),
+        within=40.0,
+        what="the re-check's pushes once the provider answers",
+    )
     world.push.reset()
 
 
@@ -526,22 +617,7 @@ async def test_a_taken_over_announcement_job_stays_behind_ordinary_pushes(world:
     node = world.node.services
     a = Announcement.__table__
     announcement_id = "00000000-0000-4000-8000-" + slow[0].id.to_bytes(6, "big").hex()
-    async with world.engine.begin() as conn:
-        await conn.execute(
-            insert(a).values(
-                id=announcement_id,
-                created_by=admin.id,
-                title="Maintenance",
-                content="down at 2am",
-                audience="list",
-                user_ids=[u.id for u in slow],
-                status="sending",
-                claimed_by="dead-node",
-                lease_until=utcnow() + timedelta(hours=1),
-                created_at=utcnow(),
-            )
-        )
-        row = (await conn.execute(select(a).where(a.c.id == announcement_id))).one()
+    row = await held_announcement(world, admin, [u.id for u in slow], "dead-node", announcement_id)
     dead = Broadcasts(
         node.engine,
         make_settings("sqlite://", node_id="dead-node", announcement_chunk=5),
@@ -560,12 +636,7 @@ async def test_a_taken_over_announcement_job_stays_behind_ordinary_pushes(world:
     try:
         assert await push.recover() == 1
         await eventually(lambda: push.lane.cap.locked(), what="the lane's slots all taken")
-        assert (await api.send(alice, to_carol["id"], "ordinary")).status_code == 201
-        await eventually(
-            lambda: world.push.accepted("web_push", carol_token), within=5.0, what="carol's push"
-        )
-        assert push.lane.cap.locked()
-        assert not any(world.push.accepted("web_push", t) for t in slow_tokens)
+        await ordinary_push_goes_first(world, alice, to_carol["id"], carol_token, slow_tokens)
     finally:
         for token in slow_tokens:
             sub_id = json.loads(token)["endpoint"].rsplit("/", 1)[1]
@@ -579,3 +650,133 @@ async def test_a_taken_over_announcement_job_stays_behind_ordinary_pushes(world:
         what="the announcement's pushes once the provider answers",
     )
     world.push.reset()
+
+
+async def test_a_chunks_push_job_is_leased_by_the_database_clock(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node whose clock runs an hour ahead writes a chunk: its push job's lease ends
+    one push lease after the database's now(), as every lease does, not an hour later
+    (which would strand the job if that node died)."""
+    if world.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite serves one node: its clock is the database's")
+    admin = await admin_of(world)
+    ids = sorted([(await world.client.user()).id for _ in range(2)])
+    row = await held_announcement(world, admin, ids, "skewed-node", lease=timedelta(minutes=5))
+    announcement_id = row.id
+    a = Announcement.__table__
+    node = world.node.services
+    settings = make_settings("sqlite://", node_id="skewed-node")
+    skewed = Broadcasts(node.engine, settings, node.presence, node.fanout, node.push)
+    monkeypatch.setattr(broadcast, "utcnow", lambda: utcnow() + timedelta(hours=1))
+
+    async def database_now() -> Any:
+        async with world.engine.connect() as conn:
+            return await conn.scalar(select(func.now()))
+
+    before = await database_now()
+    chunk = await skewed._write_chunk(row, ids)
+    after = await database_now()
+    try:
+        async with world.engine.connect() as conn:
+            lease_until = await conn.scalar(
+                select(PushJob.lease_until).where(PushJob.id == chunk.job_id)
+            )
+        lease = timedelta(seconds=settings.push_lease_seconds)
+        assert before + lease <= lease_until <= after + lease
+    finally:
+        async with world.engine.begin() as conn:
+            await conn.execute(PushJob.__table__.delete().where(PushJob.id == chunk.job_id))
+            await conn.execute(update(a).where(a.c.id == announcement_id).values(status="done"))
+
+
+async def test_no_other_way_of_writing_gets_into_the_announcements_conversation(
+    world: World,
+) -> None:
+    """Scheduling, a reply from the push, a bot, a webhook, an edit or a deletion: each is
+    refused (403), and the conversation holds the announcement alone."""
+    api = world.client
+    admin = await admin_of(world)
+    user = await api.user()
+    token = await web_device(world, user)
+    r = await api.http.post(
+        "/api/v1/me/bots", json={"username": f"b{user.id}"}, headers=user.headers
+    )
+    assert r.status_code == 201, r.text
+    bot = Account(r.json()["id"], r.json()["username"], r.json()["token"], "bot")
+    world.push.reset()
+    await finished(world, admin, await announce(world, admin, user_ids=[user.id, bot.id]))
+    conversation_id = await announcements_conversation(world, user)
+    [message] = await api.messages(user, conversation_id)
+    path = f"{C}/{conversation_id}"
+
+    r = await api.send(user, conversation_id, "later", send_at=iso_from_now(3600))
+    assert r.status_code == 403, r.text
+    assert r.json()["error"]["code"] == "read_only"
+    [pushed] = world.push.accepted("web_push", token)
+    assert pushed.payload is not None
+    # Mark as read is offered; Reply is not (and refused, should a client try it).
+    assert [a["action"] for a in pushed.payload["actions"]] == ["read"]
+    r = await api.http.post(
+        "/api/v1/messenger/notification-actions/reply",
+        json={"action_token": pushed.payload["action_token"], "content": "from the lock screen"},
+    )
+    assert r.status_code == 403, r.text
+    assert r.json()["error"]["code"] == "read_only"
+    r = await api.send(bot, await announcements_conversation(world, bot), "beep")
+    assert r.status_code == 403, r.text
+    assert r.json()["error"]["code"] == "read_only"
+    r = await api.http.post(f"{path}/webhooks", json={"name": "hook"}, headers=user.headers)
+    assert r.status_code == 403, r.text
+    r = await api.http.patch(
+        f"{path}/messages/{message['id']}", json={"content": "mine now"}, headers=user.headers
+    )
+    assert r.status_code == 403, r.text
+    r = await api.http.delete(f"{path}/messages/{message['id']}", headers=user.headers)
+    assert r.status_code == 403, r.text
+
+    assert await api.messages(user, conversation_id) == [message]
+    r = await api.http.get("/api/v1/messenger/scheduled", headers=user.headers)
+    assert r.json()["scheduled"] == []
+    world.push.reset()
+
+
+async def test_a_scheduled_message_into_it_fails_when_due_and_sends_nothing(
+    world: World,
+) -> None:
+    """Firing checks again: a scheduled row for the Announcements conversation (however
+    it got there) fails `read_only` at its time and writes no message."""
+    api = world.client
+    admin = await admin_of(world)
+    user = await api.user()
+    await finished(world, admin, await announce(world, admin, user_ids=[user.id]))
+    conversation_id = await announcements_conversation(world, user)
+    before = await api.messages(user, conversation_id)
+    scheduled_id = str(uuid.uuid4())
+    async with world.engine.begin() as conn:
+        await conn.execute(
+            insert(ScheduledMessage).values(
+                id=scheduled_id,
+                conversation_id=conversation_id,
+                sender_id=user.id,
+                content="sneaking in",
+                send_at=utcnow() - timedelta(seconds=1),
+                status="pending",
+                created_at=utcnow(),
+            )
+        )
+
+    async def failed() -> Any:
+        async with world.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(ScheduledMessage.status, ScheduledMessage.error).where(
+                        ScheduledMessage.id == scheduled_id
+                    )
+                )
+            ).one()
+        return row if row.status != "pending" else None
+
+    row = await eventually(failed, what="the scheduled message fired")
+    assert (row.status, row.error) == ("failed", "read_only")
+    assert await api.messages(user, conversation_id) == before

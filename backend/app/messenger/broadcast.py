@@ -29,7 +29,6 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Sequence
-from datetime import timedelta
 from typing import Any, NamedTuple
 
 from sqlalchemy import Row, case, func, literal_column, or_, select, update
@@ -72,6 +71,7 @@ CHUNK_BACKOFF_MAX = 10.0
 # after a node died) before it records its counts anyway.
 PUSH_WAIT_SECONDS = 120.0
 PUSH_WAIT_POLL = 0.5
+COUNT_SECONDS = 1.0  # how often `pushed` is brought up to date while sending
 FRAMES_PER_TURN = 100  # announcement frames sent between two looks at the event loop
 
 
@@ -126,11 +126,6 @@ async def push_counts(conn: AsyncConnection, row: Any) -> PushCounts:
         )
     ).one()
     return PushCounts(int(found[0] or 0), int(found[1] or 0))
-
-
-async def pushed_count(conn: AsyncConnection, row: Any) -> int:
-    """Recipients with at least one device that took the announcement's push."""
-    return (await push_counts(conn, row)).pushed
 
 
 class Broadcasts:
@@ -227,13 +222,37 @@ class Broadcasts:
     async def work(self, row: Row[Any]) -> None:
         """Deliver the announcement from its cursor on, then record it done."""
         renewing = asyncio.create_task(self._renew(row.id), name=f"announcement-lease-{row.id}")
+        counting = asyncio.create_task(self._count(row), name=f"announcement-count-{row.id}")
         try:
             await self._deliver(row, renewing)
         except Lost:
             log.warning("announcement taken over id=%s node=%s", row.id, self._node)
         finally:
-            renewing.cancel()
-            await asyncio.gather(renewing, return_exceptions=True)
+            for task in (renewing, counting):
+                task.cancel()
+            await asyncio.gather(renewing, counting, return_exceptions=True)
+
+    async def _count(self, row: Row[Any]) -> None:
+        """Keep `pushed` current while sending, once a second: readers take the row as
+        it is, so progress costs one count a second however many admins watch it."""
+        a = _announcements.c
+        while True:
+            await asyncio.sleep(COUNT_SECONDS)
+            try:
+                async with self._engine.begin() as conn:
+                    counts = await push_counts(conn, row)
+                    await conn.execute(
+                        update(_announcements)
+                        .where(a.id == row.id, a.claimed_by == self._node, a.status == "sending")
+                        .values(pushed=counts.pushed)
+                    )
+            except Exception as exc:  # the next round counts again
+                log.warning(
+                    "announcement not counted id=%s node=%s error=%s",
+                    row.id,
+                    self._node,
+                    type(exc).__name__,
+                )
 
     async def _renew(self, announcement_id: str) -> None:
         """Keep the lease while working; stop (Lost) once another node holds it."""
@@ -375,26 +394,25 @@ class Broadcasts:
         job_id = str(uuid.uuid4())
         async with self._engine.begin() as conn:
             a = _announcements.c
-            # First: still ours? Also locks the row, so nothing else moves the cursor.
-            kept = await conn.scalar(
-                update(_announcements)
-                .where(a.id == row.id, a.claimed_by == self._node, a.status == "sending")
-                .values(
-                    cursor=wanted[-1],
-                    recipients=a.recipients + len(users),
-                    delivered_live=a.delivered_live + len(online),
-                    failed=a.failed + len(wanted) - len(users),
-                    lease_until=self._lease_end(),
+            # First: still ours? Also locks the row, so nothing else moves the cursor. It
+            # answers the push job's lease end too, by the database's clock as every lease.
+            kept = (
+                await conn.execute(
+                    update(_announcements)
+                    .where(a.id == row.id, a.claimed_by == self._node, a.status == "sending")
+                    .values(
+                        cursor=wanted[-1],
+                        recipients=a.recipients + len(users),
+                        delivered_live=a.delivered_live + len(online),
+                        failed=a.failed + len(wanted) - len(users),
+                        lease_until=self._lease_end(),
+                    )
+                    .returning(a.id, db_later(dialect, self._push_lease).label("push_lease_until"))
                 )
-                .returning(a.id)
-            )
+            ).first()
             if kept is None:
                 raise Lost(row.id)
-            job = {
-                "id": job_id,
-                "claimed_by": self._node,
-                "lease_until": now + timedelta(seconds=self._push_lease),
-            }
+            job = {"id": job_id, "claimed_by": self._node, "lease_until": kept.push_lease_until}
             text = message_text(row.title, row.content)
             committed = await write_chunk(conn, row, users, text, now, job)
         for n, c in enumerate(committed):

@@ -96,6 +96,16 @@ def conversation_key(user_id: int) -> str:
     return f"{TYPE}:{user_id}"
 
 
+def announcement_of(conversation_type: str, client_msg_id: str | None) -> str | None:
+    """The announcement a message was written for, or None. Only a message of an
+    Announcements conversation counts: nobody else writes there, while anyone may give
+    an ordinary message a client_msg_id that looks like an announcement's."""
+    if conversation_type != TYPE or client_msg_id is None:
+        return None
+    prefix = f"{TYPE}:"
+    return client_msg_id[len(prefix) :] if client_msg_id.startswith(prefix) else None
+
+
 def _committed(
     message_id: str,
     conversation_id: str,

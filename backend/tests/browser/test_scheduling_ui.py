@@ -99,24 +99,58 @@ async def test_send_later_at_a_picked_time_arrives_and_another_is_cancelled(
     b = await sign_in(await new_context(notifications=False), timer_node.url, bob)
     r = await api.send(bob, cid, "when do we meet?")
     assert r.status_code == 201, r.text
+    question_id = r.json()["id"]
     await open_conversation(a, cid)
     await open_conversation(b, cid)
     panel = a.locator("#scheduled-panel")
     await expect(panel).to_be_hidden()
 
-    # Picked in Tokyo's clock: the server holds the same instant in UTC.
+    # A reply, scheduled: refused first (too far ahead; then the network fails), and each
+    # time the composer keeps both its text and the reply-to.
+    question = a.locator("#messages li.message", has_text="when do we meet?")
+    await question.hover()
+    await question.locator('button[data-msg-action="reply"]').click()
+    replying = a.locator("#composer-context.replying")
+    await expect(replying).to_be_visible()
     await a.fill("#composer", "see you at nine")
     await a.click("#send-later")
     await expect(a.locator("#send-later-zone")).to_have_text("Times in Asia/Tokyo")
+    await a.fill("#send-later-at", wall_clock(datetime.now(UTC) + timedelta(days=400), zone))
+    await a.click("#send-later-submit")
+    await expect(a.locator("#send-later-error")).to_contain_text("days from now")
+    await expect(a.locator("#composer")).to_have_value("see you at nine")
+    await expect(replying).to_be_visible()
+
+    async def no_network(route: Any) -> None:
+        if route.request.method == "POST":
+            await route.abort("internetdisconnected")
+        else:
+            await route.continue_()
+
+    messages_path = f"**/api/v1/messenger/conversations/{cid}/messages"
+    await a.route(messages_path, no_network)
+    await a.fill("#send-later-at", wall_clock(datetime.now(UTC) + timedelta(hours=2), zone))
+    await a.click("#send-later-submit")
+    await expect(a.locator("#send-later-error")).to_be_visible()
+    await expect(a.locator("#send-later-error")).not_to_contain_text("days from now")
+    await expect(a.locator("#composer")).to_have_value("see you at nine")
+    await expect(replying).to_be_visible()
+    await a.unroute(messages_path, no_network)
+    assert await scheduled_of(api, ann) == []
+
+    # Picked in Tokyo's clock: the server holds the same instant in UTC. Accepted, the
+    # composer empties and the reply-to goes with it.
     when = (datetime.now(UTC) + AHEAD).replace(microsecond=0)
     await a.fill("#send-later-at", wall_clock(when, zone))
     await a.click("#send-later-submit")
     item = a.locator("#scheduled-list li.scheduled", has_text="see you at nine")
     await expect(item).to_be_visible()
     await expect(a.locator("#composer")).to_have_value("")
+    await expect(a.locator("#composer-context")).to_be_hidden()
     await expect(a.locator("#send-later-menu")).to_be_hidden()
     [stored] = await scheduled_of(api, ann)
     assert stored["content"] == "see you at nine"
+    assert stored["reply_to"] == question_id
     assert parse(stored["send_at"]) == when
     await shoot(a, artifacts, "send-later-scheduled")
     # Not sent yet: Bob has only his question.
@@ -130,6 +164,7 @@ async def test_send_later_at_a_picked_time_arrives_and_another_is_cancelled(
     assert await scheduled_of(api, ann) == []
     sent = [m for m in await api.messages(bob, cid) if m["content"] == "see you at nine"]
     assert len(sent) == 1 and sent[0]["sender_id"] == ann.id
+    assert sent[0]["reply_to"] == question_id
     assert parse(sent[0]["created_at"]) >= when
 
     # "In 1 hour", then cancelled from the list: it never goes out.

@@ -79,6 +79,8 @@ class Notification:
     # A signed URL of the message's first image's thumbnail (preview "full" only), that
     # the device fetches without a session (push.image_links).
     image: str | None = None
+    # False in a read-only conversation (Announcements): no Reply action is offered.
+    replyable: bool = True
 
     @property
     def ref(self) -> str:

@@ -290,7 +290,14 @@ async def decide(
         notification_id = message_notification_id(c.user_id, m["id"])
         for device in mine:
             notification = message_notification(
-                m, sender_name, title, base_url, recipient, device, image_urls.get(m["id"])
+                m,
+                sender_name,
+                title,
+                base_url,
+                recipient,
+                device,
+                image_urls.get(m["id"]),
+                replyable=not c.announcement,
             )
             # Every provider carries it: a click or an app reports the open by it.
             notification.data["notification_id"] = notification_id

@@ -58,10 +58,12 @@ def message_notification(
     recipient: Recipient,
     device: Device,
     image: str | None = None,
+    replyable: bool = True,
 ) -> Notification:
     """The notification of a new message (the latest unread of its conversation) for
     one device of a recipient. `image`, a signed URL of its thumbnail, is shown only
-    where its text would be (preview "full")."""
+    where its text would be (preview "full"); `replyable` is False for a conversation
+    nobody may send into (an announcement's)."""
     conversation_id = str(message["conversation_id"])
     locale = texts.locale_of(recipient.locale)
     mode = recipient.preview if recipient.preview in PREVIEWS else "none"
@@ -114,6 +116,7 @@ def message_notification(
         preview=mode,
         locale=locale,
         image=image if mode == "full" else None,
+        replyable=replyable,
     )
 
 

@@ -10,6 +10,9 @@ for about that long, and once attention sees the recipient active nowhere it wri
 push job for the pairs still unread (the way Zulip's missed-message hook notifies a
 user whose last event queue was dropped). The memory is bounded in time and in count: past the
 count, the oldest pairs are forgotten first.
+
+An announcement's messages get jobs of their own, marked as the announcement's like its
+chunks' jobs: they are pushed in the low-priority lane, never ahead of ordinary pushes.
 """
 
 from __future__ import annotations
@@ -29,17 +32,30 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from app import metrics
 from app.config import Settings
 from app.db import utcnow
+from app.messenger.broadcast_chunk import announcement_of
 from app.messenger.message_store import Committed
-from app.messenger.models import Message, PushJob
+from app.messenger.models import Conversation, Message, PushJob
 from app.messenger.presence import Presence
 from app.messenger.push.decision import pushed, unread
 from app.messenger.push.jobs import CHUNK, load_committed
 
 log = logging.getLogger(__name__)
 _messages = Message.__table__
+_conversations = Conversation.__table__
 
-# Takes a job the re-check wrote, leased to this node: its id, messages, and recipient.
-Hold = Callable[[str, list[Committed], int], None]
+# Takes a job the re-check wrote, leased to this node: its id, messages, recipient, and
+# whether it is an announcement's (low priority).
+Hold = Callable[[str, list[Committed], int, bool], None]
+
+
+class Unpushed(NamedTuple):
+    """A message in a skipped range, for a recipient other than its sender."""
+
+    user_id: int
+    message_id: str
+    conversation_id: str
+    seq: int
+    announcement_id: str | None  # the announcement it was written for, if any
 
 
 class Skipped(NamedTuple):
@@ -217,21 +233,22 @@ class Recheck:
         written like a commit's (leased to this node), then handed to the push service."""
         node = self._settings.node_id
         async with self._engine.begin() as conn:
-            pairs = await _messages_in(conn, skipped)  # (user, message id, conversation, seq)
-            still = await unread(conn, {(c, u, seq) for u, _, c, seq in pairs})
-            todo = [p for p in pairs if (p[2], p[0], p[3]) in still]
-            done = await pushed(conn, {(m, u) for u, m, _, _ in todo})
-            todo = [p for p in todo if (p[1], p[0]) not in done]
-            committed = await load_committed(conn, {m for _, m, _, _ in todo})
-            by_user: dict[int, list[str]] = {}
-            for user_id, message_id, _, _ in sorted(todo, key=lambda p: p[3]):
-                if message_id in committed:
-                    by_user.setdefault(user_id, []).append(message_id)
-            if not by_user:
+            pairs = await _messages_in(conn, skipped)
+            still = await unread(conn, {(p.conversation_id, p.user_id, p.seq) for p in pairs})
+            todo = [p for p in pairs if (p.conversation_id, p.user_id, p.seq) in still]
+            done = await pushed(conn, {(p.message_id, p.user_id) for p in todo})
+            todo = [p for p in todo if (p.message_id, p.user_id) not in done]
+            committed = await load_committed(conn, {p.message_id for p in todo})
+            # One job per recipient, and per announcement: those stay in the low lane.
+            by_job: dict[tuple[int, str | None], list[str]] = {}
+            for p in sorted(todo, key=lambda p: p.seq):
+                if p.message_id in committed:
+                    by_job.setdefault((p.user_id, p.announcement_id), []).append(p.message_id)
+            if not by_job:
                 return
             now = utcnow()
             until = now + timedelta(seconds=self._settings.push_lease_seconds)
-            jobs = {str(uuid.uuid4()): (user_id, ids) for user_id, ids in by_user.items()}
+            jobs = {str(uuid.uuid4()): (key, ids) for key, ids in by_job.items()}
             await conn.execute(
                 insert(PushJob),
                 [
@@ -242,12 +259,13 @@ class Recheck:
                         "claimed_by": node,
                         "lease_until": until,
                         "recipient_id": user_id,
+                        "announcement_id": announcement_id,
                     }
-                    for job_id, (user_id, ids) in jobs.items()
+                    for job_id, ((user_id, announcement_id), ids) in jobs.items()
                 ],
             )
-        for job_id, (user_id, ids) in jobs.items():
-            self._hold(job_id, [committed[m] for m in ids], user_id)
+        for job_id, ((user_id, announcement_id), ids) in jobs.items():
+            self._hold(job_id, [committed[m] for m in ids], user_id, announcement_id is not None)
         count = sum(len(ids) for _, ids in jobs.values())
         metrics.push_rechecks.inc(count)
         log.info(
@@ -258,11 +276,8 @@ class Recheck:
         )
 
 
-async def _messages_in(
-    conn: AsyncConnection, skipped: list[Skipped]
-) -> list[tuple[int, str, str, int]]:
-    """(recipient, message id, conversation, seq) of every message in the ranges, but
-    the recipient's own."""
+async def _messages_in(conn: AsyncConnection, skipped: list[Skipped]) -> list[Unpushed]:
+    """Every message in the ranges, for its recipient, but the recipient's own."""
     rows: list[Any] = []
     for i in range(0, len(skipped), CHUNK):
         chunk = skipped[i : i + CHUNK]
@@ -282,14 +297,24 @@ async def _messages_in(
                     _messages.c.conversation_id,
                     _messages.c.seq,
                     _messages.c.sender_id,
-                ).where(in_ranges)
+                    _messages.c.client_msg_id,
+                    _conversations.c.type,
+                )
+                .join(_conversations, _conversations.c.id == _messages.c.conversation_id)
+                .where(in_ranges)
             )
         ).all()
     by_conversation: dict[str, list[Any]] = {}
     for row in rows:
         by_conversation.setdefault(row.conversation_id, []).append(row)
     return [
-        (s.user_id, row.id, s.conversation_id, row.seq)
+        Unpushed(
+            s.user_id,
+            row.id,
+            s.conversation_id,
+            row.seq,
+            announcement_of(row.type, row.client_msg_id),
+        )
         for s in skipped
         for row in by_conversation.get(s.conversation_id, ())
         if s.first <= row.seq <= s.last and row.sender_id != s.user_id

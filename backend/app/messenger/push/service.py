@@ -84,6 +84,10 @@ log = logging.getLogger(__name__)
 _jobs = PushJob.__table__
 _devices = DeviceToken.__table__
 BATCH = 500
+# The announcement lane plans this many at a time: planning runs without a pause, and
+# 500 recipients of an announcement held the event loop for tens of ms.
+LOW_BATCH = 50
+LANE_TURN = 16  # announcement deliveries started between two looks at the event loop
 RECOVER_JOBS = 50  # jobs claimed per round (each holds up to one commit's messages)
 RECORD_DELAY = 0.05  # seconds an outcome may wait to be written with others
 PLAN_ATTEMPTS = 3  # a batch whose planning fails this often in a row is let go
@@ -141,6 +145,7 @@ class PushService:
         self._wake = asyncio.Event()
         # Announcement pushes: their own queue and delivery cap, behind ordinary work.
         self.lane: Lane[Queued] = Lane()
+        self._low_started = 0  # announcement deliveries started (LANE_TURN)
         # Jobs this node holds, from commit (or claim) until recorded done: job id -> its
         # messages still without an outcome on every device. All of them are kept leased.
         self._jobs: dict[str, set[str]] = {}
@@ -187,8 +192,10 @@ class PushService:
             )
         )
         self._tasks = [
-            asyncio.create_task(self._plan_loop(self._queue, self._wake), name="push-plan"),
-            asyncio.create_task(self._plan_loop(self.lane.queue, self.lane.wake), name="push-low"),
+            asyncio.create_task(self._plan_loop(self._queue, self._wake, BATCH), name="push-plan"),
+            asyncio.create_task(
+                self._plan_loop(self.lane.queue, self.lane.wake, LOW_BATCH), name="push-low"
+            ),
             asyncio.create_task(self._record_loop(), name="push-record"),
             asyncio.create_task(self._lease_loop(), name="push-lease"),
             asyncio.create_task(self._due_loop(), name="push-due"),
@@ -234,9 +241,12 @@ class PushService:
         """Until these announcement jobs are recorded done here (or let go)."""
         await self.lane.wait_done(job_ids, self._jobs)
 
-    def _hold_recheck(self, job_id: str, committed: list[Committed], recipient: int) -> None:
-        """The re-check wrote a job (leased to this node) for one recipient's messages."""
-        self._take(job_id, committed, skip_done=True, recipient=recipient)
+    def _hold_recheck(
+        self, job_id: str, committed: list[Committed], recipient: int, low: bool
+    ) -> None:
+        """The re-check wrote a job (leased to this node) for one recipient's messages;
+        an announcement's goes to the low-priority lane, as its chunks' jobs do."""
+        self._take(job_id, committed, skip_done=True, recipient=recipient, low=low)
 
     def _take(
         self,
@@ -424,8 +434,9 @@ class PushService:
 
     # -- planning -----------------------------------------------------------------------
 
-    async def _plan_loop(self, queue: list[Queued], wake: asyncio.Event) -> None:
-        """Plan what waits in `queue` (the ordinary one, or the announcement lane's)."""
+    async def _plan_loop(self, queue: list[Queued], wake: asyncio.Event, size: int) -> None:
+        """Plan what waits in `queue` (the ordinary one, or the announcement lane's), up
+        to `size` items at a time."""
         failures = 0
         while True:
             await wake.wait()
@@ -436,8 +447,8 @@ class PushService:
             await asyncio.sleep(0)
             wake.clear()
             while queue:
-                batch = queue[:BATCH]
-                del queue[:BATCH]
+                batch = queue[:size]
+                del queue[:size]
                 self.lane.progressed()
                 try:
                     await self._plan(batch)
@@ -573,7 +584,12 @@ class PushService:
         """Start one delivery once there is room for it: until then planning waits. An
         announcement's first waits for a slot of its lane (push.lane)."""
         if low:
-            await quiet_turn()
+            # A look at the event loop every LANE_TURN deliveries, not before each: its
+            # own deliveries in flight make every turn a little slower, and a look per
+            # push held the lane to a trickle even on an idle node.
+            self._low_started += 1
+            if self._low_started % LANE_TURN == 0:
+                await quiet_turn()
             await self.lane.cap.acquire()
         if self._room.locked():
             metrics.push_deliveries_waiting.inc()

@@ -1,7 +1,7 @@
 """Web Push (RFC 8030, payload encrypted per RFC 8291, signed with VAPID per RFC 8292).
 
 The device token is the browser's PushSubscription as JSON, parsed once per device.
-The payload is encrypted for it (push.webpush_crypto, http_ece as pywebpush uses it)
+The payload is encrypted for it (push.webpush_crypto: RFC 8291, as pywebpush does it)
 and py_vapid signs a VAPID JWT per push service origin, reused until it nears expiry
 (push.vapid_cache). The POST is ours, through one shared aiohttp session, because the
 endpoint is chosen by a client: it must be a known push service (endpoints.py),
@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import orjson
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -126,7 +127,8 @@ class WebPushProvider:
             connector=aiohttp.TCPConnector(
                 limit=self._config.max_connections, resolver=self._resolver
             ),
-            timeout=aiohttp.ClientTimeout(total=self._config.timeout_seconds),
+            # send() bounds each push as a whole (asyncio.timeout): no second timer here.
+            timeout=aiohttp.ClientTimeout(total=None),
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
         )
@@ -186,7 +188,7 @@ class WebPushProvider:
         device: Device,
         notification: Notification,
     ) -> Result:
-        body = encrypt(self.payload(device, notification).encode(), keys)
+        body = encrypt(self.payload(device, notification), keys)
         headers = {
             # One token per push service until it nears expiry (push.vapid_cache).
             **self.vapid_tokens.headers(target.origin),
@@ -205,7 +207,7 @@ class WebPushProvider:
             await _read_some(response)
             return _classify(response.status, response.reason, response.headers)
 
-    def payload(self, device: Device, notification: Notification) -> str:
+    def payload(self, device: Device, notification: Notification) -> bytes:
         """The JSON the service worker gets, within what a push service takes."""
         token = open_token = None
         key = self._config.action_key
@@ -219,12 +221,14 @@ class WebPushProvider:
             open_token = issue_open_token(
                 key, device.user_id, device.id, notification_id, device.session_id
             )
-        notification = fitted(
-            notification,
-            lambda n: len(_payload(n, token, open_token).encode()),
-            MAX_PAYLOAD_BYTES,
-        )
-        return _payload(notification, token, open_token)
+        built: list[bytes] = []  # the last one built is the one that fits: built once
+
+        def size(n: Notification) -> int:
+            built.append(_payload(n, token, open_token))
+            return len(built[-1])
+
+        fitted(notification, size, MAX_PAYLOAD_BYTES)
+        return built[-1]
 
     def _log(
         self, device: Device, notification: Notification, result: Result, service: str
@@ -293,7 +297,7 @@ def load_vapid_key(value: str) -> Vapid:
 
 def _payload(
     notification: Notification, action_token: str | None, open_token: str | None = None
-) -> str:
+) -> bytes:
     """{type: "message", title, body, data, tag, url, badge, count, lang, preview,
     actions, action_token, image?}; a clear: {type: "clear", tag, conversation_id, seq,
     badge, title, lang}, a deleted message's adding {message_id, reason: "deleted"}; a test
@@ -323,10 +327,11 @@ def _payload(
     if notification.kind == "message":
         payload["count"] = notification.count
         payload["preview"] = notification.preview
-        payload["actions"] = [
-            {"action": "reply", "title": texts.text(notification.locale, "action_reply")},
-            {"action": "read", "title": texts.text(notification.locale, "action_read")},
-        ]
+        actions = [{"action": "read", "title": texts.text(notification.locale, "action_read")}]
+        if notification.replyable:
+            reply = texts.text(notification.locale, "action_reply")
+            actions.insert(0, {"action": "reply", "title": reply})
+        payload["actions"] = actions
         if action_token is not None:
             payload["action_token"] = action_token
         if notification.image:
@@ -336,12 +341,8 @@ def _payload(
     if notification.badge is not None:
         payload["badge"] = notification.badge
     payload["lang"] = notification.locale
-    return json.dumps(
-        payload,
-        ensure_ascii=False,
-        separators=(",", ":"),
-        default=str,  # a stray UUID or datetime in data must not kill the push
-    )
+    # UTF-8, compact; a stray non-JSON value in data must not kill the push.
+    return orjson.dumps(payload, default=str, option=orjson.OPT_NON_STR_KEYS)
 
 
 def _subscription(token: str) -> tuple[str, Receiver]:
@@ -349,15 +350,14 @@ def _subscription(token: str) -> tuple[str, Receiver]:
     try:
         sub = json.loads(token)
         endpoint, keys = sub["endpoint"], sub["keys"]
-        p256dh, auth = _b64decode(keys["p256dh"]), _b64decode(keys["auth"])
-        ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), p256dh)
+        receiver = Receiver.of(_b64decode(keys["p256dh"]), _b64decode(keys["auth"]))
     except (ValueError, TypeError, KeyError):
         raise ValueError("malformed subscription (endpoint, keys.p256dh, keys.auth)") from None
     if not isinstance(endpoint, str):
         raise ValueError("subscription endpoint is not a URL")
-    if len(auth) != 16:
+    if len(receiver.auth) != 16:
         raise ValueError("subscription auth secret is not 16 bytes")
-    return endpoint, Receiver(p256dh, auth)
+    return endpoint, receiver
 
 
 async def _read_some(response: aiohttp.ClientResponse) -> None:
