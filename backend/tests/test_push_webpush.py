@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from email.utils import formatdate
 
+import http_ece
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from app.config import ConfigError, Settings
 from app.messenger.push import webpush
@@ -15,8 +19,9 @@ from app.messenger.push.base import Outcome, collapse_id
 from app.messenger.push.endpoints import EndpointPolicy
 from app.messenger.push.retry_after import parse_retry_after
 from app.messenger.push.webpush import WebPushConfig, WebPushProvider
+from app.messenger.push.webpush_crypto import RECORD_SIZE, Receiver, encrypt
 from tests.fakes import Mode, free_port, provider_maker, sample_device, sample_notification
-from tests.fakes.webpush import FakePushService, VapidKeys, make_vapid_keys
+from tests.fakes.webpush import FakePushService, VapidKeys, b64url, make_vapid_keys
 
 SUBJECT = "mailto:ops@example.com"
 
@@ -232,3 +237,54 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after("soon") is None
     assert parse_retry_after(formatdate(now + 30, usegmt=True), now=now) == pytest.approx(30, abs=1)
     assert parse_retry_after(formatdate(now - 30, usegmt=True), now=now) == 0.0
+
+
+async def test_a_compressed_browser_key_is_refused_before_anything_is_sent(
+    make_provider, push_service
+) -> None:
+    """RFC 8291 derives the keys from the 65-byte uncompressed point: a subscription
+    with the 33-byte compressed form could never be decrypted, so it is a dead token."""
+    provider = await make_provider()
+    sub = json.loads(push_service.subscribe())
+    point = webpush._b64decode(sub["keys"]["p256dh"])
+    key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
+    compressed = key.public_bytes(Encoding.X962, PublicFormat.CompressedPoint)
+    sub["keys"]["p256dh"] = b64url(compressed)
+
+    result = await provider.send(sample_device("web_push", json.dumps(sub)), sample_notification())
+
+    assert result.outcome is Outcome.DEAD_TOKEN
+    assert "malformed subscription" in (result.error or "")
+    assert push_service.received == []
+
+
+async def test_a_payload_that_cannot_be_cut_to_fit_is_not_sent(make_provider, push_service) -> None:
+    """Text is cut to fit; data alone past the limit leaves nothing to cut: the push
+    fails as it is, never sent as a body no push service takes (or a record that would
+    not decrypt)."""
+    provider = await make_provider()
+    token = push_service.subscribe()
+    note = sample_notification()
+    note.data["filler"] = "x" * webpush.MAX_PAYLOAD_BYTES
+
+    result = await provider.send(sample_device("web_push", token), note)
+
+    assert (result.outcome, result.error) == (Outcome.FAILED, "payload too large")
+    assert push_service.received_for(token) == []
+
+
+def test_encryption_fills_one_record_and_refuses_more() -> None:
+    """The largest plaintext one 4096-byte record holds (less the delimiter and the GCM
+    tag) decrypts with http_ece; one byte more is refused, not sent broken."""
+    browser = ec.generate_private_key(ec.SECP256R1())
+    point = browser.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    auth = os.urandom(16)
+    to = Receiver.of(point, auth)
+    largest = b"y" * (RECORD_SIZE - 17)
+
+    body = encrypt(largest, to)
+
+    plain = http_ece.decrypt(body, private_key=browser, auth_secret=auth, version="aes128gcm")
+    assert plain == largest
+    with pytest.raises(ValueError, match="too long"):
+        encrypt(largest + b"y", to)

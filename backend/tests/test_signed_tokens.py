@@ -68,3 +68,18 @@ def test_forged_expired_and_out_of_range_are_refused() -> None:
     too_long = issue_action_token(KEY, 7, "d" * 37, "c1")
     with pytest.raises(InvalidActionToken):
         decode_action_token(too_long, KEY)
+
+
+def test_a_token_is_a_standard_jwt_whose_registered_claims_are_ours() -> None:
+    """What issue() puts together by hand is what PyJWT makes and reads: an HS256 JWT
+    with unicode claims kept; a caller's claim named like a registered one is ignored."""
+    token = issue(
+        KEY, "kind", timedelta(minutes=5), 7, {"aud": "other", "sub": "1", "n": "é\u2028"}
+    )
+
+    assert jwt.get_unverified_header(token) == {"alg": "HS256", "typ": "JWT"}
+    user_id, claims = decode(token, KEY, "kind", ("n",))
+    assert (user_id, claims["aud"], claims["n"]) == (7, "kind", "é\u2028")
+    assert claims["exp"] - claims["iat"] == 300
+    with pytest.raises(InvalidSignedToken):
+        decode(token, KEY, "other", ())

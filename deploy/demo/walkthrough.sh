@@ -25,7 +25,7 @@
 #
 # It refuses to start when a port it needs is taken, or the role, the database or Redis
 # keys it would create exist. At the end, even on failure, it stops what it started and
-# drops the role and database `messenger` and the Redis keys under `msg:`.
+# drops the role and database `messenger` and the Redis keys under its own prefix.
 #
 #   walkthrough.sh           run it (root only)
 #   walkthrough.sh --plan    print the scripts it would run, run nothing
@@ -39,7 +39,9 @@ DOMAIN=chat.example.com
 PORTS="80 443 8001 8002"
 NODE_PORTS="8001 8002"
 PG_NAME=messenger
-REDIS_PREFIX=msg:
+# A prefix of its own (step 3 takes it from the environment), never the doc's default
+# `msg:`: a node of a developer's running meanwhile keeps its keys.
+REDIS_PREFIX=walkthrough-$$:
 # A fresh Debian root shell's PATH: python3 is Debian's, which the user messenger may run.
 DEBIAN_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
@@ -101,22 +103,27 @@ fi
 
 # --- Inside the private mount namespace ----------------------------------------------
 
-# Runs a phase's script in a root shell as fresh as the server's: the stand-in systemctl
-# first on PATH, nothing else of this environment.
+# Runs a phase's script in a root shell as fresh as the server's, nothing else of this
+# environment but the Redis prefix: the stand-in systemctl first on PATH, except for the
+# packages, whose install scripts must meet the host's own systemctl (they enable and
+# start services through it where systemd runs).
 run_phase() {
-  local script=$W/$1.sh
+  local script=$W/$1.sh path=$W/bin:$DEBIAN_PATH
+  [ "$1" != packages ] || path=$DEBIAN_PATH
   runnable "$1" >"$script"
   env -i HOME=/root USER=root LOGNAME=root SHELL=/bin/bash LANG=C.UTF-8 TERM=dumb \
-    PATH="$W/bin:$DEBIAN_PATH" SYSTEMCTL_STANDIN_DIR="$W/systemd" WT_TIMINGS="$W/timings" \
-    bash -euo pipefail "$script" </dev/null
+    PATH="$path" SYSTEMCTL_STANDIN_DIR="$W/systemd" WT_TIMINGS="$W/timings" \
+    REDIS_PREFIX="$REDIS_PREFIX" bash -euo pipefail "$script" </dev/null
 }
 
 # Overlays: reads see the host's files, every write stays in $W and vanishes with it.
 privatize() {
   local dir name
   # /run/systemd: systemd-analyze verify leaves a stamp there.
+  # A folder missing here would be written on the host itself: create it first (empty,
+  # as on a fresh server), then lay the overlay over it.
   for dir in /etc /opt /var/lib /var/log /run/systemd; do
-    [ -d "$dir" ] || continue
+    [ -d "$dir" ] || mkdir -p "$dir" || fail "cannot make $dir to lay an overlay on"
     name=${dir//\//_}
     mkdir -p "$W/upper$name" "$W/work$name"
     mount -t overlay "walkthrough$name" \
@@ -258,6 +265,10 @@ inner_cleanup() {
 
 inside() {
   W=$1
+  # Only ever in the namespace made for it: run in the host's own, the overlays would
+  # lie over the host's /etc, /opt and /var for good.
+  [ "$(readlink /proc/self/ns/mnt)" != "$(readlink /proc/1/ns/mnt)" ] ||
+    fail "--inside runs only in the private mount namespace the walkthrough makes"
   readlink /proc/self/ns/mnt >"$W/namespace"
   mkdir -p "$W/bin" "$W/systemd"
   ln -s "$ROOT/deploy/demo/systemctl" "$W/bin/systemctl"
@@ -318,7 +329,7 @@ exists=$(as_postgres psql -qtAc "SELECT 'role' FROM pg_roles WHERE rolname = '$P
 [ -z "$exists" ] || fail "a PostgreSQL $(echo "$exists" | paste -sd' ') named $PG_NAME exists: DEPLOY.md creates them, and this will not clobber them"
 redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null || fail "Redis does not answer on 127.0.0.1:6379"
 [ -z "$(redis-cli -h 127.0.0.1 -p 6379 --scan --pattern "$REDIS_PREFIX*" | head -n 1)" ] ||
-  fail "Redis holds keys under $REDIS_PREFIX, DEPLOY.md's prefix: this will not mix its nodes' keys with them"
+  fail "Redis holds keys under $REDIS_PREFIX already: this will not mix its nodes' keys with them"
 
 W=$(mktemp -d /tmp/deploy-walkthrough.XXXXXX)
 started=$(date +%s)
@@ -329,7 +340,7 @@ outer_cleanup() {
   # The safety net: a process still in the namespace was started by it and missed by
   # the stand-in's stop.
   namespace=$(cat "$W/namespace" 2>/dev/null || true)
-  if [ -n "$namespace" ]; then
+  if [ -n "$namespace" ] && [ "$namespace" != "$(readlink /proc/1/ns/mnt)" ]; then
     for proc in /proc/[0-9]*; do
       [ "$(readlink "$proc/ns/mnt" 2>/dev/null)" != "$namespace" ] || left+=("${proc#/proc/}")
     done

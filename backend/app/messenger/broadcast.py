@@ -233,11 +233,16 @@ class Broadcasts:
             await asyncio.gather(renewing, counting, return_exceptions=True)
 
     async def _count(self, row: Row[Any]) -> None:
-        """Keep `pushed` current while sending, once a second: readers take the row as
-        it is, so progress costs one count a second however many admins watch it."""
+        """Keep `pushed` current while sending: readers take the row as it is, so
+        progress costs one count per round however many admins watch it. The count
+        reads every attempt so far: a round waits ten times as long as the last count
+        took, so a large announcement's counting stays a tenth of a connection's time."""
         a = _announcements.c
+        loop = asyncio.get_running_loop()
+        took = 0.0
         while True:
-            await asyncio.sleep(COUNT_SECONDS)
+            await asyncio.sleep(max(COUNT_SECONDS, 10 * took))
+            started = loop.time()
             try:
                 async with self._engine.begin() as conn:
                     counts = await push_counts(conn, row)
@@ -246,6 +251,7 @@ class Broadcasts:
                         .where(a.id == row.id, a.claimed_by == self._node, a.status == "sending")
                         .values(pushed=counts.pushed)
                     )
+                took = loop.time() - started
             except Exception as exc:  # the next round counts again
                 log.warning(
                     "announcement not counted id=%s node=%s error=%s",

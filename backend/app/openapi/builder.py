@@ -38,8 +38,8 @@ BODY_ERRORS = {
     422: "a field is missing, of the wrong type or out of range",
 }
 QUERY_ERRORS = {422: "a query parameter is malformed or out of range"}
-# app.web refuses a path holding a NUL before any route sees it.
-PATH_ERRORS = {422: "a path parameter holds a NUL character"}
+# app.web refuses a URL (path or query) holding a NUL before any route sees it.
+URL_ERRORS = {422: "the URL's path or query holds a NUL character"}
 # app.errors answers any call whose database does not answer in time.
 SERVER_ERRORS = {503: "the database is not answering; retry after Retry-After"}
 
@@ -184,11 +184,9 @@ def _operation_id(method: str, path: str) -> str:
 def _operation(
     method: str, path: str, endpoint: Any, operation: Operation, refs: dict[Any, Any]
 ) -> dict[str, Any]:
-    answers: dict[int, Any] = dict(SERVER_ERRORS)
+    answers: dict[int, Any] = {**SERVER_ERRORS, **URL_ERRORS}
     if operation.auth:
         answers.update(AUTH_ERRORS)
-    if _PARAM.search(path):
-        answers.update(PATH_ERRORS)
     if operation.query is not None:
         answers.update(QUERY_ERRORS)
     if operation.body is not None:

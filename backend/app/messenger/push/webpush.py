@@ -188,7 +188,11 @@ class WebPushProvider:
         device: Device,
         notification: Notification,
     ) -> Result:
-        body = encrypt(self.payload(device, notification), keys)
+        payload = self.payload(device, notification)
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            # Nothing left to cut (ids and tokens alone fill it): no push service takes it.
+            return Result(Outcome.FAILED, error="payload too large")
+        body = encrypt(payload, keys)
         headers = {
             # One token per push service until it nears expiry (push.vapid_cache).
             **self.vapid_tokens.headers(target.origin),

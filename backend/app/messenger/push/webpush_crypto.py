@@ -39,16 +39,19 @@ class Receiver(NamedTuple):
 
     @classmethod
     def of(cls, public_key: bytes, auth: bytes) -> Receiver:
-        """ValueError when public_key is not a point on P-256."""
-        return cls(
-            public_key,
-            auth,
-            ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), public_key),
-        )
+        """ValueError when public_key is not an uncompressed point on P-256 (RFC 8291
+        puts the 65 bytes of that form into the key derivation)."""
+        if len(public_key) != 65 or public_key[0] != 4:
+            raise ValueError("not an uncompressed P-256 point")
+        point = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), public_key)
+        return cls(public_key, auth, point)
 
 
 def encrypt(plaintext: bytes, to: Receiver) -> bytes:
-    """The aes128gcm body: salt, record size, the ephemeral public key, one record."""
+    """The aes128gcm body: salt, record size, the ephemeral public key, one record.
+    ValueError when the plaintext does not fit the one record."""
+    if len(plaintext) + len(_LAST_RECORD) + 16 > RECORD_SIZE:  # 16: the GCM tag
+        raise ValueError("plaintext too long for one record")
     ephemeral = ec.generate_private_key(ec.SECP256R1())
     sender = ephemeral.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
     shared = ephemeral.exchange(ec.ECDH(), to.point)
