@@ -9,11 +9,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 from tests.cluster import send_frame
+from tests.conftest import migrated_database
 from tests.helpers import Client, Node, Socket, eventually, make_settings, start_node
 
 
@@ -176,3 +178,56 @@ async def test_a_request_stuck_on_the_database_answers_503_not_500(
         f"/api/v1/messenger/conversations/{conversation}/settings", headers=alice.headers
     )
     assert r.status_code == 200, r.text
+
+
+async def test_the_writers_plan_made_on_empty_tables_never_scans_them_whole(
+    tmp_path: Path,
+) -> None:
+    """The writer prepares its batch statement once per connection. Made on a new
+    deployment's near-empty tables (and no ANALYZE since: autovacuum may be off, as
+    here), a plan that scanned conversations and participants whole would do so at every
+    send as they grow. After 20,000 more of each, sends read them by key only."""
+    async with migrated_database("postgresql", tmp_path) as url:
+        node = await start_node(make_settings(url))
+        api = Client(node)
+        try:
+            alice, bob = await api.user(), await api.user()
+            conversation = (await api.conversation(alice, bob))["id"]
+            assert (await api.send(alice, conversation, "planned here")).status_code == 201
+            admin = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+            try:
+                await admin.execute(
+                    "INSERT INTO conversations (id, type, created_by, created_at, last_seq) "
+                    "SELECT gen_random_uuid()::text, 'group', $1, now(), 0 "
+                    "FROM generate_series(1, 20000)",
+                    alice.id,
+                )
+                await admin.execute(
+                    "INSERT INTO participants (conversation_id, user_id, joined_at, "
+                    "last_read_seq, muted) SELECT id, $1, now(), 0, false FROM conversations "
+                    "WHERE id <> $2",
+                    alice.id,
+                    conversation,
+                )
+                before = await _seq_scans(admin)
+                for i in range(20):
+                    r = await api.send(alice, conversation, f"after {i}")
+                    assert r.status_code == 201, r.text
+                assert await _seq_scans(admin) == before
+            finally:
+                await admin.close()
+        finally:
+            await api.close()
+            await node.stop()
+
+
+async def _seq_scans(conn: asyncpg.Connection) -> dict[str, int]:
+    """Whole-table scans of the tables a send touches, as PostgreSQL counts them (its
+    statistics lag a little: forced out first)."""
+    await conn.execute("SELECT pg_stat_force_next_flush()")
+    await conn.execute("SELECT pg_stat_clear_snapshot()")
+    rows = await conn.fetch(
+        "SELECT relname, seq_scan FROM pg_stat_user_tables "
+        "WHERE relname IN ('conversations', 'participants', 'messages')"
+    )
+    return {r["relname"]: r["seq_scan"] for r in rows}

@@ -350,7 +350,12 @@ class _Lane:
             assert self._driver is not None
             # One plan for the batch statement, made once: planning it afresh for every
             # batch (PostgreSQL's choice for it) costs about a third of a small batch.
-            await self._driver.execute("SET plan_cache_mode = force_generic_plan")
+            # It reaches every row by key: without seq scans allowed, a plan made while
+            # the tables were nearly empty (a new deployment) never scans them whole for
+            # the rest of the connection's life, as they grow and until an ANALYZE.
+            await self._driver.execute(
+                "SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off"
+            )
         return self._driver
 
     async def _release(self, broken: bool = False) -> None:
@@ -361,7 +366,8 @@ class _Lane:
             if broken:
                 await conn.invalidate()
             elif driver is not None:
-                await driver.execute("RESET plan_cache_mode")  # back to the pool as it was
+                # Back to the pool as it was.
+                await driver.execute("RESET plan_cache_mode; RESET enable_seqscan")
             await conn.close()
         except Exception as exc:  # it is gone either way
             log.debug("message writer: closing its connection failed: %r", exc)
