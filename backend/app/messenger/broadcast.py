@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from sqlalchemy import Row, case, func, literal_column, or_, select, update
+from sqlalchemy import Row, Select, case, func, literal_column, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.config import Settings
@@ -99,10 +99,15 @@ class PushCounts(NamedTuple):
     failed: int  # recipients pushed on some device, and every one of them failed
 
 
-async def push_counts(conn: AsyncConnection, row: Any) -> PushCounts:
-    """The announcement's push outcomes per recipient. Its messages are found through the
-    partial index on announcement messages (the predicate is repeated for PostgreSQL to
-    see that the index applies), their attempts through the attempts' message index."""
+def push_counts_query(announcement_id: str, created_by: int) -> Select[int, int]:
+    """The announcement's push outcomes per recipient: (pushed, failed). Its messages are
+    found through the partial index on announcement messages (the predicate is repeated
+    for PostgreSQL to see that the index applies), their attempts through the attempts'
+    message index.
+
+    No bound on the attempts' time: the messages are the announcement's own already, and
+    on tables never analysed PostgreSQL combined such a bound with the message index,
+    reading every attempt since the announcement once per message (52 s for 100,000)."""
     m, a = _messages.c, _attempts.c
     delivered = func.max(case((a.outcome == "delivered", 1), else_=0))
     per_user = (
@@ -110,21 +115,20 @@ async def push_counts(conn: AsyncConnection, row: Any) -> PushCounts:
         .select_from(_attempts.join(_messages, m.id == a.message_id))
         .where(
             literal_column(ANNOUNCEMENT_MESSAGES),
-            m.client_msg_id == client_msg_id(row.id),
-            m.sender_id == row.created_by,
-            a.created_at >= row.created_at,
+            m.client_msg_id == client_msg_id(announcement_id),
+            m.sender_id == created_by,
         )
         .group_by(a.user_id)
         .subquery()
     )
-    found = (
-        await conn.execute(
-            select(
-                func.count().filter(per_user.c.delivered == 1),
-                func.count().filter(per_user.c.delivered == 0),
-            ).select_from(per_user)
-        )
-    ).one()
+    return select(
+        func.count().filter(per_user.c.delivered == 1),
+        func.count().filter(per_user.c.delivered == 0),
+    ).select_from(per_user)
+
+
+async def push_counts(conn: AsyncConnection, row: Any) -> PushCounts:
+    found = (await conn.execute(push_counts_query(row.id, row.created_by))).one()
     return PushCounts(int(found[0] or 0), int(found[1] or 0))
 
 
