@@ -176,11 +176,14 @@ class Settings(BaseSettings):
     push_concurrency_apns: int | None = Field(default=None, ge=1)
     push_concurrency_web_push: int | None = Field(default=None, ge=1)
     # Announcement pushes in flight at once per node (push.lane): at most half of each
-    # provider's limit, so ordinary pushes always have the other half.
-    push_announcement_concurrency: int = Field(default=50, ge=1)
+    # provider's limit, so ordinary pushes always have the other half. Few: the lane plans
+    # ahead, so 8 keep it as fast as 50 did, and each turn of the event loop holds fewer
+    # of its callbacks ahead of ordinary sends.
+    push_announcement_concurrency: int = Field(default=8, ge=1)
     # Recipients per chunk of an announcement (one transaction each), and the per-admin
-    # rate of new announcements.
-    announcement_chunk: int = Field(default=1000, ge=1, le=5000)
+    # rate of new announcements. 500: the Python work after a chunk's commit runs in one
+    # turn of the event loop, and at 1,000 ordinary sends waited behind it.
+    announcement_chunk: int = Field(default=500, ge=1, le=5000)
     announcement_rate_per_hour: float = Field(default=10, gt=0)
     announcement_burst: int = Field(default=3, ge=1)
     # A node's hold on the announcement it is sending (renewed while it works), and how

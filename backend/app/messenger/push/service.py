@@ -33,9 +33,9 @@ import contextlib
 import heapq
 import logging
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping
 from datetime import datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -155,6 +155,8 @@ class PushService:
         self._finished: list[Item] = []
         self._flush = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        # The announcement lane's batch whose deliveries are being started (_plan_loop).
+        self._starting: asyncio.Task[None] | None = None
         self._deliveries: set[asyncio.Task[None]] = set()
         # Recipients skipped because they looked active, looked at again until they go.
         self.recheck = Recheck(settings, engine, attention, hold=self._hold_recheck)
@@ -194,7 +196,8 @@ class PushService:
         self._tasks = [
             asyncio.create_task(self._plan_loop(self._queue, self._wake, BATCH), name="push-plan"),
             asyncio.create_task(
-                self._plan_loop(self.lane.queue, self.lane.wake, LOW_BATCH), name="push-low"
+                self._plan_loop(self.lane.queue, self.lane.wake, LOW_BATCH, overlap=True),
+                name="push-low",
             ),
             asyncio.create_task(self._record_loop(), name="push-record"),
             asyncio.create_task(self._lease_loop(), name="push-lease"),
@@ -210,9 +213,10 @@ class PushService:
             await asyncio.wait(self._deliveries, timeout=5)
         for task in self._deliveries:
             task.cancel()
-        for task in self._tasks:
+        tasks = [*self._tasks, *([self._starting] if self._starting else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, *self._deliveries, return_exceptions=True)
+        await asyncio.gather(*tasks, *self._deliveries, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self._record(force=True)
         if self._own_providers:
@@ -434,9 +438,14 @@ class PushService:
 
     # -- planning -----------------------------------------------------------------------
 
-    async def _plan_loop(self, queue: list[Queued], wake: asyncio.Event, size: int) -> None:
+    async def _plan_loop(
+        self, queue: list[Queued], wake: asyncio.Event, size: int, overlap: bool = False
+    ) -> None:
         """Plan what waits in `queue` (the ordinary one, or the announcement lane's), up
-        to `size` items at a time."""
+        to `size` items at a time. `overlap` (the lane): the next batch is planned while
+        this one's deliveries wait for the lane's slots, one batch starting at a time, in
+        order; planning and delivering one after the other held the lane to a few hundred
+        pushes a second however many slots it had."""
         failures = 0
         while True:
             await wake.wait()
@@ -451,7 +460,7 @@ class PushService:
                 del queue[:size]
                 self.lane.progressed()
                 try:
-                    await self._plan(batch)
+                    start = await self._plan(batch)
                     failures = 0
                 except Exception:
                     failures += 1
@@ -465,6 +474,13 @@ class PushService:
                         # Let go: their leases run out and they are taken up again.
                         self._let_go({q.job_id for q in batch})
                         failures = 0
+                    continue
+                if not overlap:
+                    await start
+                    continue
+                if self._starting is not None:
+                    await self._starting
+                self._starting = asyncio.create_task(start, name="push-low-start")
 
     def _wanted(self, q: Queued) -> set[tuple[str, int]]:
         """(conversation, user) of each recipient this item may push."""
@@ -474,7 +490,8 @@ class PushService:
             wanted = {(c, u) for c, u in wanted if u == q.recipient}
         return wanted
 
-    async def _plan(self, batch: list[Queued]) -> None:
+    async def _plan(self, batch: list[Queued]) -> Coroutine[Any, Any, None]:
+        """Decide for a batch; what starts its deliveries (awaited by the caller)."""
         wanted = [self._wanted(q) for q in batch]
         # Attention first, once for the whole batch: when every recipient is looking (the
         # common case under load) the database is not asked at all.
@@ -555,6 +572,15 @@ class PushService:
             for q in batch
             if q.recipient is None and not q.low
         }
+        return self._start_batch(batch, plans, committed_at)
+
+    async def _start_batch(
+        self,
+        batch: list[Queued],
+        plans: list[list[PlannedPush]],
+        committed_at: Mapping[str, float],
+    ) -> None:
+        """Start the deliveries planned for a batch, each once there is room for it."""
         for q, item_plans in zip(batch, plans, strict=True):
             for n, plan in enumerate(item_plans):
                 if q.job_id not in self._jobs:
