@@ -176,9 +176,11 @@ class Settings(BaseSettings):
     push_concurrency_apns: int | None = Field(default=None, ge=1)
     push_concurrency_web_push: int | None = Field(default=None, ge=1)
     # Announcement pushes in flight at once per node (push.lane): at most half of each
-    # provider's limit, so ordinary pushes always have the other half. Few: the lane plans
-    # ahead, so 8 keep it as fast as 50 did, and each turn of the event loop holds fewer
-    # of its callbacks ahead of ordinary sends.
+    # provider's limit, so ordinary pushes always have the other half. Few, so that the
+    # node's event loop is not taken by announcement callbacks that ordinary sends wait
+    # behind; with the lane planning ahead, 8 went as fast as 50 against a provider that
+    # answers at once. The lane's speed is about 8 / the provider's answer time: raise
+    # it where providers answer slowly (80 pushes a second at 100 ms).
     push_announcement_concurrency: int = Field(default=8, ge=1)
     # Recipients per chunk of an announcement (one transaction each), and the per-admin
     # rate of new announcements. 500: the Python work after a chunk's commit runs in one

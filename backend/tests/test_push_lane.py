@@ -5,6 +5,7 @@ deliveries wait for the lane's slots, one batch starting at a time, in order."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Coroutine
 from typing import Any, cast
 
@@ -35,7 +36,7 @@ class Planner:
         return start()
 
 
-async def run_loop(overlap: bool) -> tuple[Planner, asyncio.Task[None]]:
+async def run_loop(overlap: bool) -> tuple[Planner, PushService, asyncio.Task[None]]:
     service = PushService(
         make_settings("sqlite://"), cast(AsyncEngine, None), cast(Presence, None), providers={}
     )
@@ -44,11 +45,20 @@ async def run_loop(overlap: bool) -> tuple[Planner, asyncio.Task[None]]:
     queue = cast(list[Queued], [1, 2, 3, 4, 5, 6])
     wake = asyncio.Event()
     wake.set()
-    return planner, asyncio.create_task(service._plan_loop(queue, wake, 2, overlap=overlap))
+    loop = asyncio.create_task(service._plan_loop(queue, wake, 2, overlap=overlap))
+    return planner, service, loop
+
+
+async def stop(service: PushService, loop: asyncio.Task[None]) -> None:
+    for task in (loop, service._starting):
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 async def test_the_lane_plans_one_batch_ahead_and_starts_them_in_order() -> None:
-    planner, loop = await run_loop(overlap=True)
+    planner, service, loop = await run_loop(overlap=True)
     try:
         # The first batch's deliveries wait for slots: the second is planned meanwhile,
         # and no third until the first has started.
@@ -56,7 +66,8 @@ async def test_the_lane_plans_one_batch_ahead_and_starts_them_in_order() -> None
         await asyncio.sleep(0.05)
         assert planner.planned == [[1, 2], [3, 4]]
         assert planner.started == []
-        # The second's start may be ready first: it still waits for the first.
+        # The second batch's slots free up first: its deliveries still start after the
+        # first batch's.
         planner.gates[1].set()
         await asyncio.sleep(0.05)
         assert planner.started == []
@@ -65,11 +76,11 @@ async def test_the_lane_plans_one_batch_ahead_and_starts_them_in_order() -> None
         planner.gates[2].set()
         await eventually(lambda: planner.started == [0, 1, 2], what="all started, in order")
     finally:
-        loop.cancel()
+        await stop(service, loop)
 
 
 async def test_the_ordinary_queue_starts_a_batch_before_planning_the_next() -> None:
-    planner, loop = await run_loop(overlap=False)
+    planner, service, loop = await run_loop(overlap=False)
     try:
         await eventually(lambda: len(planner.planned) == 1, what="the first batch planned")
         await asyncio.sleep(0.05)
@@ -78,4 +89,4 @@ async def test_the_ordinary_queue_starts_a_batch_before_planning_the_next() -> N
         await eventually(lambda: len(planner.planned) == 2, what="the second batch planned")
         assert planner.started == [0]
     finally:
-        loop.cancel()
+        await stop(service, loop)

@@ -72,6 +72,8 @@ CHUNK_BACKOFF_MAX = 10.0
 PUSH_WAIT_SECONDS = 120.0
 PUSH_WAIT_POLL = 0.5
 COUNT_SECONDS = 1.0  # how often `pushed` is brought up to date while sending
+FINAL_COUNT_TRIES = 3  # the count at the end, tried this often before it is given up
+FINAL_COUNT_BACKOFF = 1.0  # seconds, times the try, between two of them
 FRAMES_PER_TURN = 100  # announcement frames sent between two looks at the event loop
 
 
@@ -255,7 +257,6 @@ class Broadcasts:
                         .where(a.id == row.id, a.claimed_by == self._node, a.status == "sending")
                         .values(pushed=counts.pushed)
                     )
-                took = loop.time() - started
             except Exception as exc:  # the next round counts again
                 log.warning(
                     "announcement not counted id=%s node=%s error=%s",
@@ -263,6 +264,9 @@ class Broadcasts:
                     self._node,
                     type(exc).__name__,
                 )
+            finally:
+                # A count that failed (timed out) spaces the next one out too.
+                took = loop.time() - started
 
     async def _renew(self, announcement_id: str) -> None:
         """Keep the lease while working; stop (Lost) once another node holds it."""
@@ -447,27 +451,56 @@ class Broadcasts:
     async def _finish(self, row: Row[Any], status: str, not_reached: int = 0) -> None:
         a = _announcements.c
         await self._wait_for_other_nodes(row.id)
+        counts = await self._final_counts(row)
         async with self._engine.begin() as conn:
-            counts = await push_counts(conn, row)
-            pushed = counts.pushed
-            done = await conn.scalar(
-                update(_announcements)
-                .where(a.id == row.id, a.claimed_by == self._node, a.status == "sending")
-                .values(
-                    status=status,
-                    pushed=pushed,
-                    # Unknown ids (counted per chunk), those every push failed, and those
-                    # never reached (an announcement that failed).
-                    failed=a.failed + counts.failed + not_reached,
-                    finished_at=utcnow(),
-                    claimed_by=None,
-                    lease_until=None,
+            done = (
+                await conn.execute(
+                    update(_announcements)
+                    .where(a.id == row.id, a.claimed_by == self._node, a.status == "sending")
+                    .values(
+                        status=status,
+                        # Not counted: `pushed` as the last count while sending left it.
+                        pushed=a.pushed if counts is None else counts.pushed,
+                        # Unknown ids (counted per chunk), those every push failed, and those
+                        # never reached (an announcement that failed).
+                        failed=a.failed + (0 if counts is None else counts.failed) + not_reached,
+                        finished_at=utcnow(),
+                        claimed_by=None,
+                        lease_until=None,
+                    )
+                    .returning(a.id, a.pushed)
                 )
-                .returning(a.id)
-            )
+            ).first()
         if done is None:
             raise Lost(row.id)
-        log.info("announcement %s id=%s pushed=%d node=%s", status, row.id, pushed, self._node)
+        log.info(
+            "announcement %s id=%s pushed=%d node=%s%s",
+            status,
+            row.id,
+            done.pushed,
+            self._node,
+            "" if counts is not None else " (not counted at the end)",
+        )
+
+    async def _final_counts(self, row: Row[Any]) -> PushCounts | None:
+        """The final count, tried FINAL_COUNT_TRIES times; None when every try failed:
+        the announcement is recorded done with its counts as they stand, not claimed and
+        counted again after every lease for ever."""
+        for attempt in range(1, FINAL_COUNT_TRIES + 1):
+            try:
+                async with self._engine.connect() as conn:
+                    return await push_counts(conn, row)
+            except Exception as exc:
+                log.warning(
+                    "announcement not counted id=%s attempt=%d node=%s error=%s",
+                    row.id,
+                    attempt,
+                    self._node,
+                    type(exc).__name__,
+                )
+                if attempt < FINAL_COUNT_TRIES:
+                    await asyncio.sleep(FINAL_COUNT_BACKOFF * attempt)
+        return None
 
 
 def _after(ids: Sequence[int], cursor: int) -> int:

@@ -217,6 +217,7 @@ class PushService:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, *self._deliveries, return_exceptions=True)
+        self._starting = None
         with contextlib.suppress(Exception):
             await self._record(force=True)
         if self._own_providers:
@@ -444,8 +445,7 @@ class PushService:
         """Plan what waits in `queue` (the ordinary one, or the announcement lane's), up
         to `size` items at a time. `overlap` (the lane): the next batch is planned while
         this one's deliveries wait for the lane's slots, one batch starting at a time, in
-        order; planning and delivering one after the other held the lane to a few hundred
-        pushes a second however many slots it had."""
+        order."""
         failures = 0
         while True:
             await wake.wait()
@@ -479,7 +479,11 @@ class PushService:
                     await start
                     continue
                 if self._starting is not None:
-                    await self._starting
+                    try:
+                        await self._starting
+                    except BaseException:  # stopping: this batch is left to its lease
+                        start.close()
+                        raise
                 self._starting = asyncio.create_task(start, name="push-low-start")
 
     def _wanted(self, q: Queued) -> set[tuple[str, int]]:
@@ -491,7 +495,11 @@ class PushService:
         return wanted
 
     async def _plan(self, batch: list[Queued]) -> Coroutine[Any, Any, None]:
-        """Decide for a batch; what starts its deliveries (awaited by the caller)."""
+        """Decide for a batch; what starts its deliveries, which must be run: the batch's
+        deliveries are counted in flight already, and its jobs held until they end."""
+        # Each job as held now: one let go and claimed again while this batch waits for
+        # room is held anew, and its new planning pushes it, not this one.
+        held = {q.job_id: self._jobs.get(q.job_id) for q in batch}
         wanted = [self._wanted(q) for q in batch]
         # Attention first, once for the whole batch: when every recipient is looking (the
         # common case under load) the database is not asked at all.
@@ -572,25 +580,40 @@ class PushService:
             for q in batch
             if q.recipient is None and not q.low
         }
-        return self._start_batch(batch, plans, committed_at)
+        return self._start_batch(batch, plans, committed_at, held)
 
     async def _start_batch(
         self,
         batch: list[Queued],
         plans: list[list[PlannedPush]],
         committed_at: Mapping[str, float],
+        held: Mapping[str, set[str] | None],
     ) -> None:
         """Start the deliveries planned for a batch, each once there is room for it."""
-        for q, item_plans in zip(batch, plans, strict=True):
-            for n, plan in enumerate(item_plans):
-                if q.job_id not in self._jobs:
-                    # Let go while waiting for room: the node that took it over pushes it.
-                    self._in_flight.pop(q.item, None)
-                    for left in item_plans[n:]:
-                        if left.notification_id is not None:
-                            self._unreached.cancel(left.notification_id)
-                    break
-                await self._start_delivery(q.item, plan, committed_at, q.low)
+        started: set[int] = set()  # id() of the plans started
+        try:
+            for q, item_plans in zip(batch, plans, strict=True):
+                for plan in item_plans:
+                    if self._jobs.get(q.job_id) is not held[q.job_id]:
+                        # Let go while waiting for room: whoever holds it now pushes it.
+                        self._drop_unstarted(q, item_plans, started)
+                        break
+                    await self._start_delivery(q.item, plan, committed_at, q.low)
+                    started.add(id(plan))
+        except Exception:
+            log.exception("push deliveries not started messages=%d", len(batch))
+            # Their leases run out and they are taken up again (devices with an outcome
+            # skipped).
+            self._let_go({q.job_id for q in batch})
+            for q, item_plans in zip(batch, plans, strict=True):
+                self._drop_unstarted(q, item_plans, started)
+
+    def _drop_unstarted(self, q: Queued, plans: list[PlannedPush], started: set[int]) -> None:
+        """Forget the deliveries of an item let go that were not started."""
+        self._in_flight.pop(q.item, None)
+        for plan in plans:
+            if id(plan) not in started and plan.notification_id is not None:
+                self._unreached.cancel(plan.notification_id)
 
     async def _write_delayed(self, waiting: list[tuple[str, int, str, datetime]]) -> None:
         """Write delayed jobs for (job, recipient, message, due) before the job they came
