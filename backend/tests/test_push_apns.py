@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import secrets
 import time
 from typing import Any
@@ -125,6 +126,30 @@ async def test_concurrent_sends_share_a_connection_and_a_jwt(make_provider, apns
 
     assert {r.outcome for r in results} == {Outcome.DELIVERED}
     assert len({r.headers["authorization"] for r in apns_fake.received}) == 1
+
+
+async def test_a_burst_fits_the_flow_control_window_of_each_connection(
+    make_provider, apns_fake, caplog: pytest.LogCaptureFixture
+) -> None:
+    """100 pushes of about 3 KB at once on a connection already open: 300 KB, four
+    times the window a connection starts with. aioapns would put them all on that one
+    connection (the fake, as APNs, allows 1,000 streams), and each request finding the
+    window spent would wait a second before trying again."""
+    caplog.set_level(logging.DEBUG, logger="aioapns")
+    provider = await make_provider()
+    note = sample_notification(body="x" * 3000)
+    assert (await provider.send(sample_device("apns", device_token()), note)).outcome is (
+        Outcome.DELIVERED
+    )
+    tokens = [device_token() for _ in range(100)]
+
+    results = await asyncio.gather(*(provider.send(sample_device("apns", t), note) for t in tokens))
+
+    assert {r.outcome for r in results} == {Outcome.DELIVERED}
+    assert not [r for r in caplog.records if "FlowControlError" in r.getMessage()]
+    connections = provider._client.pool.connections  # type: ignore[union-attr]
+    assert len(connections) > 1
+    assert {c.free_channels.bound for c in connections} == {apns_compat.STREAMS_PER_CONNECTION}
 
 
 @pytest.mark.parametrize(
@@ -323,6 +348,10 @@ def test_from_settings(key_file, tmp_path) -> None:
 
     provider = apns.from_settings(_settings(apns_key_file=key_file, **full))
     assert provider is not None and provider.name == "apns"
+    assert provider._config.max_connections == apns.MIN_CONNECTIONS
+    # Enough connections for the pushes in flight, a few streams each.
+    wide = apns.from_settings(_settings(apns_key_file=key_file, push_concurrency_apns=300, **full))
+    assert wide is not None and wide._config.max_connections == 20
 
 
 def test_apns_id_is_stable_per_message_and_device() -> None:

@@ -45,6 +45,9 @@ _DEAD_400_REASONS = {"BadDeviceToken", "DeviceTokenNotForTopic"}
 MAX_PAYLOAD_BYTES = 4096
 
 
+MIN_CONNECTIONS = 10
+
+
 @dataclass(frozen=True, slots=True)
 class APNsConfig:
     key_file: str  # the .p8 key (PKCS8 PEM, P-256)
@@ -56,7 +59,7 @@ class APNsConfig:
     ca_file: str = ""  # a CA bundle to trust for that endpoint
     ttl_seconds: int = 24 * 3600
     timeout_seconds: float = 10.0
-    max_connections: int = 10
+    max_connections: int = MIN_CONNECTIONS
 
 
 def apns_id(message_id: object, device_id: object) -> str:
@@ -193,6 +196,12 @@ def from_settings(settings: Any) -> APNsProvider | None:
             ca_file=settings.apns_ca_file,
             ttl_seconds=settings.push_ttl_seconds,
             timeout_seconds=settings.push_timeout_seconds,
+            # Enough connections for every push in flight at a few streams each
+            # (apns_compat.STREAMS_PER_CONNECTION).
+            max_connections=max(
+                MIN_CONNECTIONS,
+                -(-settings.push_concurrency_for("apns") // apns_compat.STREAMS_PER_CONNECTION),
+            ),
         )
     )
 
