@@ -441,7 +441,7 @@ class Bench:
             "secret_key": SECRET,
             "host": "127.0.0.1",
             "password_profile": "CHEAPEST",
-            "log_level": "WARNING",
+            "log_level": os.environ.get("BENCH_NODE_LOG_LEVEL", "WARNING"),
             "send_rate_per_second": 100_000,
             "send_burst": 100_000,
             # Every bench user is registered, logged in and given conversations from one

@@ -8,12 +8,10 @@ import base64
 import json
 import logging
 import os
-import socket
 import tracemalloc
 from collections.abc import AsyncIterator
 
 import pytest
-from aiohttp.abc import ResolveResult
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -25,8 +23,8 @@ from app.messenger.push.endpoints import (
     EndpointPolicy,
     EndpointRefused,
     NonPublicAddress,
-    PublicAddressResolver,
     is_public_address,
+    resolve_public,
 )
 from app.messenger.push.webpush import WebPushConfig, WebPushProvider
 from tests.fakes import Mode, provider_maker, sample_device, sample_notification
@@ -141,12 +139,8 @@ def test_extra_hosts_and_the_staging_switch() -> None:
 
 
 async def test_resolver_keeps_only_public_addresses() -> None:
-    resolver = PublicAddressResolver()
-    try:
-        with pytest.raises(NonPublicAddress):
-            await resolver.resolve("localhost", 443)
-    finally:
-        await resolver.close()
+    with pytest.raises(NonPublicAddress):
+        await resolve_public("localhost", 443)
 
 
 # IPv6 forms that lead to a private IPv4 address (10.0.0.1, 127.0.0.1, 169.254.169.254)
@@ -189,47 +183,22 @@ def test_what_is_not_a_public_address(address: str) -> None:
     assert not is_public_address(address)
 
 
-class _FixedResolver:
-    """Stands in for aiohttp's DefaultResolver: a name "resolves" to the addresses given."""
-
-    def __init__(self) -> None:
-        self.answers: tuple[str, ...] = ()
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        return [
-            ResolveResult(
-                hostname=host,
-                host=address,
-                port=port,
-                family=socket.AF_INET6 if ":" in address else socket.AF_INET,
-                proto=0,
-                flags=0,
-            )
-            for address in self.answers
-        ]
-
-    async def close(self) -> None:
-        pass
-
-
 async def test_resolver_drops_ipv6_forms_of_private_addresses(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    names = _FixedResolver()
-    monkeypatch.setattr(endpoints, "DefaultResolver", lambda: names)
-    resolver = PublicAddressResolver()
-    try:
-        names.answers = tuple(PRIVATE_INSIDE_IPV6.values())
-        with pytest.raises(NonPublicAddress):
-            await resolver.resolve("push.example.test", 443)
+    answers: tuple[str, ...] = ()
 
-        names.answers = (*PRIVATE_INSIDE_IPV6.values(), "64:ff9b::808:808", "8.8.4.4")
-        kept = await resolver.resolve("push.example.test", 443)
-        assert [r["host"] for r in kept] == ["64:ff9b::808:808", "8.8.4.4"]
-    finally:
-        await resolver.close()
+    async def fixed(host: str, port: int) -> list[str]:
+        """Stands in for the system resolver: the name "resolves" to `answers`."""
+        return list(answers)
+
+    monkeypatch.setattr(endpoints, "resolve_any", fixed)
+    answers = tuple(PRIVATE_INSIDE_IPV6.values())
+    with pytest.raises(NonPublicAddress):
+        await resolve_public("push.example.test", 443)
+
+    answers = (*PRIVATE_INSIDE_IPV6.values(), "64:ff9b::808:808", "8.8.4.4")
+    assert await resolve_public("push.example.test", 443) == ["64:ff9b::808:808", "8.8.4.4"]
 
 
 # ---- Registration

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import socket
 from dataclasses import dataclass
 
-from aiohttp import DefaultResolver
-from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from app.config import ConfigError, Settings
+from app.messenger.push.http_client import resolve_any
 
 # The hosts browsers' PushSubscription endpoints point at; `*.suffix` is any name under it.
 KNOWN_PUSH_HOSTS: tuple[str, ...] = (
@@ -33,7 +31,7 @@ KNOWN_PUSH_HOSTS: tuple[str, ...] = (
 )
 
 # Only what RFC 3986 allows, nothing a parser could read two ways (no backslash, no
-# whitespace, no fragment): the URL checked here is the URL aiohttp connects to.
+# whitespace, no fragment): the URL checked here is the URL connected to.
 _URL = re.compile(
     r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<authority>[^/?#\\\s]*)"
     r"(?P<rest>/[A-Za-z0-9\-._~!$&'()*+,;=:@/%?]*)",
@@ -106,7 +104,7 @@ class EndpointPolicy:
             raise EndpointRefused("the subscription endpoint has no valid host name")
         host = host_port["host"].lower()
         port = int(host_port["port"]) if host_port["port"] else None
-        # yarl is what aiohttp connects with: it must read the same host and no user name.
+        # yarl is what the client connects with: it must read the same host and no user name.
         try:
             url = URL(endpoint, encoded=True)  # sent as the push service wrote it
             same = url.host == host.strip("[]") and url.user is None and url.password is None
@@ -142,24 +140,13 @@ class EndpointPolicy:
         return None
 
 
-class PublicAddressResolver(AbstractResolver):
-    """aiohttp's resolver, keeping only globally routable addresses: a push service's
-    name that resolves into a private network is never connected to."""
-
-    def __init__(self) -> None:
-        self._resolver = DefaultResolver()
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        found = await self._resolver.resolve(host, port, family)
-        public = [r for r in found if is_public_address(r["host"])]
-        if not public:
-            raise NonPublicAddress("the push service's name has no public address")
-        return public
-
-    async def close(self) -> None:
-        await self._resolver.close()
+async def resolve_public(host: str, port: int) -> list[str]:
+    """The system resolver's addresses for a push service's name, keeping only globally
+    routable ones: a name that resolves into a private network is never connected to."""
+    public = [a for a in await resolve_any(host, port) if is_public_address(a)]
+    if not public:
+        raise NonPublicAddress("the push service's name has no public address")
+    return public
 
 
 # NAT64 prefixes whose addresses carry an IPv4 address in their last 32 bits: the

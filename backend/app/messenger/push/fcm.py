@@ -13,7 +13,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import google.auth.exceptions
 import requests
 from google.oauth2 import service_account
@@ -29,7 +28,8 @@ from app.messenger.push.base import (
     collapse_id,
     fitted,
 )
-from app.messenger.push.fcm_transport import Answer, FCMTransport
+from app.messenger.push.fcm_transport import FCMTransport
+from app.messenger.push.http_client import Answer
 from app.messenger.push.retry_after import parse_retry_after
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,6 @@ class FCMProvider:
                 response = await self.transport.post(payload)
         except (
             TimeoutError,
-            aiohttp.ClientError,
             OSError,
             requests.RequestException,
             google.auth.exceptions.TransportError,
@@ -224,7 +223,7 @@ class FCMProvider:
             return Result(
                 Outcome.RETRY,
                 status=status,
-                retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                retry_after=parse_retry_after(response.headers.get("retry-after")),
                 error=_error_message(response),
             )
         # 401 / 403 (our credentials or project), anything else: not retried.

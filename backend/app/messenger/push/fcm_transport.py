@@ -1,10 +1,10 @@
 """FCM's HTTP v1 transport: async POSTs over kept-alive connections, one OAuth token.
 
-aiohttp, the node's other push client (Web Push), with a pool of kept-alive
-connections as large as the provider's in-flight limit: each push reuses one, no new
-TCP or TLS handshake. HTTP/2 (httpx2 with h2) was measured at about seven times the
-CPU per request of this, which would bound pushes per second long before the
-connection count matters.
+The providers' HTTP/1.1 client (push.http_client, Web Push's too), with a pool of
+kept-alive connections as large as the provider's in-flight limit: each push reuses
+one, no new TCP or TLS handshake. HTTP/2 (httpx2 with h2) was measured at about seven
+times the CPU per request of aiohttp's HTTP/1.1, itself four times this client's,
+which would bound pushes per second long before the connection count matters.
 
 The access token comes from google-auth's service-account credentials (the OAuth
 flow pyfcm uses too): one token for every push until it nears expiry (google-auth
@@ -16,36 +16,22 @@ thread rather than on the event loop.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
-import aiohttp
 import google.auth.exceptions
 import google.auth.transport.requests
 import requests
 from google.oauth2 import service_account
+from yarl import URL
+
+from app.messenger.push.http_client import Answer, HttpClient
 
 log = logging.getLogger(__name__)
 
 # What FCM's answer is read up to: its bodies are a name or an error of a few hundred
 # bytes; anything longer is cut off (and its connection dropped).
 MAX_ANSWER_BYTES = 16384
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """FCM's answer to one send: status, headers and (up to a bound) the body."""
-
-    status: int
-    reason: str
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
 
 
 class FCMTransport:
@@ -59,26 +45,23 @@ class FCMTransport:
         max_connections: int,
     ) -> None:
         self._credentials = credentials
-        self._url = url
+        self._url = URL(url)
         self._timeout = timeout_seconds
         self._max_connections = max(1, max_connections)
-        self._session: aiohttp.ClientSession | None = None
+        self._client: HttpClient | None = None
         self._refreshing = asyncio.Lock()
         self._auth_session: requests.Session | None = None
         self.token_refreshes = 0
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self._max_connections),
-            timeout=aiohttp.ClientTimeout(total=self._timeout),
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
+        # The provider bounds each send as a whole (asyncio.timeout).
+        self._client = HttpClient(self._max_connections)
         self._auth_session = requests.Session()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
         if self._auth_session is not None:
             self._auth_session.close()
             self._auth_session = None
@@ -93,17 +76,13 @@ class FCMTransport:
         return answer
 
     async def _post(self, payload: bytes, token: str) -> Answer:
-        if self._session is None:
+        if self._client is None:
             raise RuntimeError("FCMTransport.post() before start()")
         headers = {
             "Authorization": f"Bearer {token}",
             "Content-Type": "application/json; UTF-8",
         }
-        async with self._session.post(
-            self._url, data=payload, headers=headers, allow_redirects=False
-        ) as response:
-            body = await _read_some(response)
-            return Answer(response.status, response.reason or "", dict(response.headers), body)
+        return await self._client.post(self._url, headers, payload, MAX_ANSWER_BYTES)
 
     async def _token(self) -> str:
         if not self._credentials.valid:
@@ -127,21 +106,6 @@ class FCMTransport:
         self._credentials.refresh(request)  # type: ignore[no-untyped-call]
         self.token_refreshes += 1
         log.info("fcm access token refreshed expiry=%s", self._credentials.expiry)
-
-
-async def _read_some(response: aiohttp.ClientResponse) -> bytes:
-    """The answer up to MAX_ANSWER_BYTES; read to its end, the connection goes back to
-    the pool, a longer one is cut off and its connection dropped."""
-    chunks: list[bytes] = []
-    read = 0
-    while read < MAX_ANSWER_BYTES:
-        chunk = await response.content.read(MAX_ANSWER_BYTES - read)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-        read += len(chunk)
-    response.close()
-    return b"".join(chunks)
 
 
 def _token_expired(answer: Answer) -> bool:

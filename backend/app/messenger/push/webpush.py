@@ -3,10 +3,10 @@
 The device token is the browser's PushSubscription as JSON, parsed once per device.
 The payload is encrypted for it (push.webpush_crypto: RFC 8291, as pywebpush does it)
 and py_vapid signs a VAPID JWT per push service origin, reused until it nears expiry
-(push.vapid_cache). The POST is ours, through one shared aiohttp session, because the
-endpoint is chosen by a client: it must be a known push service (endpoints.py),
-redirects are not followed, and an answer is read only up to a few KiB, never
-decompressed.
+(push.vapid_cache). The POST goes through the providers' HTTP/1.1 client
+(push.http_client), whose connections only ever reach a public address when the
+endpoint, chosen by a client, is a known push service (endpoints.py); redirects are
+not followed, and an answer is read only up to a few KiB, never decompressed.
 
 The payload is what the service worker (frontend/sw.js) reads; being end-to-end
 encrypted to the browser, it is the one provider's payload that may carry an action
@@ -27,7 +27,6 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import orjson
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -50,10 +49,11 @@ from app.messenger.push.bounded_cache import BoundedCache
 from app.messenger.push.endpoints import (
     EndpointPolicy,
     NonPublicAddress,
-    PublicAddressResolver,
     PushTarget,
+    resolve_public,
 )
 from app.messenger.push.host_limit import HostLimits
+from app.messenger.push.http_client import HttpClient, resolve_any
 from app.messenger.push.open_tokens import issue_open_token
 from app.messenger.push.retry_after import parse_retry_after
 from app.messenger.push.vapid_cache import VapidCache
@@ -107,8 +107,7 @@ class WebPushProvider:
         )
         if config.public_key and config.public_key.rstrip("=") != self.public_key:
             raise ConfigError("VAPID_PUBLIC_KEY does not belong to VAPID_PRIVATE_KEY")
-        self._session: aiohttp.ClientSession | None = None
-        self._resolver: PublicAddressResolver | None = None
+        self._client: HttpClient | None = None
         self._hosts = HostLimits(config.per_host_concurrency)
         self.vapid_tokens = VapidCache(self._vapid, config.subject)
         # Each device's subscription parsed, checked and its keys decoded once, not at
@@ -118,28 +117,18 @@ class WebPushProvider:
         )
 
     async def start(self) -> None:
-        # One session for every push service: keeps connections (and TLS) alive. No
-        # cookies, no decompression; resolved addresses must be public unless any
-        # endpoint is allowed (staging: the fakes listen on 127.0.0.1).
-        if not self._config.endpoints.allow_any:
-            self._resolver = PublicAddressResolver()
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                limit=self._config.max_connections, resolver=self._resolver
-            ),
-            # send() bounds each push as a whole (asyncio.timeout): no second timer here.
-            timeout=aiohttp.ClientTimeout(total=None),
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
+        # One client for every push service: keeps connections (and TLS) alive. Resolved
+        # addresses must be public unless any endpoint is allowed (staging: the fakes
+        # listen on 127.0.0.1). send() bounds each push as a whole (asyncio.timeout).
+        self._client = HttpClient(
+            self._config.max_connections,
+            resolve_any if self._config.endpoints.allow_any else resolve_public,
         )
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-        if self._resolver is not None:  # the connector closes only a resolver it made
-            await self._resolver.close()
-            self._resolver = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
 
     def host_slot(self, device: Device) -> AbstractAsyncContextManager[None]:
         """Held while this device's push is in flight to its push service."""
@@ -159,7 +148,7 @@ class WebPushProvider:
         return self._config.endpoints.check(endpoint), keys
 
     async def send(self, device: Device, notification: Notification) -> Result:
-        if self._session is None:
+        if self._client is None:
             raise RuntimeError("WebPushProvider.send() before start()")
         try:
             target, keys = self._parse(device.token)
@@ -169,9 +158,9 @@ class WebPushProvider:
         service = target.origin
         try:
             async with asyncio.timeout(self._config.timeout_seconds):
-                result = await self._post(self._session, target, keys, device, notification)
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            if _refused_address(exc):  # not connected to: retrying would not change that
+                result = await self._post(self._client, target, keys, device, notification)
+        except (TimeoutError, OSError) as exc:
+            if isinstance(exc, NonPublicAddress):  # never contacted: a retry changes nothing
                 result = Result(Outcome.FAILED, error="the push service has no public address")
             else:
                 result = Result(Outcome.RETRY, error=_describe(exc, target))
@@ -182,7 +171,7 @@ class WebPushProvider:
 
     async def _post(
         self,
-        session: aiohttp.ClientSession,
+        client: HttpClient,
         target: PushTarget,
         keys: Receiver,
         device: Device,
@@ -205,11 +194,8 @@ class WebPushProvider:
             "Content-Encoding": "aes128gcm",
             "Content-Type": "application/octet-stream",
         }
-        async with session.post(
-            target.url, data=body, headers=headers, allow_redirects=False
-        ) as response:
-            await _read_some(response)
-            return _classify(response.status, response.reason, response.headers)
+        answer = await client.post(target.url, headers, body, MAX_ANSWER_BYTES)
+        return _classify(answer.status, answer.reason, answer.headers)
 
     def payload(self, device: Device, notification: Notification) -> bytes:
         """The JSON the service worker gets, within what a push service takes."""
@@ -364,18 +350,6 @@ def _subscription(token: str) -> tuple[str, Receiver]:
     return endpoint, receiver
 
 
-async def _read_some(response: aiohttp.ClientResponse) -> None:
-    """Read the answer up to MAX_ANSWER_BYTES (raw: the session never decompresses);
-    a longer one is cut off and its connection dropped rather than read on."""
-    read = 0
-    while read < MAX_ANSWER_BYTES:
-        chunk = await response.content.read(MAX_ANSWER_BYTES - read)
-        if not chunk:
-            return  # all of it: the connection goes back to the pool
-        read += len(chunk)
-    response.close()
-
-
 def _classify(status: int, reason: str | None, headers: Any) -> Result:
     error = f"{status} {reason or ''}".strip()[:100]
     if 200 <= status < 300:
@@ -386,7 +360,7 @@ def _classify(status: int, reason: str | None, headers: Any) -> Result:
         return Result(
             Outcome.RETRY,
             status=status,
-            retry_after=parse_retry_after(headers.get("Retry-After")),
+            retry_after=parse_retry_after(headers.get("retry-after")),
             error=error,
         )
     if 300 <= status < 400:  # a push service does not redirect: not followed
@@ -395,14 +369,8 @@ def _classify(status: int, reason: str | None, headers: Any) -> Result:
     return Result(Outcome.FAILED, status=status, error=error)
 
 
-def _refused_address(exc: BaseException) -> bool:
-    return isinstance(exc, aiohttp.ClientConnectorError) and isinstance(
-        exc.os_error, NonPublicAddress
-    )
-
-
 def _describe(exc: BaseException, target: PushTarget) -> str:
-    # aiohttp puts the whole URL in some messages: the path is the subscription's secret.
+    # Some errors name the whole URL: the path is the subscription's secret.
     text = f"{type(exc).__name__}: {exc}".replace(str(target.url), target.origin)
     path = target.url.raw_path_qs
     return (text.replace(path, "/…") if len(path) > 1 else text)[:200]
