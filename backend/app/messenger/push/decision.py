@@ -377,6 +377,31 @@ async def participant_states(
     return found
 
 
+async def read_marks(
+    conn: AsyncConnection, pairs: Collection[tuple[str, int]], at_least: int
+) -> dict[tuple[str, int], int]:
+    """The read marks of those of these (conversation, user) pairs who have read up to
+    `at_least` or further: most often none, and then nothing is built row by row."""
+    wanted = set(pairs)
+    found: dict[tuple[str, int], int] = {}
+    p = _participants.c
+    dialect = conn.dialect.name
+    conversations = list({c for c, _ in wanted})
+    users = list({u for _, u in wanted})
+    for i in range(0, len(users), _chunk(dialect)):
+        rows = await conn.execute(
+            select(p.conversation_id, p.user_id, p.last_read_seq).where(
+                one_of(p.conversation_id, conversations, dialect),
+                one_of(p.user_id, users[i : i + _chunk(dialect)], dialect),
+                p.last_read_seq >= at_least,
+            )
+        )
+        for conversation_id, user_id, seq in rows:
+            if (conversation_id, user_id) in wanted:
+                found[(conversation_id, user_id)] = seq
+    return found
+
+
 def _chunk(dialect: str) -> int:
     """Values per query: PostgreSQL takes them as one array parameter; SQLite binds
     each one."""

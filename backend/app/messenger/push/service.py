@@ -52,7 +52,7 @@ from app.messenger.push.decision import (
     PlannedPush,
     decide,
     inattentive_recipients,
-    participant_states,
+    read_marks,
     recipients,
 )
 from app.messenger.push.decision_log import ONLINE, SENT, DecisionLog
@@ -846,15 +846,14 @@ class PushService:
             return
         try:
             async with self._engine.connect() as conn:
-                states = await participant_states(conn, pushed)
+                marks = await read_marks(conn, pushed, min(pushed.values()))
         except Exception as exc:
             # The next read of the conversation clears them.
             log.warning("push read marks not looked up node=%s %s", self._node, type(exc).__name__)
             return
-        for (conversation_id, user_id), seq in pushed.items():
-            state = states.get((conversation_id, user_id))
-            if state is not None and state.last_read_seq >= seq:
-                hook(user_id, conversation_id, state.last_read_seq)
+        for (conversation_id, user_id), read in marks.items():
+            if read >= pushed[(conversation_id, user_id)]:
+                hook(user_id, conversation_id, read)
 
     def _jobs_done(self, finished: list[Item]) -> list[str]:
         """The held jobs whose messages still open are all among these."""
