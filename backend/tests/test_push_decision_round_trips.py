@@ -4,11 +4,12 @@ once per connection). The decisions themselves are tested in test_push_decision*
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import event, update
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.messenger.models import Participant
@@ -30,29 +31,29 @@ async def register(client: Client, user: User) -> None:
     assert r.status_code == 201, r.text
 
 
-@contextmanager
-def statements_of(conn: AsyncConnection) -> Iterator[list[str]]:
-    """The statements this one connection sends while inside (the node's own work on
-    other connections of the engine is left out)."""
+@asynccontextmanager
+async def statements_of(conn: AsyncConnection) -> AsyncIterator[list[str]]:
+    """The statements this one connection sends while inside, through SQLAlchemy or on
+    asyncpg itself (the node's own work on other connections is left out)."""
     sent: list[str] = []
-    mine = conn.sync_connection
+    driver = (await conn.get_raw_connection()).driver_connection
+    assert driver is not None
 
-    def record(c: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if c is mine:
-            sent.append(statement)
+    def record(query: Any) -> None:
+        sent.append(query.query)
 
-    engine = conn.sync_engine
-    event.listen(engine, "before_cursor_execute", record)
+    driver.add_query_logger(record)
     try:
         yield sent
     finally:
-        event.remove(engine, "before_cursor_execute", record)
+        await asyncio.sleep(0)  # asyncpg tells its loggers in the next loop round
+        driver.remove_query_logger(record)
 
 
 async def decided_with_count(
     conn: AsyncConnection, candidates: list[Candidate]
 ) -> tuple[Decided, list[str]]:
-    with statements_of(conn) as sent:
+    async with statements_of(conn) as sent:
         decided = await decide(conn, candidates, BASE_URL)
     return decided, sent
 

@@ -1,14 +1,21 @@
-"""A pooled connection for reads alone.
+"""Connections for reads alone.
 
-On PostgreSQL it runs in autocommit: each statement is its own transaction, so reading
+On PostgreSQL they run in autocommit: each statement is its own transaction, so reading
 costs no BEGIN before and no ROLLBACK after (two round trips of the three a lone query
 takes otherwise). Nothing is lost by it: under READ COMMITTED every statement sees its
 own snapshot inside a transaction too. The pool sets the isolation level back when the
 connection returns. SQLite is left as it is.
+
+The push planner reads through a connection it keeps (`KeptReadConnection`): taking
+one from the pool and giving it back costs about 0.15 ms of CPU, and 0.5 ms on a node
+idle long enough for its caches to go cold (measured here), twice per lone message
+(its recipients' facts, then the decision): a fifth of the time from commit to push.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -22,3 +29,40 @@ async def read_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]
         if conn.dialect.name == "postgresql":
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
         yield conn
+
+
+class KeptReadConnection:
+    """One read connection kept between uses, for one user at a time; a use while it is
+    taken, or on SQLite (no round trips to save), gets one from the pool as ever. A
+    statement that fails drops it: the next use connects anew (a restarted server, a
+    failover)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._conn: AsyncConnection | None = None
+        self._taken = asyncio.Lock()
+
+    @asynccontextmanager
+    async def use(self) -> AsyncIterator[AsyncConnection]:
+        if self._engine.dialect.name != "postgresql" or self._taken.locked():
+            async with read_connection(self._engine) as conn:
+                yield conn
+            return
+        async with self._taken:
+            if self._conn is None or self._conn.closed or self._conn.invalidated:
+                conn = await self._engine.connect()
+                self._conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            try:
+                yield self._conn
+            except BaseException:
+                await self.close()
+                raise
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                await conn.close()
+            except Exception:  # a broken connection: the pool lets it go
+                with contextlib.suppress(Exception):
+                    await conn.invalidate()

@@ -76,8 +76,9 @@ from app.messenger.push.jobs import (
 )
 from app.messenger.push.lane import Lane, lane_cap, quiet_turn
 from app.messenger.push.providers import start_providers
-from app.messenger.push.read_connection import read_connection
+from app.messenger.push.read_connection import KeptReadConnection
 from app.messenger.push.recheck import Recheck
+from app.messenger.push.recipient_facts import RecipientFacts, recipient_facts
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,8 @@ RECORD_DELAY = 0.05  # seconds an outcome may wait to be written with others
 PLAN_ATTEMPTS = 3  # a batch whose planning fails this often in a row is let go
 DUE_MARGIN = 0.005  # seconds past a delayed job's time before it is claimed (lease_until < now)
 DUE_LIMIT = 10_000  # due times a node keeps waking for; the recovery round finds the rest
+# Recipients of a lone message whose facts are read while attention is asked (_plan).
+EARLY_FACTS = 16
 
 # One message of one job.
 Item = tuple[str, str]
@@ -134,6 +137,8 @@ class PushService:
         self._providers: dict[str, Provider] = dict(providers or {})
         self._own_providers = providers is None
         self._node = settings.node_id
+        # The planner's reads: one connection kept, not one from the pool per batch.
+        self._reads = KeptReadConnection(engine)
         self._policy = RetryPolicy.from_settings(settings)
         # Signs the thumbnail links of image pushes (the key is read at the first one).
         self._images = ImageLinks(lambda: settings.signing_key, settings.public_base_url)
@@ -218,6 +223,7 @@ class PushService:
             task.cancel()
         await asyncio.gather(*tasks, *self._deliveries, return_exceptions=True)
         self._starting = None
+        await self._reads.close()
         with contextlib.suppress(Exception):
             await self._record(force=True)
         if self._own_providers:
@@ -486,6 +492,19 @@ class PushService:
                         raise
                 self._starting = asyncio.create_task(start, name="push-low-start")
 
+    async def _early_facts(
+        self, q: Queued, wanted: set[tuple[str, int]], now: datetime
+    ) -> RecipientFacts | None:
+        """The facts of a lone message's recipients, read ahead; None when that failed
+        (the decision reads them itself, if anyone is to be pushed)."""
+        sender = q.committed.message["sender_id"]
+        try:
+            async with self._reads.use() as conn:
+                return await recipient_facts(conn, [(c, u, sender) for c, u in wanted], now)
+        except Exception as exc:
+            log.debug("push facts not read ahead node=%s %s", self._node, type(exc).__name__)
+            return None
+
     def _wanted(self, q: Queued) -> set[tuple[str, int]]:
         """(conversation, user) of each recipient this item may push."""
         message = q.committed.message
@@ -501,11 +520,23 @@ class PushService:
         # room is held anew, and its new planning pushes it, not this one.
         held = {q.job_id: self._jobs.get(q.job_id) for q in batch}
         wanted = [self._wanted(q) for q in batch]
-        # Attention first, once for the whole batch: when every recipient is looking (the
-        # common case under load) the database is not asked at all.
-        away_all = await inattentive_recipients(
-            self._attention, set[tuple[str, int]]().union(*wanted)
+        everyone = set[tuple[str, int]]().union(*wanted)
+        now = utcnow()
+        # A lone message to a few (nothing queued behind it): what the database knows of
+        # them is read while attention is asked, the two round trips side by side. Under
+        # load batches form, and attention goes first: when every recipient is looking
+        # (the common case then) the database is not asked at all.
+        early = (
+            asyncio.create_task(self._early_facts(batch[0], everyone, now))
+            if len(batch) == 1
+            and len(everyone) <= EARLY_FACTS
+            and self._engine.dialect.name == "postgresql"
+            else None
         )
+        try:
+            away_all = await inattentive_recipients(self._attention, everyone)
+        finally:
+            facts = await early if early is not None else None
         decisions = self.decisions
         candidates: list[Candidate] = []
         owners: list[int] = []  # the item each candidate is of
@@ -535,13 +566,15 @@ class PushService:
                     owners.append(i)
         plans: list[list[PlannedPush]] = [[] for _ in batch]
         if candidates:
-            async with read_connection(self._engine) as conn:
+            async with self._reads.use() as conn:
                 decided = await decide(
                     conn,
                     candidates,
                     self._settings.public_base_url,
                     self._providers,
+                    now=now,
                     images=self._images,
+                    facts=facts,
                 )
             if decided.delayed:
                 await self._write_delayed(
