@@ -145,18 +145,17 @@ async def decide(
     providers: Collection[str] = ALL_PROVIDERS,
     now: datetime | None = None,
     images: ImageLinks | None = None,
-    facts: RecipientFacts | None = None,
 ) -> Decided:
     """Decide for every candidate (see the module's docstring): a fixed number of
     queries for the whole batch, whatever its size. On PostgreSQL what is read of the
-    recipients comes in one statement (push.recipient_facts), or is given (`facts`, read
-    as of `now` for these candidates or more); SQLite, where a query costs no round
-    trip, asks each kind only when a candidate still needs it."""
+    recipients comes in one statement (push.recipient_facts); SQLite, where a query
+    costs no round trip, asks each kind only when a candidate still needs it."""
     decided = Decided()
     if not candidates:
         return decided
     now = now or utcnow()
-    if facts is None and conn.dialect.name == "postgresql":
+    facts: RecipientFacts | None = None
+    if conn.dialect.name == "postgresql":
         facts = await recipient_facts(
             conn,
             [(c.message["conversation_id"], c.user_id, c.message["sender_id"]) for c in candidates],

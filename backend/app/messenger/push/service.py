@@ -78,7 +78,6 @@ from app.messenger.push.lane import Lane, lane_cap, quiet_turn
 from app.messenger.push.providers import start_providers
 from app.messenger.push.read_connection import KeptReadConnection
 from app.messenger.push.recheck import Recheck
-from app.messenger.push.recipient_facts import RecipientFacts, recipient_facts
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +93,6 @@ RECORD_DELAY = 0.05  # seconds an outcome may wait to be written with others
 PLAN_ATTEMPTS = 3  # a batch whose planning fails this often in a row is let go
 DUE_MARGIN = 0.005  # seconds past a delayed job's time before it is claimed (lease_until < now)
 DUE_LIMIT = 10_000  # due times a node keeps waking for; the recovery round finds the rest
-# Recipients of a lone message whose facts are read while attention is asked (_plan).
-EARLY_FACTS = 16
 
 # One message of one job.
 Item = tuple[str, str]
@@ -492,19 +489,6 @@ class PushService:
                         raise
                 self._starting = asyncio.create_task(start, name="push-low-start")
 
-    async def _early_facts(
-        self, q: Queued, wanted: set[tuple[str, int]], now: datetime
-    ) -> RecipientFacts | None:
-        """The facts of a lone message's recipients, read ahead; None when that failed
-        (the decision reads them itself, if anyone is to be pushed)."""
-        sender = q.committed.message["sender_id"]
-        try:
-            async with self._reads.use() as conn:
-                return await recipient_facts(conn, [(c, u, sender) for c, u in wanted], now)
-        except Exception as exc:
-            log.debug("push facts not read ahead node=%s %s", self._node, type(exc).__name__)
-            return None
-
     def _wanted(self, q: Queued) -> set[tuple[str, int]]:
         """(conversation, user) of each recipient this item may push."""
         message = q.committed.message
@@ -520,23 +504,11 @@ class PushService:
         # room is held anew, and its new planning pushes it, not this one.
         held = {q.job_id: self._jobs.get(q.job_id) for q in batch}
         wanted = [self._wanted(q) for q in batch]
-        everyone = set[tuple[str, int]]().union(*wanted)
-        now = utcnow()
-        # A lone message to a few (nothing queued behind it): what the database knows of
-        # them is read while attention is asked, the two round trips side by side. Under
-        # load batches form, and attention goes first: when every recipient is looking
-        # (the common case then) the database is not asked at all.
-        early = (
-            asyncio.create_task(self._early_facts(batch[0], everyone, now))
-            if len(batch) == 1
-            and len(everyone) <= EARLY_FACTS
-            and self._engine.dialect.name == "postgresql"
-            else None
+        # Attention first, once for the whole batch: when every recipient is looking (the
+        # common case under load) the database is not asked at all.
+        away_all = await inattentive_recipients(
+            self._attention, set[tuple[str, int]]().union(*wanted)
         )
-        try:
-            away_all = await inattentive_recipients(self._attention, everyone)
-        finally:
-            facts = await early if early is not None else None
         decisions = self.decisions
         candidates: list[Candidate] = []
         owners: list[int] = []  # the item each candidate is of
@@ -572,9 +544,7 @@ class PushService:
                     candidates,
                     self._settings.public_base_url,
                     self._providers,
-                    now=now,
                     images=self._images,
-                    facts=facts,
                 )
             if decided.delayed:
                 await self._write_delayed(
