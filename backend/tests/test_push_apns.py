@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from aioapns.connection import APNsBaseClientProtocol, APNsTLSClientProtocol
+from h2.settings import ChangedSetting, SettingCodes
 
 from app.config import ConfigError, Settings
 from app.messenger.push import apns, apns_compat
@@ -150,6 +151,33 @@ async def test_a_burst_fits_the_flow_control_window_of_each_connection(
     connections = provider._client.pool.connections  # type: ignore[union-attr]
     assert len(connections) > 1
     assert {c.free_channels.bound for c in connections} == {apns_compat.STREAMS_PER_CONNECTION}
+
+
+@pytest.mark.parametrize(("before", "after"), [(1000, 1000), (1000, 100), (1, 1000), (1000, 5)])
+async def test_the_stream_limit_counts_the_streams_in_use_when_the_server_changes_it(
+    before: int, after: int
+) -> None:
+    """The server's SETTINGS may come with every stream of the connection taken (a burst
+    right after the handshake): once they are all given back, the connection has its
+    whole limit free, never less (busy for good) nor more (past the window)."""
+    protocol = apns_compat._protocol_class(APNsTLSClientProtocol, None, None)("topic")
+    channels = protocol.free_channels
+    protocol.on_remote_settings_changed(_streams_setting(1000, before))
+    limit = min(before, apns_compat.STREAMS_PER_CONNECTION)
+    taken = [await channels.acquire() for _ in range(limit)]
+    assert protocol.is_busy
+
+    protocol.on_remote_settings_changed(_streams_setting(before, after))
+    for _ in taken:
+        channels.release()
+
+    now = min(after, apns_compat.STREAMS_PER_CONNECTION)
+    assert (channels.bound, channels._value, protocol.is_busy) == (now, now, False)
+
+
+def _streams_setting(old: int, new: int) -> dict[SettingCodes, ChangedSetting]:
+    code = SettingCodes.MAX_CONCURRENT_STREAMS
+    return {code: ChangedSetting(code, old, new)}
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import event, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.messenger.models import Participant
@@ -34,20 +34,30 @@ async def register(client: Client, user: User) -> None:
 @asynccontextmanager
 async def statements_of(conn: AsyncConnection) -> AsyncIterator[list[str]]:
     """The statements this one connection sends while inside, through SQLAlchemy or on
-    asyncpg itself (the node's own work on other connections is left out)."""
+    asyncpg itself (the node's own work on other connections is left out). asyncpg's
+    query loggers see its own execute and fetch, not the prepared statements SQLAlchemy
+    runs: each is counted once."""
     sent: list[str] = []
+    mine = conn.sync_connection
     driver = (await conn.get_raw_connection()).driver_connection
     assert driver is not None
 
-    def record(query: Any) -> None:
+    def through_sqlalchemy(c: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if c is mine:
+            sent.append(statement)
+
+    def on_asyncpg(query: Any) -> None:
         sent.append(query.query)
 
-    driver.add_query_logger(record)
+    engine = conn.sync_engine
+    event.listen(engine, "before_cursor_execute", through_sqlalchemy)
+    driver.add_query_logger(on_asyncpg)
     try:
         yield sent
     finally:
         await asyncio.sleep(0)  # asyncpg tells its loggers in the next loop round
-        driver.remove_query_logger(record)
+        driver.remove_query_logger(on_asyncpg)
+        event.remove(engine, "before_cursor_execute", through_sqlalchemy)
 
 
 async def decided_with_count(

@@ -11,7 +11,7 @@ import pytest
 import uvloop
 from yarl import URL
 
-from app.messenger.push.http_client import MAX_HEADER_BYTES, HttpClient, HttpError
+from app.messenger.push.http_client import MAX_HEADER_BYTES, Answer, HttpClient, HttpError
 
 OK = b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\nLocation: /m/1\r\n\r\n"
 
@@ -74,7 +74,16 @@ async def server() -> AsyncIterator[RawServer]:
         yield s
 
 
-async def _post(client: HttpClient, url: URL, max_answer: int = 4096):
+async def _two_posts(server: RawServer) -> tuple[Answer, Answer]:
+    """Two posts one after the other, on a client of one connection."""
+    client = HttpClient(1)
+    try:
+        return await _post(client, server.url()), await _post(client, server.url())
+    finally:
+        await client.close()
+
+
+async def _post(client: HttpClient, url: URL, max_answer: int = 4096) -> Answer:
     return await client.post(url, {"TTL": "60", "Topic": "t"}, b"x" * 100, max_answer)
 
 
@@ -131,12 +140,7 @@ async def test_a_chunked_answer_is_read_whole(server: RawServer) -> None:
         b"HTTP/1.1 400 Bad Request\r\nTransfer-Encoding: chunked\r\nRetry-After: 7\r\n\r\n"
         b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
     )
-    client = HttpClient(1)
-    try:
-        first = await _post(client, server.url())
-        second = await _post(client, server.url())
-    finally:
-        await client.close()
+    first, second = await _two_posts(server)
 
     assert (first.status, first.body, first.headers["retry-after"]) == (400, b"hello world", "7")
     assert second.body == b"hello world" and len(set(server.peers)) == 1
@@ -176,9 +180,20 @@ async def test_a_long_answer_is_cut_off_and_its_connection_dropped(server: RawSe
         b"not http at all\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: nope\r\n\r\n",
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
+        # Past the head's bound: a header, or the
+        # status line itself, that never ends.
         b"HTTP/1.1 200 OK\r\nX: " + b"a" * (MAX_HEADER_BYTES + 1) + b"\r\n\r\n",
+        b"HTTP/1.1 200 " + b"O" * (MAX_HEADER_BYTES + 1) + b"\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX: " + b"a" * (4 * MAX_HEADER_BYTES),  # and never ends
     ],
-    ids=["garbage", "bad length", "upgrade", "headers too long"],
+    ids=[
+        "garbage",
+        "bad length",
+        "upgrade",
+        "header too long",
+        "status line too long",
+        "endless header",
+    ],
 )
 async def test_an_unreadable_answer_is_an_error_and_the_connection_dropped(
     server: RawServer, answer: bytes
@@ -232,10 +247,42 @@ async def test_the_oldest_idle_connection_makes_room_for_another_origin() -> Non
             assert (await _post(client, one.url())).status == 201
         finally:
             await client.close()
-        await asyncio.sleep(0.05)
         # One connection open at a time: the first origin's was closed and made again.
         assert len(set(one.peers)) == 2 and len(set(two.peers)) == 1
-        assert all(w.is_closing() or w.transport.is_closing() for w in one.connections[:1])
+
+
+async def test_connections_made_side_by_side_stay_within_the_limit() -> None:
+    async with RawServer() as one, RawServer() as two, RawServer() as three:
+        client = HttpClient(2)
+        try:
+            assert (await _post(client, one.url())).status == 201  # left idle
+            # Two new origins at once: the idle one must make room before either connects.
+            answers = await asyncio.gather(_post(client, two.url()), _post(client, three.url()))
+            assert [a.status for a in answers] == [201, 201]
+            await asyncio.sleep(0.05)  # the servers see the closed connection go
+            still_open = [w for s in (one, two, three) for w in s.connections if not w.is_closing()]
+            assert len(client._open) <= 2
+        finally:
+            await client.close()
+        assert one.connections[0].transport.is_closing() or len(still_open) <= 2
+
+
+async def test_a_second_answer_to_one_request_is_not_taken_for_the_next(
+    server: RawServer,
+) -> None:
+    """A server that answers once, then in the same write starts another answer: the
+    second request must not be answered by it (a 410 read as a 200 would lose a dead
+    token)."""
+    server.answer = lambda n: (
+        OK + b"HTTP/1.1 200 OK\r\nContent-Length: 30\r\n\r\nab"
+        if n == 1
+        else b"HTTP/1.1 410 Gone\r\nContent-Length: 0\r\n\r\n"
+    )
+    first, second = await _two_posts(server)
+
+    assert (first.status, first.headers["content-length"]) == (201, "0")
+    assert second.status == 410
+    assert len(set(server.peers)) == 2  # the first connection was not used again
 
 
 @pytest.mark.parametrize(

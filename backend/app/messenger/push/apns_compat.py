@@ -28,6 +28,8 @@ import logging
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
+from h2.settings import SettingCodes
+
 from app.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -104,24 +106,43 @@ def _protocol_class(
                 # One provider JWT for all connections (aioapns makes one per connection):
                 # APNs answers TooManyProviderTokenUpdates to tokens renewed too often.
                 self.auth_provider = auth
-            _cap_streams(self)
+            _set_streams(self, STREAMS_PER_CONNECTION)
 
         def on_remote_settings_changed(self, changed_settings: Any) -> None:
-            super().on_remote_settings_changed(changed_settings)
-            _cap_streams(self)  # the server's stream limit, never above ours
+            # The server's stream limit, never above ours, applied here: aioapns's own
+            # raise of a limit, with every stream taken, counts them free again.
+            streams = changed_settings.get(SettingCodes.MAX_CONCURRENT_STREAMS)
+            rest = {
+                k: v
+                for k, v in changed_settings.items()
+                if k != SettingCodes.MAX_CONCURRENT_STREAMS
+            }
+            super().on_remote_settings_changed(rest)
+            if streams is not None:
+                _set_streams(self, min(streams.new_value, STREAMS_PER_CONNECTION))
 
     if endpoint is not None:  # APNS_ENDPOINT: "host" header and TLS name follow it
         Protocol.APNS_SERVER, Protocol.APNS_PORT = endpoint
     return Protocol
 
 
-def _cap_streams(connection: object) -> None:
+def _set_streams(connection: object, limit: int) -> None:
+    """Set a connection's stream limit with the streams in use still counted: those
+    above a lower limit are waited out, the room of a higher one goes to waiters."""
     channels = getattr(connection, "free_channels", None)
-    bound = getattr(channels, "bound", None)
-    if not isinstance(bound, int):
-        _say_once(UNCAPPED, "the connection has no free_channels with a bound")
-    elif bound > STREAMS_PER_CONNECTION:
-        channels.bound = STREAMS_PER_CONNECTION  # type: ignore[union-attr]
+    if not (
+        isinstance(getattr(channels, "_bound_value", None), int)
+        and isinstance(getattr(channels, "_value", None), int)
+        and callable(getattr(channels, "_wake_up_next", None))
+    ):
+        _say_once(UNCAPPED, "the connection's free_channels is not the semaphore it was")
+        return
+    in_use = channels._bound_value - channels._value  # type: ignore[union-attr]
+    channels._bound_value = limit  # type: ignore[union-attr]
+    channels._value = limit - in_use  # type: ignore[union-attr]
+    # Each waiter woken takes one of the free streams (asyncio.Semaphore's own way).
+    while channels._value > 0 and channels._wake_up_next():  # type: ignore[union-attr]
+        pass
 
 
 def _shared_auth(base: type, *, key: str, key_id: str, team_id: str) -> object | None:

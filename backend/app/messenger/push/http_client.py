@@ -10,8 +10,13 @@ decompression, multipart) a push never uses: redirects are not followed, answers
 never decompressed (nothing is asked to be) and read only up to a bound.
 
 Every address connected to comes from `resolve`, which may refuse (Web Push keeps
-only public addresses: push.endpoints). A request cut off (timeout, cancel) closes
-its connection: it may have been half written.
+only public addresses: push.endpoints); a name's addresses are tried as browsers do
+(Happy Eyeballs, aiohappyeyeballs: the next one 0.25 s after the last without an
+answer), so one unreachable address family costs a quarter second, not the push. A
+request cut off (timeout, cancel) closes its connection: it may have been half
+written. An answer is bounded as it is read (its head to MAX_HEADER_BYTES, its body to
+what the caller asks), and a connection that brings more than one answer to a request
+is not used again.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
+import aiohappyeyeballs
 import httptools
 from yarl import URL
 
@@ -34,6 +40,7 @@ Resolve = Callable[[str, int], Awaitable[list[str]]]
 IDLE_SECONDS = 15.0  # a connection idle longer is closed (servers drop theirs at 60+ s)
 MAX_HEADER_BYTES = 16384  # an answer's headers beyond this: not a push service
 SWEEP_EVERY = 1.0  # seconds between looks for connections idle too long
+HAPPY_EYEBALLS_DELAY = 0.25  # seconds before the next address is tried (RFC 8305)
 
 
 class HttpError(OSError):
@@ -74,7 +81,10 @@ class _Connection(asyncio.Protocol):
 
     def _reset(self) -> None:
         self._headers: dict[str, str] = {}
-        self._header_bytes = 0
+        self._head_bytes = 0  # read while the answer's head was not complete
+        self._head_parsed = 0  # of its status line and headers, as parsed
+        self._head_done = False
+        self._answered = False
         self._body: list[bytes] = []
         self._body_bytes = 0
         self._reason = ""
@@ -95,9 +105,18 @@ class _Connection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(HttpError("the server switched protocols"))
+            return
         except httptools.HttpParserError as exc:
-            # A callback's own error (headers too long) is the exception's context.
+            # A callback's own error (an answer nobody asked for, a head too long) is the
+            # context.
             self._fail(HttpError(f"unreadable answer: {exc.__context__ or exc}"))
+            return
+        if not self._head_done:
+            # llhttp gathers a status line or header whole before it calls back: what
+            # came while the head is not complete is all head, and it is bounded.
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEADER_BYTES:
+                self._fail(HttpError("the answer's head is too long"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -112,14 +131,26 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks
 
+    def on_message_begin(self) -> None:
+        if self._answered:  # a second answer to one request: nobody asked for it
+            raise HttpError("the server sent an answer nobody asked for")
+
     def on_status(self, status: bytes) -> None:
+        self._count_head(len(status))
         self._reason += status.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_bytes += len(name) + len(value)
-        if self._header_bytes > MAX_HEADER_BYTES:
-            raise HttpError("the answer's headers are too long")
+        self._count_head(len(name) + len(value))
         self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def _count_head(self, size: int) -> None:
+        """The head as parsed (all of it may come in one read)."""
+        self._head_parsed += size
+        if self._head_parsed > MAX_HEADER_BYTES:
+            raise HttpError("the answer's head is too long")
+
+    def on_headers_complete(self) -> None:
+        self._head_done = True
 
     def on_body(self, body: bytes) -> None:
         room = self._max_answer - self._body_bytes
@@ -139,6 +170,7 @@ class _Connection(asyncio.Protocol):
             return
         # Asked here: llhttp forgets it once the next message begins.
         self.keep_alive = self._parser.should_keep_alive()
+        self._answered = True
         self._complete(status)
 
     # --
@@ -146,7 +178,9 @@ class _Connection(asyncio.Protocol):
     def _complete(self, status: int) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
-            waiter.set_result(Answer(status, self._reason, self._headers, b"".join(self._body)))
+            waiter.set_result(
+                Answer(status, self._reason, dict(self._headers), b"".join(self._body))
+            )
 
     def _fail(self, exc: Exception) -> None:
         waiter = self._waiter
@@ -155,7 +189,7 @@ class _Connection(asyncio.Protocol):
         self.close()
 
     def reusable(self) -> bool:
-        return self.keep_alive and not self.closed and not self.cut_off
+        return self.keep_alive and self._answered and not self.closed and not self.cut_off
 
     async def request(self, head: bytes, body: bytes, max_answer: int) -> Answer:
         if self.transport is None or self.closed:
@@ -190,7 +224,9 @@ class HttpClient:
         self._ssl = ssl_context or ssl.create_default_context()
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._open: set[_Connection] = set()
+        self._connecting = 0  # connections being made, counted against the limit too
         self._swept = 0.0
+        self._closed = False
 
     async def post(
         self, url: URL, headers: Mapping[str, str], body: bytes, max_answer: int
@@ -207,7 +243,7 @@ class HttpClient:
             except BaseException:
                 self._drop(connection)  # half written or half read: never reused
                 raise
-            if connection.reusable():
+            if connection.reusable() and not self._closed:
                 connection.idle_since = time.monotonic()
                 self._idle.setdefault(origin, []).append(connection)
             else:
@@ -239,47 +275,64 @@ class HttpClient:
                 del self._idle[origin]
 
     async def _connect(self, origin: tuple[str, str, int]) -> _Connection:
-        if len(self._open) >= self._max:
-            self._close_oldest_idle()
+        if self._closed:
+            raise HttpError("the client is closed")
+        # At the limit, idle connections make room (the others each carry a request, and
+        # this one holds a slot of its own, so enough of them are idle).
+        while len(self._open) + self._connecting >= self._max and self._close_oldest_idle():
+            pass
         scheme, host, port = origin
-        addresses = await self._resolve(host, port)
-        loop = asyncio.get_running_loop()
         tls = scheme == "https"
-        failure: OSError = HttpError("no address to connect to")
-        for address in addresses:
-            try:
-                _, connection = await loop.create_connection(
-                    lambda: _Connection(origin),
-                    address,
-                    port,
-                    ssl=self._ssl if tls else None,
-                    server_hostname=host if tls else None,
-                )
-            except OSError as exc:
-                failure = exc
-                continue
-            self._open.add(connection)
-            return connection
-        raise failure
+        self._connecting += 1
+        try:
+            addresses = await self._resolve(host, port)
+            if not addresses:
+                raise HttpError("no address to connect to")
+            sock = await aiohappyeyeballs.start_connection(
+                [_address_info(a, port) for a in addresses],
+                happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY,
+            )
+            _, connection = await asyncio.get_running_loop().create_connection(
+                lambda: _Connection(origin),
+                sock=sock,
+                ssl=self._ssl if tls else None,
+                server_hostname=host if tls else None,
+            )
+        finally:
+            self._connecting -= 1
+        if self._closed:
+            connection.close()
+            raise HttpError("the client is closed")
+        self._open.add(connection)
+        return connection
 
-    def _close_oldest_idle(self) -> None:
-        """At the limit of open connections: close the one idle longest, whatever its
-        origin (every slot is taken by a request otherwise, so one is idle)."""
+    def _close_oldest_idle(self) -> bool:
+        """Close the connection idle longest, whatever its origin; False: none is idle."""
         candidates = [c for idle in self._idle.values() for c in idle]
-        if candidates:
-            oldest = min(candidates, key=lambda c: c.idle_since)
-            self._idle[oldest.origin].remove(oldest)
-            self._drop(oldest)
+        if not candidates:
+            return False
+        oldest = min(candidates, key=lambda c: c.idle_since)
+        self._idle[oldest.origin].remove(oldest)
+        self._drop(oldest)
+        return True
 
     def _drop(self, connection: _Connection) -> None:
         connection.close()
         self._open.discard(connection)
 
     async def close(self) -> None:
+        self._closed = True
         for connection in list(self._open):
             connection.close()
         self._open.clear()
         self._idle.clear()
+
+
+def _address_info(address: str, port: int) -> aiohappyeyeballs.AddrInfoType:
+    """A getaddrinfo() entry for a resolved address, as start_connection takes them."""
+    if ":" in address:
+        return (socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, port, 0, 0))
+    return (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, port))
 
 
 def _head(url: URL, headers: Mapping[str, str], length: int) -> bytes:

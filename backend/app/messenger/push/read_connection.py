@@ -49,9 +49,18 @@ class KeptReadConnection:
                 yield conn
             return
         async with self._taken:
-            if self._conn is None or self._conn.closed or self._conn.invalidated:
+            if self._conn is not None and not _usable(self._conn):
+                # The server ended it while it was kept (a restart, a failover, an idle
+                # timeout): the pool's checkout would have noticed; here it is seen.
+                await self.close()
+            if self._conn is None:
                 conn = await self._engine.connect()
-                self._conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                try:
+                    await conn.execution_options(isolation_level="AUTOCOMMIT")
+                except BaseException:
+                    await conn.close()
+                    raise
+                self._conn = conn
             try:
                 yield self._conn
             except BaseException:
@@ -59,10 +68,21 @@ class KeptReadConnection:
                 raise
 
     async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                await conn.close()
-            except Exception:  # a broken connection: the pool lets it go
-                with contextlib.suppress(Exception):
-                    await conn.invalidate()
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            await conn.close()
+        except Exception:  # a broken connection: the pool lets it go
+            with contextlib.suppress(Exception):
+                await conn.invalidate()
+        finally:
+            self._conn = None
+
+
+def _usable(conn: AsyncConnection) -> bool:
+    """Not closed on either side, as far as is known without a round trip."""
+    if conn.closed or conn.invalidated:
+        return False
+    driver = conn.sync_connection.connection.driver_connection if conn.sync_connection else None
+    return driver is not None and not driver.is_closed()

@@ -196,6 +196,8 @@ async def recipient_facts(
     """The facts of these (conversation, recipient, sender) triples (PostgreSQL, on a
     read connection: autocommit, see push.read_connection): one statement per CHUNK of
     them, the badges counted as of `now`."""
+    if now.tzinfo is None:  # what UTCDateTime refuses, refused here too (no SQLAlchemy)
+        raise ValueError("naive datetime")
     facts = RecipientFacts()
     ordered = list(dict.fromkeys(triples))
     seen_devices: set[str] = set()
